@@ -1,0 +1,52 @@
+"""s2dask: classify whole Sentinel-2 scenes with Keras models on Dask.
+
+The public API is imported lazily so that ``import s2dask`` stays quick: TensorFlow,
+Dask and GDAL are loaded by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("s2dask")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "__version__",
+    "S2DaskError",
+    "open_scene",
+    "grid_to_raster",
+    "read_samples",
+    "split_samples",
+    "train",
+    "evaluate",
+    "load_model",
+    "ModelBundle",
+    "classify",
+]
+
+_LAZY = {
+    "S2DaskError": "s2dask.errors",
+    "open_scene": "s2dask.scene",
+    "grid_to_raster": "s2dask.scene",
+    "read_samples": "s2dask.samples",
+    "split_samples": "s2dask.samples",
+    "train": "s2dask.train",
+    "evaluate": "s2dask.train",
+    "load_model": "s2dask.model",
+    "ModelBundle": "s2dask.model",
+    "classify": "s2dask.job",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 's2dask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
