@@ -1,0 +1,475 @@
+"""The model bundle: build, save, load, and the input contract it carries.
+
+A bundle is a directory::
+
+    MODEL_DIR/
+      model.keras     the Keras 3 model, normalisation included (it takes raw DNs)
+      model.json      the input contract: bands in order, scale, nodata, classes, sha256 ...
+      metrics.json    the held-out evaluation written by training (optional here)
+
+:func:`load_model` checks the bundle before anything runs: the contract is complete,
+``model.keras`` matches the sha256 recorded in ``model.json``, and the Keras model
+deserialises in safe mode. What travels to Dask workers is a :class:`ModelHandle`
+(bytes plus hash), never a live Keras model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bands import canonical_bands
+from .errors import ModelError
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "OUTPUT_NODATA",
+    "MAX_CLASSES",
+    "DEFAULT_COLOURS",
+    "build_model",
+    "save_bundle",
+    "load_model",
+    "ModelBundle",
+    "ModelHandle",
+    "sha256_file",
+    "library_versions",
+]
+
+CONTRACT_VERSION = 1
+#: class value written where a pixel has no prediction (nodata in any input band)
+OUTPUT_NODATA = 255
+#: class values must fit in uint8 next to the nodata value
+MAX_CLASSES = 254
+#: a qualitative palette used when a class table gives no colours
+DEFAULT_COLOURS = (
+    "#808080", "#e31a1c", "#33a02c", "#b2df8a", "#1f78b4", "#ff7f00",
+    "#6a3d9a", "#fdbf6f", "#a6cee3", "#fb9a99", "#cab2d6", "#ffff99",
+)
+
+MODEL_FILE = "model.keras"
+CONTRACT_FILE = "model.json"
+_REQUIRED = ("contract_version", "bands", "classes", "input_scale", "input_nodata",
+             "output_nodata", "model_sha256")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's behaviour (for records)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("s2dask", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy",
+                 "dask", "distributed", "xarray", "rioxarray", "rasterio", "zarr"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    try:
+        import keras
+
+        out["keras_backend"] = keras.backend.backend()
+    except Exception:  # pragma: no cover - keras missing is reported elsewhere
+        pass
+    return out
+
+
+def _require_keras():
+    try:
+        import keras
+    except ImportError as exc:  # pragma: no cover - keras is a core dependency
+        raise ModelError(
+            "s2dask models need Keras 3 and a backend: pip install 'keras>=3' tensorflow"
+        ) from exc
+    return keras
+
+
+def build_model(
+    n_bands: int,
+    n_classes: int,
+    *,
+    mean: Sequence[float],
+    variance: Sequence[float],
+    units: Sequence[int] = (200, 200, 200, 200),
+    dropout: Sequence[float] = (0.2, 0.2, 0.1, 0.1),
+    l1: float = 1e-5,
+    l2: float = 1e-4,
+    seed: int | None = None,
+):
+    """Build the tutorial's MLP with its normalisation inside.
+
+    ``Input(n_bands) -> Normalization(mean, variance) -> [Dense(u, relu) -> Dropout(d)]*
+    -> Dense(n_classes, softmax)``. The normalisation statistics are those of the
+    training split, so the model takes raw band values at prediction time.
+
+    Raises
+    ------
+    ModelError
+        If the sizes are inconsistent.
+    """
+    if n_bands < 1 or n_classes < 2:
+        raise ModelError(f"a model needs >= 1 band and >= 2 classes, got {n_bands} and {n_classes}")
+    if len(dropout) not in (0, len(units)):
+        raise ModelError(f"give one dropout rate per hidden layer ({len(units)}), got {len(dropout)}")
+    keras = _require_keras()
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
+    mean = np.asarray(mean, dtype="float32").reshape(n_bands)
+    variance = np.maximum(np.asarray(variance, dtype="float32").reshape(n_bands), 1e-6)
+    reg = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+    layers: list[Any] = [
+        keras.Input(shape=(n_bands,), name="bands", dtype="float32"),
+        keras.layers.Normalization(mean=mean, variance=variance, name="normalise"),
+    ]
+    for i, u in enumerate(units):
+        layers.append(keras.layers.Dense(int(u), activation="relu", kernel_regularizer=reg,
+                                         name=f"dense_{i}"))
+        if dropout and dropout[i] > 0:
+            layers.append(keras.layers.Dropout(float(dropout[i]), name=f"dropout_{i}"))
+    layers.append(keras.layers.Dense(n_classes, activation="softmax", name="classes"))
+    return keras.Sequential(layers, name="s2dask_mlp")
+
+
+def _normalise_classes(classes: Sequence[dict]) -> list[dict]:
+    out = []
+    seen = set()
+    if len(classes) > MAX_CLASSES:
+        raise ModelError(
+            f"{len(classes)} classes cannot be written as uint8 next to nodata {OUTPUT_NODATA}: "
+            f"use at most {MAX_CLASSES} classes"
+        )
+    if len(classes) < 2:
+        raise ModelError(f"a classifier needs at least 2 classes, the contract lists {len(classes)}")
+    for i, c in enumerate(classes):
+        try:
+            value = int(c["value"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"class entry {i} has no integer 'value': {c!r}") from None
+        if not 0 <= value <= 254:
+            raise ModelError(f"class value {value} does not fit uint8 below nodata 255: use 0..254")
+        if value in seen:
+            raise ModelError(f"class value {value} is listed twice in the class table")
+        seen.add(value)
+        colour = str(c.get("colour") or DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)])
+        out.append({"value": value, "name": str(c.get("name", value)), "colour": colour})
+    return out
+
+
+def save_bundle(
+    model,
+    out_dir: str | os.PathLike,
+    *,
+    bands: Sequence[str],
+    classes: Sequence[dict],
+    input_nodata: float | None = 0,
+    input_scale: str = "dn",
+    extra: dict | None = None,
+) -> dict:
+    """Write ``model.keras`` and ``model.json`` into an existing directory.
+
+    Parameters
+    ----------
+    model
+        A Keras 3 model taking ``(N, len(bands))`` raw values and returning
+        ``(N, len(classes))`` probabilities.
+    out_dir
+        Directory to write into (the caller creates it, usually a temporary one that is
+        renamed into place when everything is written).
+    bands
+        Band names in the model's input order (aliases accepted, stored canonical).
+    classes
+        ``[{"value": int, "name": str, "colour": "#rrggbb"}, ...]`` in the model's output order.
+    input_nodata
+        The band value that marks a missing pixel (0 for Sentinel-2 DNs).
+    input_scale
+        ``"dn"``: raw L1C/L2A digital numbers with no baseline offset (reflectance x 10000).
+    extra
+        More provenance (training data hash, split, seed, training parameters).
+
+    Returns
+    -------
+    dict
+        The contract written to ``model.json``.
+
+    Raises
+    ------
+    ModelError
+        If bands or classes do not match the model's input and output sizes.
+    """
+    out = Path(out_dir)
+    bands = canonical_bands(bands)
+    classes = _normalise_classes(classes)
+    n_in = model.input_shape[-1]
+    n_out = model.output_shape[-1]
+    if n_in != len(bands):
+        raise ModelError(f"the model takes {n_in} inputs but {len(bands)} bands were named")
+    if n_out != len(classes):
+        raise ModelError(f"the model has {n_out} outputs but {len(classes)} classes were named")
+    model_path = out / MODEL_FILE
+    model.save(model_path)
+    contract = {
+        "contract_version": CONTRACT_VERSION,
+        "bands": bands,
+        "input_scale": input_scale,
+        "input_offset": 0,
+        "input_nodata": input_nodata,
+        "classes": classes,
+        "output_nodata": OUTPUT_NODATA,
+        "model_file": MODEL_FILE,
+        "model_sha256": sha256_file(model_path),
+        "versions": library_versions(),
+    }
+    contract.update(extra or {})
+    (out / CONTRACT_FILE).write_text(json.dumps(contract, indent=2, default=_json_default) + "\n")
+    return contract
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _validate_contract(contract: Any, where: Path) -> dict:
+    if not isinstance(contract, dict):
+        raise ModelError(f"{where} is not a JSON object: re-create the bundle with 's2dask train'")
+    missing = [k for k in _REQUIRED if k not in contract]
+    if missing:
+        raise ModelError(
+            f"{where} lacks {', '.join(missing)}: the contract is incomplete; re-create the bundle "
+            "with 's2dask train'"
+        )
+    if contract["contract_version"] != CONTRACT_VERSION:
+        raise ModelError(
+            f"{where} has contract_version {contract['contract_version']!r}, this s2dask reads "
+            f"{CONTRACT_VERSION}: upgrade s2dask or re-train"
+        )
+    try:
+        contract["bands"] = canonical_bands(contract["bands"])
+    except Exception as exc:
+        raise ModelError(f"{where}: bad band list: {exc}") from None
+    contract["classes"] = _normalise_classes(contract["classes"])
+    if contract["output_nodata"] != OUTPUT_NODATA:
+        raise ModelError(f"{where}: output_nodata must be {OUTPUT_NODATA}")
+    return contract
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """What travels to a Dask worker: the model file's bytes, its hash and its contract.
+
+    It is small (the default MLP is about 1.5 MB) and is sent once per worker by
+    :class:`s2dask.cluster.ModelPlugin`, never inside a task.
+    """
+
+    sha256: str
+    payload: bytes = field(repr=False)
+    contract: dict = field(repr=False)
+
+    def build(self):
+        """Deserialise the Keras model (safe mode) from the bytes."""
+        if hashlib.sha256(self.payload).hexdigest() != self.sha256:
+            raise ModelError(f"model payload does not match its sha256 {self.sha256[:12]}...")
+        with tempfile.TemporaryDirectory(prefix="s2dask-model-") as d:
+            p = Path(d) / MODEL_FILE
+            p.write_bytes(self.payload)
+            return _load_keras(p)
+
+
+def _load_keras(path: Path):
+    keras = _require_keras()
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ValueError as exc:
+        text = str(exc)
+        if "unsafe" in text.lower() or "lambda" in text.lower() or "safe_mode" in text:
+            raise ModelError(
+                f"{path} needs unsafe deserialisation (arbitrary code such as a Lambda layer); "
+                "s2dask loads models in Keras safe mode only: rebuild the model from standard layers"
+            ) from None
+        raise ModelError(f"{path} is not a loadable Keras model: {text.splitlines()[0]}") from None
+    except Exception as exc:  # zip errors, h5 errors, missing classes ...
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {first})") from None
+
+
+class ModelBundle:
+    """A validated model bundle: its contract, hash, and (lazily) the Keras model.
+
+    Use :func:`load_model` to get one.
+    """
+
+    def __init__(self, path: Path, contract: dict):
+        self.path = Path(path)
+        self.contract = contract
+        self._keras = None
+        self._predictors: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- the contract
+    @property
+    def sha256(self) -> str:
+        return self.contract["model_sha256"]
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.contract["bands"])
+
+    @property
+    def classes(self) -> list[dict]:
+        return list(self.contract["classes"])
+
+    @property
+    def class_values(self) -> np.ndarray:
+        return np.array([c["value"] for c in self.classes], dtype="uint8")
+
+    @property
+    def input_nodata(self):
+        return self.contract["input_nodata"]
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.contract.get("model_file", MODEL_FILE)
+
+    def __repr__(self) -> str:
+        return (f"ModelBundle({str(self.path)!r}, bands={self.bands}, "
+                f"classes={[c['name'] for c in self.classes]}, sha256={self.sha256[:12]})")
+
+    # -- the model
+    def keras_model(self):
+        """The Keras model, deserialised once (safe mode) and checked against the contract."""
+        with self._lock:
+            if self._keras is None:
+                model = _load_keras(self.model_file)
+                check_model_shape(model, self.contract, where=self.model_file)
+                self._keras = model
+            return self._keras
+
+    def handle(self) -> ModelHandle:
+        """The small, picklable handle that carries the model to workers."""
+        payload = self.model_file.read_bytes()
+        if hashlib.sha256(payload).hexdigest() != self.sha256:
+            raise ModelError(
+                f"{self.model_file} changed since it was loaded (sha256 mismatch): reload the bundle"
+            )
+        return ModelHandle(self.sha256, payload, self.contract)
+
+    def predictor(self, *, batch_size: int | None = None):
+        """The compiled, fixed-batch forward pass used by every prediction path."""
+        from .predict import DEFAULT_BATCH_SIZE, Predictor
+
+        bs = int(batch_size or DEFAULT_BATCH_SIZE)
+        with self._lock:
+            pred = self._predictors.get(bs)
+        if pred is None:
+            pred = Predictor(self.keras_model(), self.contract, batch_size=bs)
+            with self._lock:
+                self._predictors[bs] = pred
+        return pred
+
+    def predict_proba(self, values: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, ``(N, n_classes)`` float32, for raw band values ``(N, bands)``.
+
+        Rows with the input nodata value in any band get NaN probabilities.
+
+        Raises
+        ------
+        ModelError
+            If ``values`` does not have one column per contract band.
+        """
+        return self.predictor(batch_size=batch_size).predict_proba(self._check(values))
+
+    def predict(self, values: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+        """Class values (uint8, the contract's values; 255 where any band is nodata)."""
+        return self.predictor(batch_size=batch_size).predict_classes(self._check(values))
+
+    def _check(self, values) -> np.ndarray:
+        values = np.asarray(values)
+        if values.ndim != 2 or values.shape[1] != len(self.bands):
+            raise ModelError(
+                f"expected an array of shape (N, {len(self.bands)}) with bands "
+                f"{','.join(self.bands)}, got shape {values.shape}"
+            )
+        return values
+
+
+def check_model_shape(model, contract: dict, *, where) -> None:
+    """Refuse a Keras model whose input/output sizes disagree with its contract."""
+    n_in = model.input_shape[-1]
+    n_out = model.output_shape[-1]
+    if n_in != len(contract["bands"]):
+        raise ModelError(f"{where} takes {n_in} inputs but its contract names "
+                         f"{len(contract['bands'])} bands")
+    if n_out != len(contract["classes"]):
+        raise ModelError(f"{where} has {n_out} outputs but its contract names "
+                         f"{len(contract['classes'])} classes")
+
+
+def load_model(model_dir: str | os.PathLike, *, check_keras: bool = True) -> ModelBundle:
+    """Open and validate a model bundle directory.
+
+    Parameters
+    ----------
+    model_dir
+        A directory written by ``s2dask train`` (or :func:`save_bundle`).
+    check_keras
+        Also deserialise the Keras model now (safe mode) and check its input and output
+        sizes against the contract. Leave on unless only the contract is needed.
+
+    Returns
+    -------
+    ModelBundle
+
+    Raises
+    ------
+    ModelError
+        If the directory, ``model.json`` or ``model.keras`` is missing, the contract is
+        incomplete, the sha256 does not match (a tampered or corrupt bundle), or the
+        model needs unsafe deserialisation.
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelError(f"model bundle {path} does not exist or is not a directory: "
+                         "give the MODEL_DIR written by 's2dask train'")
+    cpath = path / CONTRACT_FILE
+    if not cpath.is_file():
+        raise ModelError(f"{path} has no {CONTRACT_FILE}: the bundle's contract is missing; "
+                         "re-create it with 's2dask train'")
+    try:
+        contract = json.loads(cpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cpath} is not valid JSON ({exc}): re-create the bundle") from None
+    contract = _validate_contract(contract, cpath)
+    mpath = path / contract.get("model_file", MODEL_FILE)
+    if not mpath.is_file():
+        raise ModelError(f"{path} has no {mpath.name}: the bundle is incomplete")
+    actual = sha256_file(mpath)
+    if actual != contract["model_sha256"]:
+        raise ModelError(
+            f"{mpath} does not match the sha256 recorded in {CONTRACT_FILE} "
+            f"({actual[:12]}... != {contract['model_sha256'][:12]}...): the bundle is corrupt or "
+            "was modified; re-train or restore it"
+        )
+    bundle = ModelBundle(path, contract)
+    if check_keras:
+        bundle.keras_model()
+    return bundle
