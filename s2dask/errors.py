@@ -20,6 +20,7 @@ __all__ = [
     "ClusterError",
     "StorageError",
     "JobError",
+    "ParameterError",
 ]
 
 
@@ -60,3 +61,7 @@ class StorageError(S2DaskError, OSError):
 
 class JobError(S2DaskError, RuntimeError):
     """A classification job failed for a reason other than its inputs."""
+
+
+class ParameterError(S2DaskError, ValueError):
+    """An option has an impossible value (chunk size <= 0, unknown method ...)."""
