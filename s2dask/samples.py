@@ -1,0 +1,603 @@
+"""Labelled pixel tables: read, validate, split (random / pixel / spatial block).
+
+A table has one row per labelled point: band columns (any alias: ``B2`` or ``B02``),
+an integer label column, optionally ``x``/``y`` map coordinates and a class-name column.
+The defaults fit the tutorial's ``point_data.csv`` (``Class_ID`` 1..5, names from
+``Description``).
+
+Why three splits: the tutorial's points were rasterised from polygons on a 2.5 m grid,
+so about 16 points share each 10 m pixel and its exact spectrum. A random split of points
+puts copies of one pixel on both sides, and test accuracy then partly measures memory.
+``pixel`` keeps every pixel on one side; ``block`` keeps whole square map blocks on one
+side, which is closest to applying the model to a new area. :class:`Split` counts the
+leakage so the report can say how honest its figure is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bands import DEFAULT_BANDS, canonical_band, canonical_bands
+from .errors import BandError, SamplesError
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "SPLIT_METHODS",
+    "Samples",
+    "Split",
+    "read_class_table",
+    "read_samples",
+    "split_samples",
+]
+
+SPLIT_METHODS = ("random", "pixel", "block")
+#: the tutorial's protocol: 75 % train, 12 % validation, 13 % test
+DEFAULT_FRACTIONS = (0.75, 0.12, 0.13)
+_SIDES = ("train", "val", "test")
+_CSV_SUFFIXES = (".csv", ".txt", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+@dataclass
+class Samples:
+    """A validated labelled table.
+
+    Attributes
+    ----------
+    X
+        ``(N, B)`` float32 raw band values, columns in ``bands`` order.
+    y
+        ``(N,)`` int64 class values (as in the table, e.g. 1..5).
+    xy
+        ``(N, 2)`` float64 map coordinates, or None when the table has none.
+    bands
+        Canonical band names (``B02`` ...), the order of ``X``'s columns.
+    classes
+        ``[{"value", "name", "colour"}]`` for every class value present, sorted by value.
+    source
+        The file the table was read from (None for tables built in memory).
+    sha256
+        sha256 of the file's bytes (None for tables built in memory).
+    label
+        The label column's name.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    xy: np.ndarray | None
+    bands: list[str]
+    classes: list[dict]
+    source: str | None = None
+    sha256: str | None = None
+    label: str = "Class_ID"
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def class_values(self) -> list[int]:
+        """Class values in output order."""
+        return [int(c["value"]) for c in self.classes]
+
+    def class_counts(self, index: np.ndarray | None = None) -> dict[int, int]:
+        """Samples per class value (of the rows in ``index``, or all rows)."""
+        y = self.y if index is None else self.y[index]
+        return {v: int((y == v).sum()) for v in self.class_values}
+
+    def subset(self, index: np.ndarray) -> Samples:
+        """The rows in ``index`` (same bands and classes)."""
+        return Samples(self.X[index], self.y[index], None if self.xy is None else self.xy[index],
+                       list(self.bands), list(self.classes), self.source, self.sha256, self.label)
+
+
+@dataclass
+class Split:
+    """Train / validation / test row indices and what they mean for an honest accuracy.
+
+    ``info`` (JSON-ready) holds the method, fractions, seed, counts per side and per
+    class, unique pixels per side, and the leakage: test pixels that also have points
+    in train, and test rows whose exact spectrum also occurs in train.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.info["method"]
+
+    @property
+    def description(self) -> str:
+        """One paragraph: what the split means for the honesty of the test figure."""
+        return self.info["explanation"]
+
+    def __getitem__(self, side: str) -> np.ndarray:
+        return {"train": self.train, "val": self.val, "test": self.test}[side]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    name = path.name.lower()
+    if not path.exists():
+        raise SamplesError(f"samples file {path} does not exist: give a CSV or Parquet table")
+    if path.is_dir():
+        raise SamplesError(f"samples path {path} is a directory: give a CSV or Parquet file")
+    try:
+        if name.endswith(_PARQUET_SUFFIXES):
+            return pd.read_parquet(path)
+        if name.endswith(_CSV_SUFFIXES):
+            return pd.read_csv(path, skipinitialspace=True)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, pd.errors.ParserError) as exc:
+        # pyarrow's ArrowInvalid / ArrowIOError / ArrowTypeError derive from these builtins
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SamplesError(
+            f"cannot read samples file {path} ({type(exc).__name__}: {first}): "
+            "give a readable CSV (header row, comma-separated) or Parquet table"
+        ) from None
+    raise SamplesError(
+        f"samples file {path} has an unsupported extension: use .csv (or .csv.gz) or .parquet"
+    )
+
+
+def _numeric_column(df, col: str, path: Path, *, what: str) -> np.ndarray:
+    """The column as float64; refuse missing or non-numeric values naming the first bad row."""
+    import pandas as pd
+
+    raw = df[col]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        line = f" (line {i + 2} of the file)" if not path.name.lower().endswith(_PARQUET_SUFFIXES) else ""
+        if pd.isna(raw.iloc[i]):
+            raise SamplesError(
+                f"{path}: {what} column {col!r} has a missing value at row {i + 1}{line} "
+                f"({int(bad.sum())} bad rows in all): fill or drop rows with missing values"
+            )
+        raise SamplesError(
+            f"{path}: {what} column {col!r} has a non-numeric value {str(raw.iloc[i])!r} at row "
+            f"{i + 1}{line} ({int(bad.sum())} bad rows in all): "
+            + ("labels must be integer class values; pick the integer class column with --label"
+               if what == "label" else "fix or drop those rows")
+        )
+    return values.to_numpy(dtype="float64")
+
+
+def _find_band_columns(columns: Sequence[str], bands: list[str], path: Path) -> list[str]:
+    by_band: dict[str, list[str]] = {}
+    for col in columns:
+        try:
+            by_band.setdefault(canonical_band(col), []).append(col)
+        except BandError:
+            continue
+    missing = [b for b in bands if b not in by_band]
+    if missing:
+        present = ", ".join(sorted(by_band)) or "none"
+        raise SamplesError(
+            f"{path} has no column for band(s) {', '.join(missing)} (band columns found: {present}; "
+            f"all columns: {', '.join(map(str, columns))}): add the columns or choose bands with "
+            "--bands"
+        )
+    out = []
+    for b in bands:
+        cols = by_band[b]
+        if len(cols) > 1:
+            raise SamplesError(
+                f"{path} has several columns for band {b} ({', '.join(cols)}): keep one of them"
+            )
+        out.append(cols[0])
+    return out
+
+
+def _find_column(columns: Sequence[str], name: str) -> str | None:
+    if name in columns:
+        return name
+    folded = [c for c in columns if str(c).lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def read_class_table(path: str | os.PathLike) -> dict[int, dict]:
+    """Read a class table CSV: a value column (``value``, ``id`` or ``Class_ID``), a name
+    column (``name``, ``Description`` or ``Class``) and optionally ``colour``/``color``.
+
+    Returns
+    -------
+    dict
+        ``{value: {"value", "name", "colour"}}`` (colour None when not given).
+
+    Raises
+    ------
+    SamplesError
+        If the file cannot be read or lacks a value column, or a value is not an integer.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    df = _read_table(path)
+    cols = [str(c) for c in df.columns]
+    vcol = next((c for n in ("value", "id", "class_id") if (c := _find_column(cols, n))), None)
+    if vcol is None:
+        raise SamplesError(
+            f"class table {path} has no value column (columns: {', '.join(cols)}): "
+            "name the integer class column 'value', 'id' or 'Class_ID'"
+        )
+    ncol = next((c for n in ("name", "description", "class") if (c := _find_column(cols, n))), None)
+    ccol = next((c for n in ("colour", "color") if (c := _find_column(cols, n))), None)
+    values = _numeric_column(df, vcol, path, what="class value")
+    if not np.all(values == np.round(values)):
+        raise SamplesError(f"class table {path}: column {vcol!r} must hold integer class values")
+    out: dict[int, dict] = {}
+    for i, v in enumerate(values.astype(int)):
+        if int(v) in out:
+            raise SamplesError(f"class table {path} lists class value {v} twice: list each once")
+        name = str(df[ncol].iloc[i]) if ncol else str(v)
+        colour = df[ccol].iloc[i] if ccol else None
+        out[int(v)] = {"value": int(v), "name": name,
+                       "colour": None if colour is None or pd.isna(colour) else str(colour)}
+    return out
+
+
+def read_samples(
+    path: str | os.PathLike,
+    *,
+    label: str = "Class_ID",
+    bands: Sequence[str] | str | None = None,
+    name_column: str | None = "Description",
+    x: str | None = "x",
+    y: str | None = "y",
+    class_table: str | os.PathLike | None = None,
+    min_classes: int = 2,
+) -> Samples:
+    """Read and validate a labelled table (CSV or Parquet).
+
+    Parameters
+    ----------
+    path
+        ``.csv`` (also ``.csv.gz``) or ``.parquet`` table, one row per labelled point.
+    label
+        The integer class column (values 0..254).
+    bands
+        Bands to use, any alias (``B2`` or ``B02``); default the tutorial's ten
+        (:data:`s2dask.bands.DEFAULT_BANDS`).
+    name_column
+        Column holding a class's name (the most frequent name per value is used); ignored
+        when absent or when ``class_table`` is given.
+    x, y
+        Map coordinate columns (metres); the coordinates are kept when both exist.
+    class_table
+        Optional CSV naming (and colouring) each class value; every label value in the
+        table must be listed.
+    min_classes
+        Refuse tables with fewer distinct classes (training needs 2).
+
+    Returns
+    -------
+    Samples
+
+    Raises
+    ------
+    SamplesError
+        If the file is missing, unreadable or of an unsupported type; a band or the label
+        column is missing; a value is missing or non-numeric; a label is not an integer
+        in 0..254; there are fewer than ``min_classes`` classes; or a label value is not in
+        the class table.
+    BandError
+        If a requested band name is not a Sentinel-2 band.
+    """
+    from .model import DEFAULT_COLOURS, sha256_file
+
+    path = Path(path)
+    df = _read_table(path)
+    columns = [str(c) for c in df.columns]
+    df.columns = columns
+    if len(df) == 0:
+        raise SamplesError(f"samples file {path} has no rows: give a table with labelled points")
+    want = canonical_bands(bands) if bands is not None else list(DEFAULT_BANDS)
+    label_col = _find_column(columns, label)
+    if label_col is None:
+        raise SamplesError(
+            f"{path} has no label column {label!r} (columns: {', '.join(columns)}): "
+            "name the class column with --label"
+        )
+    band_cols = _find_band_columns(columns, want, path)
+    X = np.column_stack([_numeric_column(df, c, path, what="band") for c in band_cols])
+    yv = _numeric_column(df, label_col, path, what="label")
+    if not np.all(yv == np.round(yv)) or yv.min() < 0 or yv.max() > 254:
+        i = int(np.flatnonzero((yv != np.round(yv)) | (yv < 0) | (yv > 254))[0])
+        raise SamplesError(
+            f"{path}: label column {label_col!r} has value {yv[i]!r} at row {i + 1}: class values "
+            "must be integers 0..254 (255 marks nodata in class maps)"
+        )
+    yv = yv.astype("int64")
+    values = sorted(int(v) for v in np.unique(yv))
+    if len(values) < min_classes:
+        raise SamplesError(
+            f"{path}: label column {label_col!r} holds only {len(values)} class(es) "
+            f"({', '.join(map(str, values))}): a classifier needs at least {min_classes}; "
+            "add samples of other classes or pick another --label column"
+        )
+    xy = None
+    xcol = _find_column(columns, x) if x else None
+    ycol = _find_column(columns, y) if y else None
+    if xcol and ycol:
+        xy = np.column_stack([_numeric_column(df, xcol, path, what="coordinate"),
+                              _numeric_column(df, ycol, path, what="coordinate")])
+
+    if class_table is not None:
+        table = read_class_table(class_table)
+        absent = [v for v in values if v not in table]
+        if absent:
+            hint = ""
+            if all(v - 1 in table for v in values):
+                hint = " (the table looks zero-based: its values are the labels minus 1)"
+            raise SamplesError(
+                f"class table {class_table} lacks label value(s) {', '.join(map(str, absent))} found "
+                f"in {path} column {label_col!r} (table values: "
+                f"{', '.join(map(str, sorted(table)))}){hint}: list every label value in the table"
+            )
+        classes = [dict(table[v]) for v in values]
+    else:
+        ncol = _find_column(columns, name_column) if name_column else None
+        classes = []
+        for v in values:
+            name = str(v)
+            if ncol is not None:
+                names = df.loc[yv == v, ncol].dropna().astype(str)
+                if len(names):
+                    name = names.value_counts().index[0]
+            classes.append({"value": v, "name": name, "colour": None})
+    for i, c in enumerate(classes):
+        if not c.get("colour"):
+            c["colour"] = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+    return Samples(
+        X=X.astype("float32"), y=yv, xy=xy, bands=want, classes=classes,
+        source=str(path), sha256=sha256_file(path), label=label_col,
+    )
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _pixel_keys(xy: np.ndarray, size: float) -> np.ndarray:
+    """One int64 key per row: the ``size`` x ``size`` cell (floor(x/size), floor(y/size))."""
+    cells = np.floor(xy / float(size)).astype("int64")
+    _, keys = np.unique(cells, axis=0, return_inverse=True)
+    return keys.reshape(-1)
+
+
+def _assign_groups(groups: np.ndarray, y: np.ndarray, values: list[int],
+                   fractions: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """Side (0 train, 1 val, 2 test) per row; each group goes wholly to one side.
+
+    Groups are visited in random order and each goes to the side whose per-class shortfall,
+    weighted by the group's class mix, is largest; so every side ends near its fraction of
+    every class. Then a class missing from train is brought in by moving the val/test group
+    holding most of it.
+    """
+    uniq, inv = np.unique(groups, return_inverse=True)
+    n_groups, n_classes = len(uniq), len(values)
+    cls = np.searchsorted(np.asarray(values), y)
+    counts = np.zeros((n_groups, n_classes), dtype="float64")
+    np.add.at(counts, (inv, cls), 1.0)
+    totals = counts.sum(axis=0)
+    target = np.outer(np.asarray(fractions), totals)  # (3, C)
+    current = np.zeros_like(target)
+    side = np.empty(n_groups, dtype="int64")
+    for g in rng.permutation(n_groups):
+        mix = counts[g] / counts[g].sum()
+        shortfall = ((target - current) / np.maximum(totals, 1.0)) @ mix
+        s = int(np.argmax(shortfall))
+        side[g] = s
+        current[s] += counts[g]
+    for c in range(n_classes):
+        if current[0, c] == 0 and totals[c] > 0:
+            g = int(np.argmax(np.where(side != 0, counts[:, c], -1.0)))
+            current[side[g]] -= counts[g]
+            current[0] += counts[g]
+            side[g] = 0
+    return side[inv]
+
+
+def _explain(method: str, info: dict, *, pixel_size: float, block_size: float) -> str:
+    leak = info.get("leakage") or {}
+    if method == "random":
+        if leak.get("test_pixels_in_train") is not None and info["pixels"]["test"]:
+            k, n = leak["test_pixels_in_train"], info["pixels"]["test"]
+            return (
+                f"random split of points: {100 * k / n:.1f}% of test pixels ({k} of {n} "
+                f"{pixel_size:g} m pixels) also have points in train, and "
+                f"{leak['test_rows_spectrum_in_train_pct']:.1f}% of test rows have an identical "
+                "spectrum in train; the test accuracy therefore partly measures recall of seen "
+                "pixels and is optimistic. Use --split pixel or --split block for an honest "
+                "estimate on unseen pixels or areas."
+            )
+        return (
+            "random split of rows: rows with identical spectra can fall on both sides "
+            f"({leak.get('test_rows_spectrum_in_train_pct', 0):.1f}% of test rows have an identical "
+            "spectrum in train), which makes the test accuracy optimistic; give x,y coordinates "
+            "and use --split pixel or block for an honest estimate."
+        )
+    if method == "pixel":
+        return (
+            f"pixel-grouped split: all points of a {pixel_size:g} m pixel are on one side, so "
+            "every test pixel is unseen in training (0 leaked pixels); neighbouring pixels are "
+            "still spatially correlated, so this is an estimate for new pixels inside the mapped "
+            "areas; --split block is stricter."
+        )
+    return (
+        f"spatial block split: whole {block_size:g} m x {block_size:g} m blocks go to one side, "
+        "so test points come from areas the model never saw except along block edges; this is "
+        "the closest estimate of accuracy on a new area (class proportions per side follow the "
+        "blocks and are only approximately stratified)."
+    )
+
+
+def split_samples(
+    samples: Samples,
+    *,
+    method: str = "random",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    pixel_size: float = 10.0,
+    block_size: float = 250.0,
+) -> Split:
+    """Split a table into train / validation / test rows.
+
+    Parameters
+    ----------
+    samples
+        A table from :func:`read_samples`.
+    method
+        ``"random"``: the tutorial's protocol, points stratified by class (sklearn
+        ``train_test_split`` twice). ``"pixel"``: the same proportions, but all points of a
+        ``pixel_size`` pixel stay on one side. ``"block"``: square ``block_size`` map blocks
+        go wholly to one side, as stratified as the blocks allow, every class in train.
+    fractions
+        Train, validation and test fractions (positive; normalised to sum to 1).
+    seed
+        Seed of the shuffle: the same seed gives the same indices.
+    pixel_size
+        Pixel size in map units (metres) for the pixel split and the leakage count.
+    block_size
+        Block side in map units (metres) for the block split.
+
+    Returns
+    -------
+    Split
+
+    Raises
+    ------
+    SamplesError
+        If the method is unknown, fractions are invalid, pixel/block is asked for without
+        coordinates, there are too few samples (or pixels/blocks) for three sides, a side
+        ends up empty, or train lacks a class.
+    """
+    if method not in SPLIT_METHODS:
+        raise SamplesError(f"unknown split method {method!r}: use one of {', '.join(SPLIT_METHODS)}")
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or min(fr) <= 0:
+        raise SamplesError(
+            f"split fractions must be three positive numbers (train, val, test), got {fractions!r}"
+        )
+    fr = tuple(f / sum(fr) for f in fr)
+    if pixel_size <= 0 or block_size <= 0:
+        raise SamplesError(f"pixel_size and block_size must be positive, got {pixel_size}, {block_size}")
+    n = len(samples)
+    y = samples.y
+    values = samples.class_values
+    where = samples.source or "the samples"
+    if method in ("pixel", "block") and samples.xy is None:
+        raise SamplesError(
+            f"--split {method} needs x,y coordinates but {where} has none: add x and y columns "
+            "(map metres) or use --split random"
+        )
+    counts = samples.class_counts()
+    if n < 3 * len(values) or min(counts.values()) < 3:
+        small = min(counts, key=counts.get)
+        raise SamplesError(
+            f"too few samples for a train/val/test split: {where} has {n} rows and class "
+            f"{small} has only {counts[small]}; give at least 3 samples of every class (many more "
+            "for a meaningful test)"
+        )
+    idx = np.arange(n)
+    if method == "random":
+        from sklearn.model_selection import train_test_split
+
+        try:
+            train, rest = train_test_split(idx, train_size=fr[0], stratify=y, random_state=seed)
+            val, test = train_test_split(rest, train_size=fr[1] / (fr[1] + fr[2]),
+                                         stratify=y[rest], random_state=seed)
+        except ValueError as exc:
+            raise SamplesError(
+                f"too few samples for a stratified {fr[0]:.0%}/{fr[1]:.0%}/{fr[2]:.0%} split of "
+                f"{where} ({n} rows; per class {counts}): {str(exc).splitlines()[0]} Add samples, "
+                "or drop rare classes"
+            ) from None
+        group_count = None
+    else:
+        size = pixel_size if method == "pixel" else block_size
+        groups = _pixel_keys(samples.xy, size)
+        group_count = int(groups.max()) + 1
+        unit = "pixels" if method == "pixel" else f"{block_size:g} m blocks"
+        if group_count < 3:
+            raise SamplesError(
+                f"too few {unit} for a {method} split of {where}: the points fall in "
+                f"{group_count}; need at least 3 (use a smaller --block-size, more samples or "
+                "--split random)"
+            )
+        rng = np.random.default_rng(seed)
+        side = _assign_groups(groups, y, values, fr, rng)
+        train, val, test = (np.flatnonzero(side == s) for s in range(3))
+        for name, part in zip(_SIDES, (train, val, test)):
+            if len(part) == 0:
+                raise SamplesError(
+                    f"the {method} split of {where} left the {name} side empty ({group_count} "
+                    f"{unit} in all): use a smaller --block-size, more samples or --split random"
+                )
+    missing = [v for v in values if not np.any(y[train] == v)]
+    if missing:
+        raise SamplesError(
+            f"the {method} split of {where} has no training samples of class(es) "
+            f"{', '.join(map(str, missing))}: add samples of them, use a smaller --block-size or "
+            "--split random"
+        )
+    train, val, test = np.sort(train), np.sort(val), np.sort(test)
+    info = _split_info(samples, method, fr, seed, train, val, test,
+                       pixel_size=pixel_size, block_size=block_size, groups=group_count)
+    return Split(train, val, test, info)
+
+
+def _split_info(samples: Samples, method: str, fr, seed: int, train, val, test, *,
+                pixel_size: float, block_size: float, groups: int | None) -> dict:
+    parts = dict(zip(_SIDES, (train, val, test)))
+    info: dict = {
+        "method": method,
+        "fractions": [round(f, 6) for f in fr],
+        "seed": int(seed),
+        "pixel_size": float(pixel_size),
+        "counts": {s: len(p) for s, p in parts.items()},
+        "class_counts": {s: {str(k): v for k, v in samples.class_counts(p).items()}
+                         for s, p in parts.items()},
+    }
+    if method == "block":
+        info["block_size"] = float(block_size)
+        info["groups"] = groups
+    elif method == "pixel":
+        info["groups"] = groups
+    leakage: dict = {}
+    if samples.xy is not None:
+        keys = _pixel_keys(samples.xy, pixel_size)
+        px = {s: set(np.unique(keys[p]).tolist()) for s, p in parts.items()}
+        info["pixels"] = {s: len(v) for s, v in px.items()}
+        leaked = px["test"] & px["train"]
+        leakage["test_pixels_in_train"] = len(leaked)
+        leakage["test_pixels_in_train_pct"] = round(100 * len(leaked) / max(len(px["test"]), 1), 2)
+        leakage["test_rows_in_train_pixels"] = int(np.isin(keys[test], list(leaked)).sum())
+        leakage["val_pixels_in_train"] = len(px["val"] & px["train"])
+    else:
+        info["pixels"] = None
+        leakage["test_pixels_in_train"] = None
+    X = np.ascontiguousarray(samples.X)
+    seen = {X[i].tobytes() for i in train}
+    dup = sum(X[i].tobytes() in seen for i in test)
+    leakage["test_rows_spectrum_in_train"] = int(dup)
+    leakage["test_rows_spectrum_in_train_pct"] = round(100 * dup / max(len(test), 1), 2)
+    info["leakage"] = leakage
+    absent = [str(v) for v in samples.class_values if samples.class_counts(test)[v] == 0]
+    info["classes_absent_from_test"] = absent
+    info["explanation"] = _explain(method, info, pixel_size=pixel_size, block_size=block_size)
+    if absent:
+        info["explanation"] += (f" Class(es) {', '.join(absent)} have no test samples, so the "
+                                "test figures say nothing about them.")
+    return info

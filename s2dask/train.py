@@ -1,0 +1,537 @@
+"""Single-node training and the evaluation report.
+
+:func:`train` reads a labelled table, splits it (random / pixel / block), trains the
+tutorial's MLP (normalisation of the training split inside the model), writes the model
+bundle atomically and scores the test split through the bundle's own prediction path.
+:func:`evaluate` applies a bundle to another labelled table and writes the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError, OutputExistsError, SamplesError
+from .samples import (
+    DEFAULT_FRACTIONS,
+    SPLIT_METHODS,
+    Samples,
+    Split,
+    read_samples,
+    split_samples,
+)
+
+__all__ = [
+    "DEFAULTS",
+    "OPTIMIZERS",
+    "classification_metrics",
+    "evaluate",
+    "format_report",
+    "train",
+]
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+#: Defaults, measured on the Buffalo table (random split, 2 CPU cores): Adam at 1e-3 with
+#: batches of 64 converges in about 90 epochs (under a minute) to a test OA above 0.99;
+#: early stopping on validation loss with patience 10 ends the run once it stalls.
+DEFAULTS = {
+    "epochs": 100,
+    "batch_size": 64,
+    "units": (200, 200, 200, 200),
+    "dropout": (0.2, 0.2, 0.1, 0.1),
+    "l1": 1e-5,
+    "l2": 1e-4,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "early_stopping": 10,
+    "class_weight": None,
+}
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[dict]) -> dict:
+    """Overall accuracy, kappa, confusion matrix and per-class accuracies.
+
+    The confusion matrix has rows = true class and columns = predicted class, both in the
+    order of ``classes`` (``labels`` lists their values). Precision is the user's accuracy,
+    recall the producer's accuracy. Rows predicted as nodata (255: a band equal to the
+    input nodata value) count as errors in the overall accuracy and are reported as
+    ``unpredicted``; they appear in no column of the matrix.
+    """
+    from sklearn.metrics import (
+        cohen_kappa_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    y_true = np.asarray(y_true).astype("int64")
+    y_pred = np.asarray(y_pred).astype("int64")
+    labels = [int(c["value"]) for c in classes]
+    extra = sorted(set(np.unique(y_true).tolist()) - set(labels))
+    names = {int(c["value"]): str(c["name"]) for c in classes}
+    labels_all = labels + extra
+    cm = confusion_matrix(y_true, y_pred, labels=labels_all)
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels_all, zero_division=0)
+    n = len(y_true)
+    oa = float((y_true == y_pred).mean()) if n else float("nan")
+    kappa = float(cohen_kappa_score(y_true, y_pred, labels=labels_all)) if n else float("nan")
+    if not np.isfinite(kappa):
+        kappa = 0.0
+    per_class = [
+        {"value": v, "name": names.get(v, f"{v} (unknown to the model)"),
+         "precision": round(float(p), 6), "recall": round(float(r), 6), "f1": round(float(f), 6),
+         "support": int(s)}
+        for v, p, r, f, s in zip(labels_all, prec, rec, f1, support)
+    ]
+    present = [c for c in per_class if c["support"] > 0]
+    return {
+        "n": n,
+        "overall_accuracy": round(oa, 6),
+        "kappa": round(kappa, 6),
+        "macro_f1": round(float(np.mean([c["f1"] for c in present])) if present else 0.0, 6),
+        "labels": labels_all,
+        "confusion_matrix": cm.astype(int).tolist(),
+        "confusion_matrix_axes": "rows = true class, columns = predicted class, in 'labels' order",
+        "per_class": per_class,
+        "unpredicted": int((y_pred == 255).sum()),
+    }
+
+
+def format_report(metrics: dict, *, title: str = "test") -> str:
+    """The metrics as a plain-text table (per class, OA, kappa, confusion matrix, split)."""
+    lines = [f"{title}: {metrics['n']} samples"]
+    w = max([len(c["name"]) for c in metrics["per_class"]] + [5])
+    lines.append(f"  {'value':>5}  {'class':<{w}}  {'user acc':>8}  {'prod acc':>8}  {'f1':>6}  {'support':>7}")
+    for c in metrics["per_class"]:
+        lines.append(f"  {c['value']:>5}  {c['name']:<{w}}  {c['precision']:>8.4f}  "
+                     f"{c['recall']:>8.4f}  {c['f1']:>6.4f}  {c['support']:>7}")
+    lines.append(f"  overall accuracy {metrics['overall_accuracy']:.4f}   kappa {metrics['kappa']:.4f}"
+                 f"   macro F1 {metrics['macro_f1']:.4f}")
+    if metrics.get("unpredicted"):
+        lines.append(f"  {metrics['unpredicted']} rows had a nodata band value and got no prediction")
+    labels = metrics["labels"]
+    cw = max(6, *(len(str(v)) + 1 for v in labels))
+    lines.append("  confusion matrix (rows = true, columns = predicted):")
+    lines.append("  " + " " * 8 + "".join(f"{v:>{cw}}" for v in labels))
+    for v, row in zip(labels, metrics["confusion_matrix"]):
+        lines.append(f"  {v:>8}" + "".join(f"{x:>{cw}}" for x in row))
+    split = metrics.get("split")
+    if split and split.get("explanation"):
+        lines.append(f"  split: {split['explanation']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plot_history(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        ep = np.arange(1, len(history.get(key, [])) + 1)
+        ax.plot(ep, history.get(key, []), label="train")
+        if f"val_{key}" in history:
+            ax.plot(ep, history[f"val_{key}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _plot_confusion(metrics: dict, path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(metrics["confusion_matrix"], dtype=float)
+    names = [f"{c['value']} {c['name']}" for c in metrics["per_class"]]
+    fig = Figure(figsize=(1.2 * len(names) + 3, 1.0 * len(names) + 2.5))
+    ax = fig.subplots()
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}: OA {metrics['overall_accuracy']:.3f}, kappa {metrics['kappa']:.3f}")
+    fig.colorbar(im, ax=ax, label="share of true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _check_params(*, split, epochs, batch_size, units, dropout, optimizer, learning_rate,
+                  early_stopping, class_weight, l1, l2) -> None:
+    if split not in SPLIT_METHODS:
+        raise SamplesError(f"unknown split {split!r}: use one of {', '.join(SPLIT_METHODS)}")
+    if int(epochs) < 1 or int(batch_size) < 1:
+        raise ModelError(f"epochs and batch size must be positive, got {epochs} and {batch_size}")
+    if not units or any(int(u) < 1 for u in units):
+        raise ModelError(f"units must list at least one positive layer width, got {units!r}")
+    if dropout and (len(dropout) != len(units) or any(not 0 <= d < 1 for d in dropout)):
+        raise ModelError(
+            f"dropout must give one rate in [0, 1) per hidden layer ({len(units)} layers), got "
+            f"{list(dropout)!r}"
+        )
+    if optimizer not in OPTIMIZERS:
+        raise ModelError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if not learning_rate > 0:
+        raise ModelError(f"learning rate must be positive, got {learning_rate}")
+    if early_stopping is not None and int(early_stopping) < 0:
+        raise ModelError(f"early-stopping patience must be >= 0, got {early_stopping}")
+    if class_weight not in (None, "balanced"):
+        raise ModelError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if l1 < 0 or l2 < 0:
+        raise ModelError(f"l1 and l2 must be >= 0, got {l1} and {l2}")
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise OutputExistsError(f"{out} exists and is not a directory: choose another --out")
+        if not overwrite:
+            raise OutputExistsError(
+                f"model directory {out} already exists: choose another --out or pass --overwrite "
+                "to replace it once the new model is complete"
+            )
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished bundle into place; with overwrite, the old one goes only after."""
+    if out.exists():
+        if not overwrite:  # appeared while we trained
+            raise OutputExistsError(f"model directory {out} appeared during training: "
+                                    "choose another --out or pass --overwrite")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rmdir(old)
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def _log(verbose: int, text: str) -> None:
+    if verbose:
+        print(text, flush=True)
+
+
+def _resolve_samples(samples, *, label, bands, name_column, class_table, x, y) -> Samples:
+    if isinstance(samples, Samples):
+        if bands is None:
+            return samples
+        from .bands import canonical_bands
+
+        want = canonical_bands(bands)
+        missing = [b for b in want if b not in samples.bands]
+        if missing:
+            raise SamplesError(f"the samples lack band(s) {', '.join(missing)} (they have "
+                               f"{', '.join(samples.bands)}): choose bands among those")
+        cols = [samples.bands.index(b) for b in want]
+        return Samples(samples.X[:, cols], samples.y, samples.xy, want, samples.classes,
+                       samples.source, samples.sha256, samples.label)
+    return read_samples(samples, label=label, bands=bands, name_column=name_column,
+                        class_table=class_table, x=x, y=y)
+
+
+def train(
+    samples: str | os.PathLike | Samples,
+    out_dir: str | os.PathLike,
+    *,
+    label: str = "Class_ID",
+    bands: Sequence[str] | str | None = None,
+    name_column: str | None = "Description",
+    class_table: str | os.PathLike | None = None,
+    x: str | None = "x",
+    y: str | None = "y",
+    split: str = "random",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    epochs: int = DEFAULTS["epochs"],
+    batch_size: int = DEFAULTS["batch_size"],
+    units: Sequence[int] = DEFAULTS["units"],
+    dropout: Sequence[float] = DEFAULTS["dropout"],
+    l1: float = DEFAULTS["l1"],
+    l2: float = DEFAULTS["l2"],
+    optimizer: str = DEFAULTS["optimizer"],
+    learning_rate: float = DEFAULTS["learning_rate"],
+    early_stopping: int | None = DEFAULTS["early_stopping"],
+    class_weight: str | None = DEFAULTS["class_weight"],
+    block_size: float = 250.0,
+    pixel_size: float = 10.0,
+    input_nodata: float | None = 0,
+    overwrite: bool = False,
+    verbose: int = 1,
+) -> dict:
+    """Train the tutorial's MLP on a labelled table and write a model bundle.
+
+    The bundle (``model.keras``, ``model.json``, ``metrics.json``, ``training.png``,
+    ``confusion.png``) is built in a temporary directory next to ``out_dir`` and renamed
+    into place only when complete; on failure nothing is left behind.
+
+    Parameters
+    ----------
+    samples
+        A CSV/Parquet table (see :func:`s2dask.samples.read_samples`) or a :class:`Samples`.
+    out_dir
+        The model directory to create.
+    label, bands, name_column, class_table, x, y
+        Passed to :func:`~s2dask.samples.read_samples`.
+    split
+        ``"random"`` (the tutorial's, leaky on point data), ``"pixel"`` or ``"block"``;
+        see :func:`~s2dask.samples.split_samples`.
+    fractions
+        Train / validation / test fractions (default 0.75 / 0.12 / 0.13).
+    seed
+        Seeds the split, the weight initialisation, dropout and shuffling.
+    epochs, batch_size
+        Maximum epochs and mini-batch size.
+    units, dropout, l1, l2
+        Hidden layer widths, their dropout rates and the L1/L2 kernel regularisation.
+    optimizer, learning_rate
+        ``"adam"``, ``"sgd"`` (momentum 0.9) or ``"rmsprop"`` and its learning rate.
+    early_stopping
+        Patience in epochs on validation loss (best weights restored); 0/None trains all
+        ``epochs``.
+    class_weight
+        ``"balanced"`` weights classes inversely to their training frequency; None does not.
+    block_size, pixel_size
+        Block side (block split) and pixel size (pixel split, leakage count), in metres.
+    input_nodata
+        Band value that marks a missing pixel at prediction time (0 for Sentinel-2 DNs).
+    overwrite
+        Replace an existing ``out_dir`` (only after the new bundle is complete).
+    verbose
+        0 silent, 1 a line per epoch and the test report.
+
+    Returns
+    -------
+    dict
+        The test metrics written to ``metrics.json``.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``out_dir`` exists and ``overwrite`` is false (checked before anything else).
+    SamplesError
+        If the table is unusable or cannot be split.
+    ModelError
+        If a training parameter is invalid.
+    """
+    out = Path(out_dir).absolute()
+    _check_out_dir(out, overwrite)
+    units = tuple(int(u) for u in units)
+    dropout = tuple(float(d) for d in (dropout or ()))
+    class_weight = None if class_weight in (None, "none", "None") else class_weight
+    early_stopping = int(early_stopping or 0)
+    _check_params(split=split, epochs=epochs, batch_size=batch_size, units=units, dropout=dropout,
+                  optimizer=optimizer, learning_rate=learning_rate, early_stopping=early_stopping,
+                  class_weight=class_weight, l1=l1, l2=l2)
+    data = _resolve_samples(samples, label=label, bands=bands, name_column=name_column,
+                            class_table=class_table, x=x, y=y)
+    parts = split_samples(data, method=split, fractions=fractions, seed=seed,
+                          pixel_size=pixel_size, block_size=block_size)
+    names = ", ".join(f"{c['value']}={c['name']}" for c in data.classes)
+    _log(verbose, f"samples: {data.source or 'in memory'}: {len(data)} rows, bands "
+                  f"{','.join(data.bands)}, classes {names}")
+    _log(verbose, f"split {split}: train {len(parts.train)}, val {len(parts.val)}, "
+                  f"test {len(parts.test)} rows")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        metrics = _train_into(tmp, data, parts, out=out, seed=seed, epochs=int(epochs),
+                              batch_size=int(batch_size), units=units, dropout=dropout, l1=l1,
+                              l2=l2, optimizer=optimizer, learning_rate=float(learning_rate),
+                              early_stopping=early_stopping, class_weight=class_weight,
+                              input_nodata=input_nodata, verbose=verbose)
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log(verbose, format_report(metrics, title=f"test split ({split})"))
+    _log(verbose, f"model written to {out}")
+    return metrics
+
+
+def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int, epochs: int,
+                batch_size: int, units, dropout, l1, l2, optimizer: str, learning_rate: float,
+                early_stopping: int, class_weight, input_nodata, verbose: int) -> dict:
+    from .model import build_model, load_model, save_bundle
+
+    try:
+        import keras
+    except ImportError as exc:  # pragma: no cover - keras is a core dependency
+        raise ModelError("training needs Keras 3 and a backend: pip install 'keras>=3' tensorflow") from exc
+
+    keras.utils.set_random_seed(int(seed))
+    values = data.class_values
+    index = {v: i for i, v in enumerate(values)}
+    y_idx = np.array([index[int(v)] for v in data.y], dtype="int64")
+    Xtr, ytr = data.X[parts.train], y_idx[parts.train]
+    Xva, yva = data.X[parts.val], y_idx[parts.val]
+    model = build_model(len(data.bands), len(values), mean=Xtr.mean(axis=0, dtype="float64"),
+                        variance=Xtr.var(axis=0, dtype="float64"), units=units, dropout=dropout,
+                        l1=l1, l2=l2, seed=seed)
+    opt = {
+        "adam": lambda: keras.optimizers.Adam(learning_rate),
+        "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9),
+        "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate),
+    }[optimizer]()
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    weights = None
+    if class_weight == "balanced":
+        counts = np.bincount(ytr, minlength=len(values)).astype(float)
+        weights = {i: float(len(ytr) / (len(values) * c)) for i, c in enumerate(counts) if c > 0}
+    callbacks = []
+    if early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=early_stopping, restore_best_weights=True))
+    t0 = time.perf_counter()
+    hist = model.fit(Xtr, ytr, validation_data=(Xva, yva), epochs=epochs, batch_size=batch_size,
+                     shuffle=True, class_weight=weights, callbacks=callbacks,
+                     verbose=2 if verbose else 0)
+    seconds = time.perf_counter() - t0
+    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+    epochs_run = len(history.get("loss", []))
+    best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else epochs_run
+
+    split_info = dict(parts.info)
+    extra = {
+        "training_data": {"path": data.source, "sha256": data.sha256, "rows": len(data),
+                          "label": data.label},
+        "split": {k: v for k, v in split_info.items() if k != "explanation"},
+        "training": {
+            "seed": int(seed), "epochs": epochs, "batch_size": batch_size, "units": list(units),
+            "dropout": list(dropout), "l1": l1, "l2": l2, "optimizer": optimizer,
+            "learning_rate": learning_rate, "early_stopping_patience": early_stopping,
+            "class_weight": class_weight or None, "loss": "sparse_categorical_crossentropy",
+            "normalisation": "training split mean/variance inside the model",
+        },
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "training_seconds": round(seconds, 2),
+    }
+    save_bundle(model, tmp, bands=data.bands, classes=data.classes, input_nodata=input_nodata,
+                extra=extra)
+    # score through the bundle's own prediction path, as a job would
+    bundle = load_model(tmp)
+    pred = bundle.predict(data.X[parts.test])
+    metrics = classification_metrics(data.y[parts.test], pred, bundle.classes)
+    metrics = {
+        "evaluated_on": "test split",
+        **metrics,
+        "split": split_info,
+        "model_sha256": bundle.sha256,
+        "samples": {"path": data.source, "sha256": data.sha256},
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "training_seconds": round(seconds, 2),
+        "final": {k: v[-1] for k, v in history.items()},
+    }
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (tmp / "history.json").write_text(json.dumps(history) + "\n")
+    _plot_history(history, tmp / "training.png")
+    _plot_confusion(metrics, tmp / "confusion.png", title=f"{out.name}, test ({parts.method} split)")
+    return metrics
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    samples: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    label: str = "Class_ID",
+    verbose: int = 1,
+) -> dict:
+    """Apply a model bundle to a labelled table and report the same metrics as training.
+
+    Parameters
+    ----------
+    model_dir
+        A bundle written by :func:`train`; it is validated (sha256, safe mode) first.
+    samples
+        A CSV/Parquet table with the model's bands (any alias) and a label column.
+    out
+        Optional JSON file to write the metrics to.
+    label
+        The label column.
+    verbose
+        0 silent, 1 print the report.
+
+    Returns
+    -------
+    dict
+        The metrics (also written to ``out`` when given).
+
+    Raises
+    ------
+    ModelError
+        If the bundle is missing, incomplete, tampered with or unloadable.
+    SamplesError
+        If the table lacks the model's bands or the label column, or has bad values.
+    """
+    from .model import load_model
+
+    bundle = load_model(model_dir)
+    data = read_samples(samples, label=label, bands=bundle.bands, name_column=None, x=None, y=None,
+                        min_classes=1)
+    pred = bundle.predict(data.X)
+    metrics = classification_metrics(data.y, pred, bundle.classes)
+    metrics = {
+        "evaluated_on": "table",
+        **metrics,
+        "model_dir": str(Path(model_dir)),
+        "model_sha256": bundle.sha256,
+        "samples": {"path": data.source, "sha256": data.sha256},
+    }
+    if verbose:
+        print(format_report(metrics, title=f"evaluation of {model_dir} on {samples}"), flush=True)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(metrics, indent=2) + "\n")
+            os.replace(tmp, out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        if verbose:
+            print(f"metrics written to {out}", flush=True)
+    return metrics
+
