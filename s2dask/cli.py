@@ -32,23 +32,172 @@ def _positive_int(text: str) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    pass  # filled in by the training feature
+    def _ints(text: str) -> list[int]:
+        try:
+            return [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+    def _floats(text: str) -> list[float]:
+        try:
+            return [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+    def _cmd_train(args: argparse.Namespace) -> int:
+        from .train import train
+
+        train(
+            args.samples, args.out, label=args.label, bands=args.bands, class_table=args.classes,
+            split=args.split, block_size=args.block_size, seed=args.seed, epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
+            units=args.units, dropout=args.dropout, early_stopping=args.patience,
+            class_weight=None if args.class_weight == "none" else args.class_weight,
+            overwrite=args.overwrite, verbose=0 if args.quiet else 1,
+        )
+        return 0
+
+    p = sub.add_parser(
+        "train",
+        help="train the MLP on a labelled table and write a model bundle",
+        description="Train the tutorial's MLP (normalisation inside) on a labelled CSV/Parquet "
+        "table, write MODEL_DIR atomically (model.keras, model.json, metrics.json, plots) and "
+        "report test accuracy. --split random is the tutorial's protocol and leaks pixels "
+        "between train and test on point data; pixel and block are honest.",
+    )
+    p.add_argument("samples", metavar="SAMPLES", help="labelled table (.csv or .parquet)")
+    p.add_argument("--out", "-o", required=True, metavar="MODEL_DIR", help="model directory to create")
+    p.add_argument("--label", default="Class_ID", help="class column (default Class_ID)")
+    p.add_argument("--bands", default=None,
+                   help="comma-separated bands, aliases accepted (default the tutorial's 10)")
+    p.add_argument("--classes", default=None, metavar="CLASS_TABLE.csv",
+                   help="class table: value (or id/Class_ID), name, optional colour")
+    p.add_argument("--split", choices=("random", "pixel", "block"), default="random",
+                   help="train/val/test split (default random, the tutorial's)")
+    p.add_argument("--block-size", type=float, default=250.0, metavar="M",
+                   help="block side in metres for --split block (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split and training (default 0)")
+    p.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default 100)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="mini-batch (default 64)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="default 0.001")
+    p.add_argument("--optimizer", choices=("adam", "sgd", "rmsprop"), default="adam")
+    p.add_argument("--units", type=_ints, default=[200, 200, 200, 200],
+                   help="hidden layer widths (default 200,200,200,200)")
+    p.add_argument("--dropout", type=_floats, default=[0.2, 0.2, 0.1, 0.1],
+                   help="dropout per hidden layer (default 0.2,0.2,0.1,0.1)")
+    p.add_argument("--patience", type=int, default=10,
+                   help="early stopping on validation loss, 0 = off (default 10)")
+    p.add_argument("--class-weight", choices=("balanced", "none"), default="none",
+                   help="weight classes inversely to frequency (default none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing MODEL_DIR once the new one is complete")
+    p.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines or report")
+    p.set_defaults(handler=_cmd_train)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    pass  # filled in by the training feature
+    def _cmd_evaluate(args: argparse.Namespace) -> int:
+        from .train import evaluate
+
+        evaluate(args.model_dir, args.samples, out=args.out, label=args.label,
+                 verbose=0 if args.quiet else 1)
+        return 0
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model bundle on another labelled table",
+        description="Apply MODEL_DIR to a labelled table (the model's bands are required) and "
+        "report overall accuracy, kappa, per-class accuracies and the confusion matrix.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="bundle written by 's2dask train'")
+    p.add_argument("samples", metavar="SAMPLES", help="labelled table (.csv or .parquet)")
+    p.add_argument("--out", "-o", default=None, metavar="metrics.json", help="write the metrics here")
+    p.add_argument("--label", default="Class_ID", help="class column (default Class_ID)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing")
+    p.set_defaults(handler=_cmd_evaluate)
 
 
 # --------------------------------------------------------------------------- scenes
 # (section owned by the scene feature: scene.py)
 
 
+def _band_list(values: Sequence[str] | None) -> list[str] | None:
+    """``--bands B02 B03`` and ``--bands B02,B03`` alike."""
+    if not values:
+        return None
+    return [b for v in values for b in v.split(",") if b.strip()]
+
+
 def _add_grid_to_raster(sub: argparse._SubParsersAction) -> None:
-    pass  # filled in by the scene feature
+    p = sub.add_parser(
+        "grid-to-raster",
+        help="write a pixel table on a regular grid (x, y, B2..B12) as a georeferenced COG",
+        description="Write a CSV of cell centres (x, y) and band DNs as a tiled, DEFLATE-compressed "
+        "multi-band COG with canonical band names; cells missing from the table become nodata.",
+    )
+    p.add_argument("grid", metavar="GRID.csv", help="table with columns x, y (cell centres) and B2..B12")
+    p.add_argument("out", metavar="OUT.tif", help="the COG to write")
+    p.add_argument("--crs", required=True, help="CRS of x/y, e.g. EPSG:32617")
+    p.add_argument("--bands", nargs="+", metavar="BAND", help="bands to write, in order (default: all)")
+    p.add_argument("--nodata", type=float, default=0, help="value of missing cells (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT.tif if it exists")
+    p.set_defaults(handler=_cmd_grid_to_raster)
+
+
+def _cmd_grid_to_raster(args: argparse.Namespace) -> int:
+    import rasterio
+
+    from .scene import grid_to_raster
+
+    nodata = int(args.nodata) if float(args.nodata).is_integer() else args.nodata
+    out = grid_to_raster(
+        args.grid, args.out, crs=args.crs, bands=_band_list(args.bands), nodata=nodata,
+        overwrite=args.overwrite,
+    )
+    with rasterio.open(out) as src:
+        print(
+            f"wrote {out}: {src.count} bands ({', '.join(d or '?' for d in src.descriptions)}), "
+            f"{src.height} x {src.width} px of {src.res[0]:g} m, {src.crs}, {src.dtypes[0]}, nodata {src.nodata:g}"
+        )
+    return 0
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    pass  # filled in by the scene feature
+    p = sub.add_parser(
+        "inspect",
+        help="summarise a scene (GeoTIFF, band folder, .SAFE, Zarr) without reading pixels",
+    )
+    p.add_argument("scene", metavar="SCENE", help="multi-band GeoTIFF, band folder, .SAFE product or Zarr store")
+    p.add_argument("--bands", nargs="+", metavar="BAND", help="bands to select (or to name, for unnamed GeoTIFF bands)")
+    p.add_argument("--chunks", type=_positive_int, default=2048, help="spatial chunk edge (default 2048)")
+    p.set_defaults(handler=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .scene import open_scene, scene_summary
+
+    info = scene_summary(open_scene(args.scene, bands=_band_list(args.bands), chunks=args.chunks))
+    offsets = {b: o for b, o in info["offset_applied"].items() if o}
+    if offsets:
+        harmonised = "yes, offsets applied: " + ", ".join(f"{b} {o:+d}" for b, o in offsets.items())
+    else:
+        harmonised = "yes, no offset needed" if info["harmonised"] else "no (values as stored)"
+    n_bands, height, width = info["shape"]
+    lines = [
+        ("scene", info["scene_id"]),
+        ("source", info["source"]),
+        *[(k.replace("_", " "), info[k]) for k in ("tile_id", "sensing_time", "product_level", "processing_baseline") if k in info],
+        ("shape", f"{n_bands} bands x {height} rows x {width} cols ({info['dtype']})"),
+        ("bands", " ".join(info["bands"])),
+        ("crs", info["crs"]),
+        ("resolution", f"{info['resolution'][0]:g} x {info['resolution'][1]:g}"),
+        ("nodata", info["nodata"]),
+        ("chunks", f"{info['chunks']}, {info['n_chunks']} chunks"),
+        ("harmonised", harmonised),
+    ]
+    for key, value in lines:
+        print(f"{key:<20} {value}")
+    return 0
 
 
 # --------------------------------------------------------------------------- classify / demo
@@ -56,11 +205,109 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
-    pass  # filled in by the job feature
+    p = sub.add_parser(
+        "classify",
+        help="classify whole scenes with a model bundle on a Dask cluster",
+        description="Predict a land-cover class for every pixel of each SCENE with MODEL_DIR, "
+        "block by block on Dask workers, and write OUT/<scene-id>/ with classes.zarr, "
+        "classes.tif (COG), job.json and quicklook.png. Without --scheduler an embedded "
+        "LocalCluster is started.",
+    )
+    p.add_argument("scenes", nargs="+", metavar="SCENE",
+                   help="GeoTIFF/COG, band folder, .SAFE product or Zarr store (several allowed)")
+    p.add_argument("--model", "-m", required=True, metavar="MODEL_DIR", help="bundle from 's2dask train'")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--chunks", type=int, default=2048, metavar="N",
+                   help="spatial chunk edge in pixels (default 2048); memory per task scales with it")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write per-class probabilities (uint8 percent) to the Zarr store")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler (tcp:// or tls://)")
+    where.add_argument("--scheduler-file", metavar="FILE", help="join the scheduler of this scheduler file")
+    p.add_argument("--tls-ca-file", metavar="FILE", help="CA certificate of a TLS cluster")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate of a TLS cluster")
+    p.add_argument("--tls-key", metavar="FILE", help="client key of a TLS cluster")
+    p.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                   help="seconds to wait for the scheduler (default 20)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="workers of the embedded cluster (default: one per core)")
+    p.add_argument("--threads-per-worker", type=_positive_int, metavar="N",
+                   help="threads per worker of the embedded cluster (default 1)")
+    p.add_argument("--gpu", action="store_true",
+                   help="embedded cluster of one worker per GPU (needs the gpu extra: dask-cuda)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="pixels per forward call")
+    p.add_argument("--overview-resampling", choices=("mode", "nearest"), default="mode",
+                   help="COG overview resampling (default mode)")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--overwrite", action="store_true",
+                       help="replace existing outputs (the old one goes only when the new is complete)")
+    state.add_argument("--resume", action="store_true",
+                       help="finish an interrupted job: compute only the chunks not yet written")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_classify)
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .cluster import make_security
+    from .job import classify
+
+    security = make_security(ca_file=args.tls_ca_file, cert=args.tls_cert, key=args.tls_key)
+    results = classify(
+        args.scenes if len(args.scenes) > 1 else args.scenes[0], args.model, args.out,
+        chunks=args.chunks, probabilities=args.probabilities, scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file, security=security, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, gpu=args.gpu, overwrite=args.overwrite,
+        resume=args.resume, batch_size=args.batch_size, connect_timeout=args.timeout,
+        overview_resampling=args.overview_resampling,
+        progress=False if args.quiet else None,
+    )
+    failed = 0
+    for r in results:
+        if r.status == "complete":
+            print(_job_line(r.record))
+        else:
+            failed += 1
+            print(f"s2dask classify: error: {r.error}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _job_line(record: dict) -> str:
+    st = record["statistics"]
+    tp = record["throughput_mpx_s"]["end_to_end"]
+    top = sorted(st["classes"], key=lambda c: -c["pixels"])[:3]
+    cls = ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in top)
+    return (f"{record['output']['dir']}: {st['pixels'] / 1e6:.2f} Mpx in "
+            f"{record['timings_s']['total']:.1f} s ({tp:.2f} Mpx/s); {cls}; "
+            f"nodata {st['nodata_pixels']} px")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    pass  # filled in by the job feature
+    p = sub.add_parser(
+        "demo",
+        help="the main job end to end on embedded data: build a scene, train, classify",
+        description="With the Buffalo sample data (../shared/data/buffalo or $S2DASK_SAMPLE_DATA) "
+        "build the real scene with grid-to-raster, train on point_data.csv and classify the "
+        "scene on an embedded LocalCluster; without it, do the same on a synthetic scene "
+        "the project generates (deterministic by --seed).",
+    )
+    p.add_argument("--out", "-o", default="s2dask-out", metavar="DIR", help="output directory (default ./s2dask-out)")
+    p.add_argument("--data", metavar="DIR", help="folder holding buffalo/ (default: $S2DASK_SAMPLE_DATA or ../shared/data)")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic scene even if sample data exists")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: a quick run)")
+    p.add_argument("--chunks", type=int, default=None, metavar="N", help="chunk edge for the classification")
+    p.add_argument("--workers", type=_positive_int, metavar="N", help="workers (default: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous demo in DIR")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, data=args.data, synthetic=args.synthetic, seed=args.seed,
+             epochs=args.epochs, chunks=args.chunks, workers=args.workers,
+             overwrite=args.overwrite)
+    return 0
 
 
 # --------------------------------------------------------------------------- parser and entry point
@@ -68,8 +315,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 _ADDERS = (_add_demo, _add_train, _add_evaluate, _add_grid_to_raster, _add_inspect, _add_classify)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit code 2, like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="s2dask",
         description="Classify whole Sentinel-2 scenes with Keras models on Dask.",
     )

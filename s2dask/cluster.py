@@ -66,7 +66,9 @@ def configure_threads(tf_threads: int) -> int:
     tf_threads = max(1, int(tf_threads))
     if "backend" in _THREADS_SET:
         return _THREADS_SET["backend"]
-    import keras
+    from .model import _require_keras
+
+    keras = _require_keras()
 
     backend = keras.backend.backend()
     if backend == "tensorflow":

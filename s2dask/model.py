@@ -81,22 +81,64 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     try:
-        import keras
-
-        out["keras_backend"] = keras.backend.backend()
+        out["keras_backend"] = _require_keras().backend.backend()
     except Exception:  # pragma: no cover - keras missing is reported elsewhere
         pass
     return out
 
 
 def _require_keras():
+    """Import Keras (and its backend) once, keeping the backend's start-up chatter off stderr.
+
+    TensorFlow writes several native log lines (oneDNN, CUDA probing) to file descriptor
+    2 before its log level applies; a command whose errors are one line cannot let them
+    through. Set ``S2DASK_NATIVE_LOGS=1`` to see them.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        import keras
+        if os.environ.get("S2DASK_NATIVE_LOGS"):
+            import keras
+        else:
+            with _native_stderr_silenced():
+                import keras
+
+                keras.backend.backend()
+                if keras.backend.backend() == "tensorflow":
+                    import tensorflow as tf
+
+                    tf.config.list_physical_devices("GPU")  # the CUDA probe logs here
     except ImportError as exc:  # pragma: no cover - keras is a core dependency
         raise ModelError(
             "s2dask models need Keras 3 and a backend: pip install 'keras>=3' tensorflow"
         ) from exc
     return keras
+
+
+class _native_stderr_silenced:
+    """Point file descriptor 2 at /dev/null for the duration (native libraries' logs)."""
+
+    def __enter__(self):
+        import sys
+
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except OSError:  # no fd 2 (embedded interpreters): nothing to silence
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+        return False
 
 
 def build_model(

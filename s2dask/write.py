@@ -62,7 +62,7 @@ def layout_zarr(store, *, scene, chunks: tuple[int, int], classes: Sequence[dict
     import xarray as xr
 
     ny, nx = scene.sizes["y"], scene.sizes["x"]
-    cy, cx = chunks
+    cy, cx = min(chunks[0], ny), min(chunks[1], nx)
     n_cls = len(classes)
     coords = {"y": scene["y"].values, "x": scene["x"].values}
     data_vars = {
