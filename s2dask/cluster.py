@@ -290,11 +290,20 @@ def connect(
         kwargs: dict[str, Any] = {"timeout": timeout}
         if security is not None:
             kwargs["security"] = security
+        failure = None
         try:
             with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s"}):
                 client = Client(scheduler, scheduler_file=scheduler_file, **kwargs)
         except Exception as exc:  # OSError, TimeoutError, TLS errors ...
-            raise ClusterError(_connect_message(where, exc, timeout)) from None
+            failure = _connect_message(where, exc, timeout)
+        if failure is not None:
+            # The half-built Client still owns a loop thread. Collect it here, now that the
+            # traceback is gone: left to the garbage collector, its __del__ may run inside the
+            # next Client's __init__ and deadlock on the loop runner's lock (hangs forever).
+            import gc
+
+            gc.collect()
+            raise ClusterError(failure)
         return client, None
     if gpu:
         try:
@@ -305,8 +314,11 @@ def connect(
                                    dashboard_address=":0" if dashboard else None)
         return Client(cluster), cluster
     n, t = local_cluster_size(workers, threads_per_worker)
+    # a failed task is reported once, by the job, as one line; the workers' own tracebacks
+    # of it would bury that line (S2DASK_DEBUG=1 keeps them)
+    quiet = logging.CRITICAL if not os.environ.get("S2DASK_DEBUG") else logging.WARNING
     cluster = LocalCluster(n_workers=n, threads_per_worker=t, processes=True,
-                           memory_limit=memory_limit,
+                           memory_limit=memory_limit, silence_logs=quiet,
                            dashboard_address=":0" if dashboard else None)
     return Client(cluster), cluster
 

@@ -547,8 +547,9 @@ def _task_error(exc: BaseException, job: _Prepared) -> S2DaskError:
     if isinstance(exc, S2DaskError):
         return exc
     if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         return StorageError(f"writing the output of {job.source} failed: "
-                            f"{exc.strerror or exc} ({getattr(exc, 'filename', '') or ''}); "
+                            f"{exc.strerror or exc}{where}; "
                             f"free space or fix permissions, then rerun with --resume "
                             f"(finished chunks are kept in {job.partial})")
     text = " ".join(str(exc).split())[:300]

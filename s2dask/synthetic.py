@@ -101,6 +101,7 @@ def make_scene(path: str | os.PathLike, *, size: int | tuple[int, int] = 1024, s
     if rows <= 0 or cols <= 0:
         raise ParameterError(f"scene size must be positive, got {size!r}")
     transform = from_origin(origin[0], origin[1], resolution, resolution)
+    path.parent.mkdir(parents=True, exist_ok=True)
     stage = path.with_name(f".{path.name}.stage.tif")
     profile = dict(driver="GTiff", width=cols, height=rows, count=len(DEFAULT_BANDS),
                    dtype="uint16", crs=crs, transform=transform, nodata=0, tiled=True,
