@@ -1,0 +1,98 @@
+"""The local recipe (cluster/local/start.sh, stop.sh) with real scheduler and worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from _cluster import START, STOP, local_recipe, pid_alive, recipe_env, stop_recipe, wait_dead
+
+pytest.importorskip("distributed")
+
+
+def test_local_recipe_start_compute_stop(tmp_path):
+    with local_recipe(tmp_path, n_workers=2) as info:
+        assert info.scheduler_file.is_file()
+        assert info.address.startswith("tcp://127.0.0.1:")
+        assert (info.run_dir / "logs" / "scheduler.log").is_file()
+        client, cluster = info.connect(timeout=10)
+        try:
+            assert cluster is None
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            assert len(workers) == 2
+            assert all(w["nthreads"] == 1 for w in workers.values())
+            # builtins only: the workers cannot import this test module
+            assert client.gather(client.map(abs, range(-5, 5))) == [abs(i) for i in range(-5, 5)]
+            assert client.submit(sum, range(101)).result() == 5050
+            worker_pids = list(client.run(os.getpid).values())
+            scheduler_pid = client.run_on_scheduler(os.getpid)
+        finally:
+            client.close()
+        assert scheduler_pid == info.pids["scheduler"]
+        all_pids = [*info.pids.values(), *worker_pids]
+        assert all(pid_alive(p) for p in all_pids)
+        # a second start on the same run directory is refused while this one runs
+        again = subprocess.run([str(START), "--run-dir", str(info.run_dir), "--no-dashboard"],
+                               env=recipe_env(), capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1
+        assert "already running" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+        stopped = stop_recipe(info.run_dir)
+        assert stopped.returncode == 0, stopped.stderr
+    assert wait_dead(all_pids, timeout=5) == []
+    assert not (info.run_dir / "scheduler.pid").exists()
+    assert not (info.run_dir / "workers.pid").exists()
+
+
+def test_start_fails_clearly_and_cleans_up(tmp_path):
+    """A worker count that never connects in time: one line, exit 1, nothing left running."""
+    run_dir = tmp_path / "cluster"
+    proc = subprocess.run([str(START), "--run-dir", str(run_dir), "--workers", "1", "--timeout", "1",
+                           "--no-dashboard"], env=recipe_env(), capture_output=True, text=True, timeout=90)
+    try:
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("start.sh: ")
+        assert "workers.log" in lines[0] or "scheduler" in lines[0]
+        assert not (run_dir / "scheduler.pid").exists() and not (run_dir / "workers.pid").exists()
+    finally:
+        stop_recipe(run_dir)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--workers", "zero"], "--workers must be a positive integer"),
+    (["--bogus"], "unknown option --bogus"),
+])
+def test_start_rejects_bad_options(tmp_path, args, expect):
+    proc = subprocess.run([str(START), "--run-dir", str(tmp_path / "c"), *args], env=recipe_env(),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert expect in proc.stderr
+
+
+def test_stop_without_cluster_is_harmless(tmp_path):
+    proc = subprocess.run([str(STOP), "--run-dir", str(tmp_path / "nothing")], env=recipe_env(),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+
+
+def test_stop_kills_a_process_that_ignores_sigterm(tmp_path):
+    """stop.sh escalates to SIGKILL on the whole process group after its timeout."""
+    run_dir = tmp_path / "cluster"
+    run_dir.mkdir()
+    proc = subprocess.Popen(["setsid", "sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        (run_dir / "workers.pid").write_text(f"{proc.pid}\n")
+        out = subprocess.run([str(STOP), "--run-dir", str(run_dir), "--timeout", "1"], env=recipe_env(),
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "SIGKILL" in out.stdout
+        proc.wait(timeout=5)
+        assert not pid_alive(proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
