@@ -76,7 +76,7 @@ def run_demo(out: str | os.PathLike = "s2dask-out", *, data: str | os.PathLike |
         say(f"[1/3] Buffalo sample data found in {folder}: writing the scene with grid-to-raster")
         scene = grid_to_raster(folder / "grid_data.csv", inputs / "buffalo.tif", crs=BUFFALO_CRS)
         samples = folder / "point_data.csv"
-        split, n_epochs, chunk = "block", epochs or 60, chunks or 64
+        split, n_epochs, chunk = "pixel", epochs or 60, chunks or 64
     else:
         from .synthetic import make_samples, make_scene
 
@@ -99,8 +99,10 @@ def run_demo(out: str | os.PathLike = "s2dask-out", *, data: str | os.PathLike |
     rec = job.record
     st = rec["statistics"]
     say("")
+    meaning = {"pixel": "no 10 m pixel on both sides of the split",
+               "block": "whole spatial blocks held out"}[split]
     say(f"test overall accuracy {metrics['overall_accuracy']:.3f}, kappa {metrics['kappa']:.3f} "
-        f"({split} split: whole spatial blocks held out, no pixel on both sides)")
+        f"({split} split: {meaning}; see {model_dir}/metrics.json)")
     say("class areas:")
     for c in st["classes"]:
         ha = f"{c['hectares']:10.1f} ha" if c["hectares"] is not None else ""

@@ -386,12 +386,9 @@ def train(
 def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int, epochs: int,
                 batch_size: int, units, dropout, l1, l2, optimizer: str, learning_rate: float,
                 early_stopping: int, class_weight, input_nodata, verbose: int) -> dict:
-    from .model import build_model, load_model, save_bundle
+    from .model import _require_keras, build_model, load_model, save_bundle
 
-    try:
-        import keras
-    except ImportError as exc:  # pragma: no cover - keras is a core dependency
-        raise ModelError("training needs Keras 3 and a backend: pip install 'keras>=3' tensorflow") from exc
+    keras = _require_keras()  # quiet import; ModelError with the install hint if missing
 
     keras.utils.set_random_seed(int(seed))
     values = data.class_values
