@@ -96,3 +96,59 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ------------------------------------------------------------------------------ GPU
+
+
+def _cuda_gpus() -> int:
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def test_gpu_local_cuda_cluster():
+    """connect(gpu=True) starts one dask-cuda worker per GPU, each pinned to its own device."""
+    pytest.importorskip("dask_cuda")
+    n = _cuda_gpus()
+    if n == 0:
+        pytest.skip("no NVIDIA GPU visible (nvidia-smi -L)")
+    from s2dask.cluster import connect
+
+    client, cluster = connect(gpu=True, dashboard=False)
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert len(workers) == n
+        first = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"].split(",")[0])
+        assert len(set(first.values())) == n
+        assert client.submit(sum, [1, 2]).result() == 3
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_gpu_without_dask_cuda_says_how_to_install(monkeypatch):
+    import sys
+
+    from s2dask.cluster import connect
+    from s2dask.errors import ClusterError
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import fails as if not installed
+    with pytest.raises(ClusterError, match=r"pip install 's2dask\[gpu\]'"):
+        connect(gpu=True)
+
+
+def test_gpu_worker_script_fails_clearly_without_a_gpu(tmp_path):
+    if _cuda_gpus():
+        pytest.skip("this node has a GPU")
+    from _cluster import CLUSTER
+
+    proc = subprocess.run([str(CLUSTER / "gpu" / "start-workers.sh"), "--scheduler", "tcp://127.0.0.1:1",
+                           "--run-dir", str(tmp_path)], env=recipe_env(), capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("start-workers.sh: no NVIDIA GPU visible")
+    assert not (tmp_path / "gpu-workers.pid").exists()

@@ -3,7 +3,8 @@
 #
 #   cluster/local/stop.sh [--run-dir DIR] [--timeout S] [--quiet]
 #
-# S2DASK_RUN_DIR (./s2dask-cluster) and S2DASK_STOP_TIMEOUT (10 s) work too. Workers stop
+# S2DASK_RUN_DIR (./s2dask-cluster) and S2DASK_STOP_TIMEOUT (10 s) work too. Workers
+# (workers.pid, and gpu-workers.pid of cluster/gpu/start-workers.sh) stop
 # first, then the scheduler: each gets SIGTERM, and after the timeout its whole process
 # group (the nanny's worker processes included) gets SIGKILL. Exit 0 when nothing of the
 # cluster is left running, 1 otherwise.
@@ -59,6 +60,7 @@ stop_one() {
 
 [ -d "$run_dir" ] || { say "no run directory $run_dir: nothing to stop"; exit 0; }
 status=0
+stop_one gpu-workers || status=1  # cluster/gpu/start-workers.sh
 stop_one workers || status=1
 stop_one scheduler || status=1
 exit $status
