@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import posixpath
 import shutil
 import socket
 import sys
@@ -47,8 +48,8 @@ class _Prepared:
     source: str
     scene: Any  # xarray.DataArray (band, y, x)
     scene_id: str
-    final: Path
-    partial: Path
+    final: str
+    partial: str
     resume_from: int  # chunks already done (resume)
 
 
@@ -63,13 +64,74 @@ class JobResult:
     error: str | None = None
 
 
-def scene_output_dir(out: str | os.PathLike, scene_id: str) -> Path:
-    """``OUT/<scene-id>``: where a scene's outputs end up."""
-    return Path(out) / scene_id
+def scene_output_dir(out: str | os.PathLike, scene_id: str) -> str:
+    """``OUT/<scene-id>``: where a scene's outputs end up (a path or URL)."""
+    from .storage import join
+
+    return join(out, scene_id)
 
 
-def _partial_dir(out: Path, scene_id: str) -> Path:
-    return out / f".{scene_id}{PARTIAL_SUFFIX}"
+class _Loc:
+    """Directory operations on local disk (atomic renames) or an object store (fsspec)."""
+
+    def __init__(self, url: str | os.PathLike):
+        from .storage import fs_for, is_remote, storage_options_for
+
+        self.url = os.fspath(url)
+        self.remote = is_remote(self.url)
+        self.options = storage_options_for(self.url) if self.remote else None
+        self.fs = fs_for(self.url)[0] if self.remote else None
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path) if self.remote else os.path.exists(path)
+
+    def makedirs(self, path: str) -> None:
+        if self.remote:
+            return  # object stores have no directories
+        os.makedirs(path, exist_ok=True)
+
+    def rm(self, path: str) -> None:
+        if self.remote:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        elif os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.unlink(path)
+
+    def read_text(self, path: str) -> str:
+        if self.remote:
+            return self.fs.cat_file(path).decode()
+        return Path(path).read_text()
+
+    def write_json(self, path: str, data: dict) -> None:
+        text = json.dumps(data, indent=2, default=_json_default) + "\n"
+        if self.remote:  # an object PUT is atomic
+            try:
+                self.fs.pipe_file(path, text.encode())
+            except Exception as exc:
+                raise StorageError(f"cannot write {path}: {exc}") from None
+            return
+        _write_json_atomic(Path(path), data)
+
+    def markers(self, folder: str) -> dict[str, str]:
+        """``{"iy_ix": path}`` of the chunk markers in ``folder``."""
+        if self.remote:
+            paths = self.fs.glob(folder.rstrip("/") + "/*.json") if self.fs.exists(folder) else []
+            return {posixpath.basename(p)[:-5]: f"{self.url.split('://')[0]}://{p}" for p in paths}
+        return {p.stem: str(p) for p in Path(folder).glob("*.json")}
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.remote:
+            self.fs.mv(src, dst, recursive=True)
+        else:
+            os.rename(src, dst)
+
+
+def _partial_dir(out: str, scene_id: str) -> str:
+    from .storage import join
+
+    return join(out, f".{scene_id}{PARTIAL_SUFFIX}")
 
 
 def _now() -> str:
@@ -101,7 +163,7 @@ def _json_default(obj):
 
 
 def _predict_and_store(block: np.ndarray, *, ref, store: str, markers: str, probabilities: bool,
-                       block_info=None) -> np.ndarray:
+                       storage_options: dict | None = None, block_info=None) -> np.ndarray:
     """One prediction task: predict a ``(band, y, x)`` block, write it, return class counts.
 
     Runs on a worker. The model comes from the worker's cache (put there by
@@ -116,18 +178,26 @@ def _predict_and_store(block: np.ndarray, *, ref, store: str, markers: str, prob
     ys, xs = slice(*loc[1]), slice(*loc[2])
     predictor = get_predictor(ref)
     out = block_outputs(predictor, block, probabilities=probabilities)
-    write_region(store, out, y=ys, x=xs, probabilities=probabilities)
+    write_region(store, out, y=ys, x=xs, probabilities=probabilities,
+                 storage_options=storage_options)
     counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
-    marker = Path(markers) / f"{iy}_{ix}.json"
-    tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps({"chunk": [iy, ix], "y": list(loc[1]), "x": list(loc[2]),
-                               "counts": {str(v): int(c) for v, c in enumerate(counts) if c}}))
-    os.replace(tmp, marker)
+    text = json.dumps({"chunk": [iy, ix], "y": list(loc[1]), "x": list(loc[2]),
+                       "counts": {str(v): int(c) for v, c in enumerate(counts) if c}})
+    if storage_options is not None:  # object store: one PUT is atomic
+        import fsspec
+
+        with fsspec.open(posixpath.join(markers, f"{iy}_{ix}.json"), "w", **storage_options) as f:
+            f.write(text)
+    else:
+        marker = Path(markers) / f"{iy}_{ix}.json"
+        tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(text)
+        os.replace(tmp, marker)
     return counts.reshape(1, 1, 1, N_COUNTS)
 
 
-def _read_marker(path: Path) -> np.ndarray:
-    data = json.loads(path.read_text())
+def _read_marker(text: str) -> np.ndarray:
+    data = json.loads(text)
     counts = np.zeros(N_COUNTS, dtype="int64")
     for v, c in data["counts"].items():
         counts[int(v)] = c
@@ -188,7 +258,7 @@ def _check_contract(scene, bundle, source: str) -> None:
                          "numbers (reflectance x 10000): rescale the scene")
 
 
-def _prepare(paths: Sequence[str], bundle, *, out: Path, chunks, overwrite: bool, resume: bool,
+def _prepare(paths: Sequence[str], bundle, *, out: _Loc, chunks, overwrite: bool, resume: bool,
              errors: dict[str, S2DaskError]) -> list[_Prepared]:
     from .scene import open_scene
 
@@ -203,15 +273,15 @@ def _prepare(paths: Sequence[str], bundle, *, out: Path, chunks, overwrite: bool
                 raise SceneError(f"scenes {seen[sid]} and {src} have the same id {sid!r}: their "
                                  "outputs would collide; classify them into different --out folders")
             seen[sid] = src
-            final = scene_output_dir(out, sid)
-            partial = _partial_dir(out, sid)
+            final = scene_output_dir(out.url, sid)
+            partial = _partial_dir(out.url, sid)
             done = 0
-            if final.exists() and not overwrite:
+            if out.exists(final) and not overwrite:
                 raise OutputExistsError(f"output {final} already exists: pass --overwrite to "
                                         "replace it, or choose another --out")
-            if partial.exists():
+            if out.exists(partial):
                 if resume:
-                    done = _check_resumable(partial, scene, bundle, chunks, src)
+                    done = _check_resumable(out, partial, scene, bundle, chunks)
                 elif not overwrite:
                     raise OutputExistsError(
                         f"an unfinished output of scene {src} is in {partial}: pass --resume to "
@@ -222,10 +292,12 @@ def _prepare(paths: Sequence[str], bundle, *, out: Path, chunks, overwrite: bool
     return prepared
 
 
-def _check_resumable(partial: Path, scene, bundle, chunks, src: str) -> int:
+def _check_resumable(out: _Loc, partial: str, scene, bundle, chunks) -> int:
+    from .storage import join
+
     try:
-        params = json.loads((partial / "params.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        params = json.loads(out.read_text(join(partial, "params.json")))
+    except (OSError, ValueError):
         raise OutputExistsError(f"the unfinished output {partial} has no readable params.json, so "
                                 "it cannot be resumed: pass --overwrite to start again") from None
     want = {"model_sha256": bundle.sha256, "chunks": list(chunks),
@@ -235,7 +307,7 @@ def _check_resumable(partial: Path, scene, bundle, chunks, src: str) -> int:
                 json.loads(json.dumps(value, default=_json_default)):
             raise OutputExistsError(f"cannot resume {partial}: its {key} differs from this run's; "
                                     "pass --overwrite to start again with the new settings")
-    return len(list((partial / "chunks").glob("*.json")))
+    return len(out.markers(join(partial, "chunks")))
 
 
 class _Progress:
@@ -340,9 +412,10 @@ def classify(
     if overwrite and resume:
         raise ParameterError("--overwrite and --resume exclude each other: choose one")
     bs = int(batch_size or DEFAULT_BATCH_SIZE)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise StorageError(f"output {out} exists and is not a directory: choose another --out")
+    from .storage import check_output_location
+
+    check_output_location(out)
+    out = _Loc(out)
 
     bundle = load_model(model)
     errors: dict[str, S2DaskError] = {}
@@ -359,9 +432,9 @@ def classify(
     }
     if prepared:
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            out.makedirs(out.url)
         except OSError as exc:
-            raise StorageError(f"cannot create output directory {out}: {exc.strerror}; check "
+            raise StorageError(f"cannot create output directory {out.url}: {exc.strerror}; check "
                                "permissions or choose another --out") from None
         own_cluster = None
         if client is None:
@@ -381,7 +454,7 @@ def classify(
             for job in prepared:
                 try:
                     results[job.source] = _run_one(
-                        job, bundle=bundle, client=client, ref=ref, chunks=(cy, cx),
+                        job, out=out, bundle=bundle, client=client, ref=ref, chunks=(cy, cx),
                         probabilities=probabilities, overwrite=overwrite, cog=cog,
                         quicklook=quicklook, overview_resampling=overview_resampling,
                         cluster=summary, t_open=t_open, show=show, batch_size=bs)
@@ -397,21 +470,24 @@ def classify(
                 own_cluster.close()
     ordered = [results[p] for p in paths]
     if not single:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(out / "batch.json", {
+        from .storage import join
+
+        out.makedirs(out.url)
+        out.write_json(join(out.url, "batch.json"), {
             "created": _now(), "model": str(model), "scenes": [
                 {"scene": r.scene, "status": r.status, "out": r.out, "error": r.error}
                 for r in ordered]})
     return ordered
 
 
-def _run_one(job: _Prepared, *, bundle, client, ref, chunks, probabilities, overwrite, cog,
+def _run_one(job: _Prepared, *, out: _Loc, bundle, client, ref, chunks, probabilities, overwrite, cog,
              quicklook, overview_resampling, cluster, t_open, show, batch_size) -> JobResult:
     import dask.array as da
     from distributed import as_completed
 
     from .model import library_versions
-    from .write import layout_zarr, validate_cog, write_cog, write_quicklook
+    from .storage import join
+    from .write import layout_zarr
 
     scene = job.scene
     cy, cx = chunks
@@ -421,17 +497,16 @@ def _run_one(job: _Prepared, *, bundle, client, ref, chunks, probabilities, over
     if data.chunks != target:  # every task must own whole Zarr chunks
         data = data.rechunk(target)
     partial, final = job.partial, job.final
-    store = str(partial / "classes.zarr")
-    markers = partial / "chunks"
+    store = join(partial, "classes.zarr")
+    markers = join(partial, "chunks")
     ident = _scene_identity(scene)
     params = {"model_sha256": bundle.sha256, "chunks": [cy, cx], "scene": ident,
               "probabilities": probabilities, "batch_size": batch_size}
 
     try:
         if job.resume_from == 0:
-            if partial.exists():
-                shutil.rmtree(partial)
-            markers.mkdir(parents=True)
+            out.rm(partial)
+            out.makedirs(markers)
             attrs = {"title": f"s2dask classes of {job.scene_id}", "source": job.source,
                      "model_sha256": bundle.sha256,
                      "classes": json.dumps(bundle.classes), "nodata": 255,
@@ -439,8 +514,8 @@ def _run_one(job: _Prepared, *, bundle, client, ref, chunks, probabilities, over
                      "class_names": [c["name"] for c in bundle.classes],
                      "class_colours": [c["colour"] for c in bundle.classes]}
             layout_zarr(store, scene=scene, chunks=(cy, cx), classes=bundle.classes,
-                        probabilities=probabilities, attrs=attrs)
-            _write_json_atomic(partial / "params.json", params)
+                        probabilities=probabilities, attrs=attrs, storage_options=out.options)
+            out.write_json(join(partial, "params.json"), params)
     except OSError as exc:
         raise StorageError(f"cannot write output {partial}: {exc.strerror or exc}; check free "
                            "space and permissions") from None
@@ -448,17 +523,18 @@ def _run_one(job: _Prepared, *, bundle, client, ref, chunks, probabilities, over
     # the prediction graph: one task per chunk, each writes its region and returns counts
     nyb, nxb = len(data.chunks[1]), len(data.chunks[2])
     counts_arr = da.map_blocks(
-        _predict_and_store, data, ref=ref, store=store, markers=str(markers),
-        probabilities=probabilities, dtype="int64",
+        _predict_and_store, data, ref=ref, store=store, markers=markers,
+        probabilities=probabilities, storage_options=out.options, dtype="int64",
         chunks=((1,), (1,) * nyb, (1,) * nxb, (N_COUNTS,)), new_axis=3,
         meta=np.empty((0, 0, 0, 0), dtype="int64"),
         name=f"s2dask-predict-{job.scene_id}-{uuid.uuid4().hex[:8]}",
     )
     blocks = counts_arr.to_delayed(optimize_graph=True).reshape(nyb, nxb)
-    done = {p.stem for p in markers.glob("*.json")}
+    found = out.markers(markers)
+    done = set(found)
     totals = np.zeros(N_COUNTS, dtype="int64")
-    for name in done:
-        totals += _read_marker(markers / f"{name}.json")
+    for path in found.values():
+        totals += _read_marker(out.read_text(path))
     todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
     bar = _Progress(nyb * nxb, job.scene_id, bool(show))
     bar.update(len(done))
@@ -479,30 +555,25 @@ def _run_one(job: _Prepared, *, bundle, client, ref, chunks, probabilities, over
 
     # COG and quicklook are written by a worker (next to the data), not the client
     t_w0 = time.perf_counter()
-    cog_path = partial / "classes.tif"
     cog_report: dict[str, Any] = {}
     transform = scene.rio.transform()
     crs = scene.rio.crs
     if cog:
-        fut = client.submit(write_cog, store, str(cog_path), classes=bundle.classes,
-                            crs=crs.to_wkt(), transform=transform,
-                            overview_resampling=overview_resampling,
+        fut = client.submit(_write_rasters, store, partial, storage_options=out.options,
+                            classes=bundle.classes, crs=crs.to_wkt(), transform=transform,
+                            overview_resampling=overview_resampling, quicklook=quicklook,
+                            title=f"{job.scene_id} - s2dask classes",
                             tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": bundle.sha256},
                             pure=False)
         try:
-            fut.result()
+            cog_report = fut.result()
         except S2DaskError:
             raise
-        except OSError as exc:
-            raise StorageError(f"cannot write the COG of {job.source}: {exc}") from None
-        valid, errs, warns = client.submit(validate_cog, str(cog_path), pure=False).result()
-        cog_report = {"valid": bool(valid), "errors": errs, "warnings": warns}
-        if not valid:
-            raise JobError(f"the COG written for {job.source} failed validation: {'; '.join(errs)}")
-        if quicklook:
-            client.submit(write_quicklook, str(cog_path), str(partial / "quicklook.png"),
-                          classes=bundle.classes, title=f"{job.scene_id} - s2dask classes",
-                          pure=False).result()
+        except Exception as exc:
+            raise _task_error(exc, job) from None
+        if not cog_report["valid"]:
+            raise JobError(f"the COG written for {job.source} failed validation: "
+                           f"{'; '.join(cog_report['errors'])}")
     t_write = time.perf_counter() - t_w0
 
     ny, nx = scene.sizes["y"], scene.sizes["x"]
@@ -537,8 +608,8 @@ def _run_one(job: _Prepared, *, bundle, client, ref, chunks, probabilities, over
         "versions": library_versions(),
         "host": {"client": socket.gethostname(), "python": platform.python_version()},
     }
-    _write_json_atomic(partial / "job.json", record)
-    _commit(partial, final, overwrite=overwrite)
+    out.write_json(join(partial, "job.json"), record)
+    _commit(out, partial, final, overwrite=overwrite)
     record["output"]["dir"] = str(final)
     return JobResult(job.source, "complete", str(final), record)
 
@@ -557,20 +628,58 @@ def _task_error(exc: BaseException, job: _Prepared) -> S2DaskError:
                     f"finished chunks are kept in {job.partial}, rerun with --resume")
 
 
-def _commit(partial: Path, final: Path, *, overwrite: bool) -> None:
+def _write_rasters(store: str, partial: str, *, storage_options: dict | None, classes, crs,
+                   transform, overview_resampling: str, quicklook: bool, title: str,
+                   tags: dict) -> dict:
+    """Worker side: stream the COG from the Zarr, validate it, draw the quicklook.
+
+    Written in a local temporary folder and then moved (local output) or uploaded
+    (object store) into the partial output. Returns the COG validation report.
+    """
+    import tempfile
+
+    from .write import validate_cog, write_cog, write_quicklook
+
+    remote = storage_options is not None
+    with tempfile.TemporaryDirectory(prefix="s2dask-cog-", dir=None if remote else partial) as tmp:
+        cog_path = os.path.join(tmp, "classes.tif")
+        write_cog(store, cog_path, classes=classes, crs=crs, transform=transform,
+                  storage_options=storage_options, overview_resampling=overview_resampling,
+                  tags=tags)
+        valid, errors, warnings = validate_cog(cog_path)
+        if quicklook:
+            write_quicklook(cog_path, os.path.join(tmp, "quicklook.png"), classes=classes, title=title)
+        if remote:
+            import fsspec
+
+            fs = fsspec.core.url_to_fs(partial, **storage_options)[0]
+            for name in os.listdir(tmp):
+                fs.put_file(os.path.join(tmp, name), posixpath.join(partial, name))
+        else:
+            for name in os.listdir(tmp):
+                os.replace(os.path.join(tmp, name), os.path.join(partial, name))
+    return {"valid": bool(valid), "errors": list(errors), "warnings": list(warnings)}
+
+
+def _commit(out: _Loc, partial: str, final: str, *, overwrite: bool) -> None:
     """Move a complete partial output into place; replace an old one only with overwrite."""
     old = None
     try:
-        if final.exists():
+        if out.exists(final):
             if not overwrite:
                 raise OutputExistsError(f"output {final} appeared while the job ran: pass "
                                         "--overwrite to replace it")
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(final, old)
-        os.rename(partial, final)
+            old = f"{final.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
+            old = posixpath.join(posixpath.dirname(old), "." + posixpath.basename(old)) \
+                if out.remote else os.path.join(os.path.dirname(old), "." + os.path.basename(old))
+            out.rename(final, old)
+        out.rename(partial, final)
     except OSError as exc:
-        if old is not None and not final.exists():
-            os.rename(old, final)
+        if old is not None and not out.exists(final):
+            out.rename(old, final)
         raise StorageError(f"cannot move {partial} to {final}: {exc.strerror or exc}") from None
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            out.rm(old)
+        except OSError:
+            pass
