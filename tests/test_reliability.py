@@ -277,13 +277,19 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_one_line_exit_2_nothing_written(case, synth_dir, tiny_model, tmp_path):
+def test_bad_input_one_line_exit_2_nothing_written(case, synth_dir, tiny_model, tmp_path, capsys):
+    from s2dask.cli import main
+
     make, words = BAD_INPUTS[case]
     scene, model = make(synth_dir / "scene.tif", tiny_model, tmp_path)
     out = tmp_path / "out"
-    proc = run_cli("classify", scene, "--model", model, "--out", out, "--quiet", timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    line = one_line(proc)
+    capsys.readouterr()
+    # in-process (the subprocess route, native logs included, is tested in test_job.py)
+    rc = main(["classify", str(scene), "--model", str(model), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1, err
+    line = err[0]
     assert line.startswith("s2dask classify: error: ")
     for w in words:
         assert w.lower() in line.lower(), (w, line)
