@@ -122,8 +122,9 @@ class _Loc:
         return {p.stem: str(p) for p in Path(folder).glob("*.json")}
 
     def rename(self, src: str, dst: str) -> None:
-        if self.remote:
-            self.fs.mv(src, dst, recursive=True)
+        if self.remote:  # copy then delete: object stores have no rename (not atomic)
+            self.fs.copy(src.rstrip("/") + "/", dst.rstrip("/") + "/", recursive=True)
+            self.fs.rm(src, recursive=True)
         else:
             os.rename(src, dst)
 

@@ -143,7 +143,7 @@ class _BlockReader:
             with rasterio.Env(**READ_ENV):
                 for (path, factor), positions in groups.items():
                     idxs = [self.reads[k].bidx for k in positions]
-                    with rasterio.open(path) as src:
+                    with rasterio.Env(**_remote_env(path)), rasterio.open(path) as src:
                         data = self._read(src, idxs, factor, y0, x0, height, width)
                     for row, k in enumerate(positions):
                         out[k] = _apply_offset(data[row], self.reads[k].offset, self.nodata)
@@ -251,11 +251,15 @@ def open_scene(
     BandError
         If a requested band is missing or unknown (the message lists the bands that exist).
     """
-    src = Path(path).expanduser()
     chunk_yx = _check_chunks(chunks)
     if resampling not in RESAMPLING_METHODS:
         raise SceneError(f"unknown resampling {resampling!r}: use one of {', '.join(RESAMPLING_METHODS)}")
     wanted = canonical_bands(bands) if bands is not None else None
+    from .storage import is_remote
+
+    if is_remote(path):
+        return _open_remote(os.fspath(path), wanted, chunk_yx, resampling)
+    src = Path(path).expanduser()
     if not src.exists():
         raise SceneError(
             f"scene {src} does not exist: check the path (a file, a band folder, a .SAFE or a Zarr store)"
@@ -579,9 +583,9 @@ def _inspect(path: Path) -> _RasterInfo:
     from rasterio.errors import RasterioError
 
     try:
-        with rasterio.open(path) as src:
+        with rasterio.Env(**_remote_env(str(path))), rasterio.open(path) as src:
             _check_complete(src, path)
-            stat = path.stat()
+            stat = _stat(path)
             return _RasterInfo(
                 path=path,
                 driver=src.driver,
@@ -604,7 +608,7 @@ def _inspect(path: Path) -> _RasterInfo:
 
 def _check_complete(src: Any, path: Path) -> None:
     """Refuse a file whose pixel data is cut short, from headers only."""
-    size = path.stat().st_size
+    size = _stat(path).st_size
     if src.driver == "GTiff":
         bh, bw = src.block_shapes[0]
         nby, nbx = -(-src.height // bh), -(-src.width // bw)
@@ -628,7 +632,7 @@ def _check_complete(src: Any, path: Path) -> None:
                 f"{path} is truncated: its pixel data ends at byte {end} but the file has {size} bytes; "
                 "copy or download it again"
             )
-    elif src.driver.startswith("JP2"):
+    elif src.driver.startswith("JP2") and not str(path).startswith("/vsi"):
         _check_jp2(path, size)
 
 
@@ -975,7 +979,8 @@ def _is_zarr(path: Path) -> bool:
     return path.suffix.lower() == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS)
 
 
-def _open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int]) -> "xr.DataArray":
+def _open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int], *,
+               url: str | None = None, storage_options: dict | None = None) -> "xr.DataArray":
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
 
@@ -983,7 +988,8 @@ def _open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int])
         with warnings.catch_warnings():  # a store without consolidated metadata is fine here
             warnings.filterwarnings("ignore", message=".*consolidated metadata", category=RuntimeWarning)
             ds = xr.open_zarr(
-                store, chunks=None, mask_and_scale=False, decode_coords="all", decode_times=False
+                url or store, chunks=None, mask_and_scale=False, decode_coords="all", decode_times=False,
+                storage_options=storage_options,
             )
     except Exception as exc:  # zarr raises a zoo of types for a broken store
         raise SceneError(
@@ -1052,7 +1058,7 @@ def _open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int])
     keep.setdefault("scene_id", _safe_id(store.stem))
     keep.setdefault("harmonised", False)
     keep.setdefault("offset_applied", {})
-    keep.update(source=str(store), nodata=nodata)
+    keep.update(source=url or str(store), nodata=nodata)
     out = xr.DataArray(
         arr.data, dims=("band", "y", "x"), coords={"band": names, "y": arr["y"].values, "x": arr["x"].values}
     )
@@ -1134,4 +1140,66 @@ def _build(
     out = out.rio.write_crs(grid.crs_wkt).rio.write_transform(Affine(a, b, c, d, e, f))
     out = out.rio.write_nodata(layout.nodata, encoded=False)
     out.attrs.update(attrs)
+    return out
+
+
+# --------------------------------------------------------------------------- object stores
+
+
+def _vsi_to_url(path: str) -> str | None:
+    if path.startswith("/vsis3/"):
+        return "s3://" + path[len("/vsis3/"):]
+    return None
+
+
+def _remote_env(path: str) -> dict[str, str]:
+    """GDAL options for reading a ``/vsis3/`` path (endpoint, region); none for local files."""
+    url = _vsi_to_url(path)
+    if url is None:
+        return {}
+    from .storage import gdal_env_for
+
+    return gdal_env_for(url)
+
+
+class _Stat(NamedTuple):
+    st_size: int
+    st_mtime_ns: int
+
+
+def _stat(path: Path) -> Any:
+    url = _vsi_to_url(str(path))
+    if url is None:
+        return path.stat()
+    from .storage import fs_for
+
+    fs, key = fs_for(url)
+    info = fs.info(key)
+    etag = str(info.get("ETag", "")).strip('"')
+    return _Stat(int(info["size"]), hash(etag) & 0xFFFFFFFF)
+
+
+def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
+                 resampling: str) -> "xr.DataArray":
+    """A scene on an object store: a single GeoTIFF/COG (read by GDAL) or a Zarr store."""
+    from .errors import StorageError
+    from .storage import check_input_location, protocol_of, storage_options_for
+
+    try:
+        check_input_location(url)
+    except StorageError as exc:
+        raise SceneError(str(exc)) from None
+    if url.rstrip("/").lower().endswith(".zarr"):
+        name = Path(url.rstrip("/").rsplit("/", 1)[-1])
+        return _open_zarr(name, wanted, chunk_yx, url=url, storage_options=storage_options_for(url))
+    if protocol_of(url) not in ("s3", "s3a"):
+        raise SceneError(f"scene {url}: only s3:// rasters can be read from an object store here; "
+                         "copy it locally or use s3://")
+    if Path(url).suffix.lower() not in _RASTER_SUFFIXES:
+        raise SceneError(f"scene {url}: on an object store a scene must be one GeoTIFF/COG file or a "
+                         ".zarr store (band folders and .SAFE products are read from disk)")
+    src = Path("/vsis3/" + url.split("://", 1)[1])
+    layout = _file_layout(src, wanted)
+    out = _build(layout, src, wanted, chunk_yx, resampling)
+    out.attrs["source"] = url
     return out

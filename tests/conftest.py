@@ -61,7 +61,8 @@ def cluster_client():
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            dashboard_address=None, memory_limit="3GiB")
-    client = Client(cluster)
+    # not the default scheduler: other tests' plain dask computes stay in-process
+    client = Client(cluster, set_as_default=False)
     yield client
     client.close()
     cluster.close()
