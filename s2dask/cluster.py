@@ -64,6 +64,9 @@ def configure_threads(tf_threads: int) -> int:
     later calls are ignored.
     """
     tf_threads = max(1, int(tf_threads))
+    # JAX would otherwise preallocate most of the GPU's memory in every worker process
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     if "backend" in _THREADS_SET:
         return _THREADS_SET["backend"]
     from .model import _require_keras
@@ -77,6 +80,9 @@ def configure_threads(tf_threads: int) -> int:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
+            # several workers may share a GPU node: take GPU memory as needed, not all at once
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # runtime already initialised in this process
             tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or tf_threads
     elif backend == "torch":

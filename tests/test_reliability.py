@@ -17,8 +17,7 @@ import pytest
 import rasterio
 import xarray as xr
 
-from s2dask.errors import (ClusterError, ModelError, OutputExistsError, ParameterError, S2DaskError,
-                           StorageError)
+from s2dask.errors import (ClusterError, ModelError, OutputExistsError, ParameterError, StorageError)
 from s2dask.job import classify
 
 CLI = [sys.executable, "-m", "s2dask.cli"]
