@@ -343,11 +343,40 @@ def _connect_message(where: str, exc: Exception, timeout: float) -> str:
     return f"cannot connect to {where}: {text[:200]}; {hint}"
 
 
+def worker_devices() -> dict:
+    """The deep-learning backend of this process and the accelerators it sees."""
+    from .model import _require_keras
+
+    backend = _require_keras().backend.backend()
+    gpus: list[str] = []
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+        elif backend == "jax":
+            import jax
+
+            gpus = [str(d) for d in jax.devices() if d.platform != "cpu"]
+        elif backend == "torch":
+            import torch
+
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken driver is reported as no device, not as a failed job
+        gpus = []
+    return {"backend": backend, "gpus": gpus, "tf_threads": _THREADS_SET.get("backend")}
+
+
 def cluster_summary(client) -> dict:
     """Address, workers, threads, memory and devices of the cluster, for job records."""
     info = client.scheduler_info(n_workers=-1)
     workers = info.get("workers", {})
+    try:
+        devices = client.run(worker_devices)
+    except Exception:  # a worker leaving at this moment must not fail the job
+        devices = {}
     return {
+        "devices": devices,
         "scheduler": info.get("address") or client.scheduler.address,
         "dashboard": getattr(client, "dashboard_link", None),
         "workers": len(workers),

@@ -543,7 +543,7 @@ def _run_one(job: _Prepared, *, out: _Loc, bundle, client, ref, chunks, probabil
     if todo:
         futures = client.compute(todo)
         try:
-            for fut in as_completed(futures):
+            for fut in as_completed(futures, loop=client.loop):
                 if fut.status == "error":
                     exc = fut.exception()
                     raise _task_error(exc, job)
