@@ -19,12 +19,19 @@ from .model import OUTPUT_NODATA
 __all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "predict_block", "block_outputs"]
 
 #: pixels per forward call: large enough that per-call overhead is negligible, small
-#: enough that a batch's activations (batch x 200 float32 x a few) stay in cache-friendly MBs
-DEFAULT_BATCH_SIZE = 16384
+#: enough that a batch's activations (batch x 200 float32 x a few) stay in cache-friendly MBs;
+#: 4096..8192 is fastest for single-thread worker processes (benchmarks/forward.py)
+DEFAULT_BATCH_SIZE = 8192
 
 
-def _compile_forward(model, batch_size: int, n_bands: int):
-    """A function ``(batch_size, n_bands) float32 -> (batch_size, n_classes) float32``."""
+def _compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool | None = None):
+    """A function ``(batch_size, n_bands) float32 -> (batch_size, n_classes) float32``.
+
+    ``jit_compile`` (TensorFlow only; ``None``: on) compiles the whole forward pass with
+    XLA, which fuses the normalisation, bias + ReLU and the softmax into the matmuls'
+    neighbours (``benchmarks/forward.py`` measures it against ``False``). The input shape
+    is fixed, so XLA compiles once and every pixel gets the same arithmetic.
+    """
     import keras
 
     backend = keras.backend.backend()
@@ -32,12 +39,14 @@ def _compile_forward(model, batch_size: int, n_bands: int):
         import tensorflow as tf
 
         spec = tf.TensorSpec((batch_size, n_bands), tf.float32)
+        jit = True if jit_compile is None else bool(jit_compile)
 
-        @tf.function(input_signature=[spec], jit_compile=False, reduce_retracing=True)
+        @tf.function(input_signature=[spec], jit_compile=jit, reduce_retracing=True)
         def forward(x):
             return model(x, training=False)
 
         concrete = forward.get_concrete_function()
+        concrete(tf.zeros((batch_size, n_bands), tf.float32))  # XLA compiles here, not in a task
 
         def run(x: np.ndarray) -> np.ndarray:
             return concrete(tf.constant(x)).numpy()
@@ -53,6 +62,8 @@ def _compile_forward(model, batch_size: int, n_bands: int):
         def forward(tv, ntv, x):
             out, _ = model.stateless_call(tv, ntv, x, training=False)
             return out
+
+        forward(tv, ntv, np.zeros((batch_size, n_bands), dtype="float32"))  # compile now
 
         def run(x: np.ndarray) -> np.ndarray:
             return np.asarray(forward(tv, ntv, x))
