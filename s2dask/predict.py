@@ -169,8 +169,15 @@ class Predictor:
         classes = np.full(n, OUTPUT_NODATA, dtype="uint8")
         confidence = np.zeros(n, dtype="uint8")
         probs = np.zeros((n, self.n_classes), dtype="uint8") if probabilities else None
-        if valid.any():
-            p = self.forward(values[valid].astype("float32", copy=False))
+        if valid.all():  # the common case: no compaction copy, write results in place
+            p = self.forward(values)
+            best = p.argmax(axis=1)
+            classes[:] = self.class_values[best]
+            confidence[:] = _percent(p[np.arange(n), best])
+            if probabilities:
+                probs[:] = _percent(p)
+        elif valid.any():
+            p = self.forward(values[valid])
             best = p.argmax(axis=1)
             classes[valid] = self.class_values[best]
             confidence[valid] = _percent(p[np.arange(p.shape[0]), best])
@@ -192,7 +199,9 @@ def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: boo
     nb, ny, nx = block.shape
     if nb != predictor.n_bands:
         raise ValueError(f"block has {nb} bands, the model takes {predictor.n_bands}")
-    rows = np.ascontiguousarray(block.reshape(nb, ny * nx).T)
+    # a (pixels, bands) view: the transpose and the cast to float32 happen batch by batch
+    # when the forward pass copies rows into its fixed batch buffer, not as a chunk copy
+    rows = block.reshape(nb, ny * nx).T
     classes, confidence, probs = predictor.predict_rows(rows, probabilities=probabilities)
     layers = [classes.reshape(ny, nx), confidence.reshape(ny, nx)]
     out = np.empty((2 + (predictor.n_classes if probabilities else 0), ny, nx), dtype="uint8")
