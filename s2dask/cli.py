@@ -217,8 +217,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="GeoTIFF/COG, band folder, .SAFE product or Zarr store (several allowed)")
     p.add_argument("--model", "-m", required=True, metavar="MODEL_DIR", help="bundle from 's2dask train'")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--chunks", type=int, default=2048, metavar="N",
-                   help="spatial chunk edge in pixels (default 2048); memory per task scales with it")
+    p.add_argument("--chunks", type=int, default=None, metavar="N",
+                   help="spatial chunk edge in pixels (default 2048, smaller for scenes of fewer than "
+                   "4 such chunks); memory per task scales with it")
     p.add_argument("--probabilities", action="store_true",
                    help="also write per-class probabilities (uint8 percent) to the Zarr store")
     where = p.add_mutually_exclusive_group()

@@ -209,3 +209,18 @@ def test_buffalo_scene_class_map_equals_one_process_prediction(cluster_client, t
     with rasterio.open(Path(res.out) / "classes.tif") as cog, rasterio.open(scene) as src:
         assert cog.transform == src.transform and cog.crs == src.crs
         assert (cog.width, cog.height) == (210, 170)
+
+
+def test_default_chunks_give_every_worker_work(synth_dir, tiny_model, cluster_client, tmp_path):
+    from s2dask.job import _auto_chunks
+
+    assert _auto_chunks(10980, 10980) == (2048, 2048)  # 36 tasks on a full tile
+    assert _auto_chunks(4096, 4096) == (2048, 2048)
+    assert _auto_chunks(2048, 2048) == (1024, 1024)
+    assert _auto_chunks(1024, 1024) == (512, 512)
+    assert _auto_chunks(100, 90) == (256, 256)  # never below 256
+    [res] = classify(synth_dir / "scene.tif", tiny_model, tmp_path / "out", client=cluster_client,
+                     cog=False, progress=False)
+    assert res.record["parameters"]["chunks"] == [256, 256]
+    ds = xr.open_zarr(Path(res.out) / "classes.zarr")
+    assert ds["classes"].encoding["chunks"] == (256, 256)
