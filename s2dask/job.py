@@ -155,13 +155,13 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
+    """The bundle's JSON conversions (numpy, paths); anything else in a record as text."""
+    from .model import _json_default as strict
+
+    try:
+        return strict(obj)
+    except TypeError:
         return str(obj)
-    return str(obj)
 
 
 # ------------------------------------------------------------------------------ the task
