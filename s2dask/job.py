@@ -443,7 +443,9 @@ def classify(
     check_output_location(out)
     out = _Loc(out)
 
-    bundle = load_model(model)
+    # the archive is checked here (safe mode, sizes) without importing a backend; each
+    # worker deserialises it once, in safe mode, when the model plugin reaches it
+    bundle = load_model(model, check_keras=False)
     errors: dict[str, S2DaskError] = {}
     prepared = _prepare(paths, bundle, out=out, chunks=chunk_yx, overwrite=overwrite,
                         resume=resume, errors=errors)
@@ -457,11 +459,6 @@ def classify(
         for src, exc in errors.items()
     }
     if prepared:
-        try:
-            out.makedirs(out.url)
-        except OSError as exc:
-            raise StorageError(f"cannot create output directory {out.url}: {exc.strerror}; check "
-                               "permissions or choose another --out") from None
         own_cluster = None
         if client is None:
             client, own_cluster = connect(scheduler, scheduler_file=scheduler_file,
@@ -474,9 +471,14 @@ def classify(
                 print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
             plugin = ModelPlugin(bundle.handle(), batch_size=bs, tf_threads=tf_threads,
                                  host_threads=host_thread_counts(client))
-            client.register_plugin(plugin)
+            client.register_plugin(plugin)  # a model the workers cannot build fails here
             ref = ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), bs)
             summary = cluster_summary(client)
+            try:  # nothing is created before the model has reached the workers
+                out.makedirs(out.url)
+            except OSError as exc:
+                raise StorageError(f"cannot create output directory {out.url}: {exc.strerror}; "
+                                   "check permissions or choose another --out") from None
             for job in prepared:
                 try:
                     results[job.source] = _run_one(

@@ -80,10 +80,12 @@ def library_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
-    try:
-        out["keras_backend"] = _require_keras().backend.backend()
-    except Exception:  # pragma: no cover - keras missing is reported elsewhere
-        pass
+    import sys
+
+    if "keras" in sys.modules:  # never import a backend just to name it
+        out["keras_backend"] = sys.modules["keras"].backend.backend()
+    else:
+        out["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
     return out
 
 
@@ -326,6 +328,7 @@ class ModelHandle:
     sha256: str
     payload: bytes = field(repr=False)
     contract: dict = field(repr=False)
+    source: str = ""  # where the bytes came from, for messages
 
     def build(self):
         """Deserialise the Keras model (safe mode) from the bytes."""
@@ -334,7 +337,76 @@ class ModelHandle:
         with tempfile.TemporaryDirectory(prefix="s2dask-model-") as d:
             p = Path(d) / MODEL_FILE
             p.write_bytes(self.payload)
-            return _load_keras(p)
+            try:
+                return _load_keras(p)
+            except ModelError as exc:  # name the bundle, not the worker's temporary copy
+                raise ModelError(str(exc).replace(str(p), self.source or "the model")) from None
+
+
+_UNSAFE_MESSAGE = ("{path} needs unsafe deserialisation (arbitrary code such as a Lambda layer); "
+                   "s2dask loads models in Keras safe mode only: rebuild the model from standard layers")
+
+
+def inspect_archive(path: str | os.PathLike) -> dict:
+    """Check a ``.keras`` archive's configuration without importing Keras.
+
+    Refuses what Keras' safe mode would refuse (``Lambda`` layers, layers or functions from
+    modules other than Keras') and reports the input and output sizes where the model is
+    a ``Sequential`` stack. Lets a client validate a bundle without loading TensorFlow;
+    the workers still deserialise it in safe mode.
+
+    Returns
+    -------
+    dict
+        ``{"n_inputs": int | None, "n_outputs": int | None}``.
+
+    Raises
+    ------
+    ModelError
+        If the file is not a Keras 3 archive or needs unsafe deserialisation.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {exc}); "
+                         "save it with model.save('model.keras') from Keras 3") from None
+
+    def unsafe(node: dict) -> bool:
+        module, registered = node.get("module"), node.get("registered_name")
+        if node.get("class_name") == "Lambda":
+            return True  # Python bytecode inside the archive
+        if "class_name" in node and isinstance(module, str) and \
+                not (module == "builtins" or module.startswith("keras")):
+            return True  # a class from someone's package: importing it runs their code
+        return isinstance(registered, str) and ">" in registered  # "package>CustomLayer"
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if unsafe(node):
+                raise ModelError(_UNSAFE_MESSAGE.format(path=path))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    n_in = n_out = None
+    if config.get("class_name") == "Sequential":
+        layers = config.get("config", {}).get("layers", [])
+        if layers and layers[0].get("class_name") == "InputLayer":
+            shape = layers[0].get("config", {}).get("batch_shape") or []
+            n_in = shape[-1] if shape else None
+        for layer in reversed(layers):
+            units = layer.get("config", {}).get("units")
+            if units is not None:
+                n_out = int(units)
+                break
+    return {"n_inputs": n_in, "n_outputs": n_out}
 
 
 def _load_keras(path: Path):
@@ -344,10 +416,7 @@ def _load_keras(path: Path):
     except ValueError as exc:
         text = str(exc)
         if "unsafe" in text.lower() or "lambda" in text.lower() or "safe_mode" in text:
-            raise ModelError(
-                f"{path} needs unsafe deserialisation (arbitrary code such as a Lambda layer); "
-                "s2dask loads models in Keras safe mode only: rebuild the model from standard layers"
-            ) from None
+            raise ModelError(_UNSAFE_MESSAGE.format(path=path)) from None
         raise ModelError(f"{path} is not a loadable Keras model: {text.splitlines()[0]}") from None
     except Exception as exc:  # zip errors, h5 errors, missing classes ...
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -413,7 +482,7 @@ class ModelBundle:
             raise ModelError(
                 f"{self.model_file} changed since it was loaded (sha256 mismatch): reload the bundle"
             )
-        return ModelHandle(self.sha256, payload, self.contract)
+        return ModelHandle(self.sha256, payload, self.contract, str(self.model_file))
 
     def predictor(self, *, batch_size: int | None = None):
         """The compiled, fixed-batch forward pass used by every prediction path."""
@@ -475,7 +544,9 @@ def load_model(model_dir: str | os.PathLike, *, check_keras: bool = True) -> Mod
         A directory written by ``s2dask train`` (or :func:`save_bundle`).
     check_keras
         Also deserialise the Keras model now (safe mode) and check its input and output
-        sizes against the contract. Leave on unless only the contract is needed.
+        sizes against the contract. Without it the archive's configuration is still
+        checked (safe-mode rules, and the sizes of a Sequential model) without importing
+        Keras; jobs do that on the client and leave deserialisation to the workers.
 
     Returns
     -------
@@ -512,6 +583,12 @@ def load_model(model_dir: str | os.PathLike, *, check_keras: bool = True) -> Mod
             "was modified; re-train or restore it"
         )
     bundle = ModelBundle(path, contract)
+    shape = inspect_archive(mpath)
+    for key, n, what in (("n_inputs", len(contract["bands"]), "bands"),
+                         ("n_outputs", len(contract["classes"]), "classes")):
+        if shape[key] is not None and shape[key] != n:
+            raise ModelError(f"{mpath} has {shape[key]} {key[2:]} but its contract names {n} {what}: "
+                             "the bundle is inconsistent; re-create it with 's2dask train'")
     if check_keras:
         bundle.keras_model()
     return bundle

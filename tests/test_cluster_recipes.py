@@ -46,10 +46,20 @@ def test_local_recipe_start_compute_stop(tmp_path):
 
 
 def test_start_fails_clearly_and_cleans_up(tmp_path):
-    """A worker count that never connects in time: one line, exit 1, nothing left running."""
+    """A scheduler that cannot start (its port is taken): one line, exit 1, nothing left running."""
+    import socket
+
     run_dir = tmp_path / "cluster"
-    proc = subprocess.run([str(START), "--run-dir", str(run_dir), "--workers", "1", "--timeout", "1",
-                           "--no-dashboard"], env=recipe_env(), capture_output=True, text=True, timeout=90)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        proc = subprocess.run([str(START), "--run-dir", str(run_dir), "--workers", "1", "--timeout", "20",
+                               "--port", str(port), "--no-dashboard"], env=recipe_env(),
+                              capture_output=True, text=True, timeout=90)
+    finally:
+        taken.close()
     try:
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()

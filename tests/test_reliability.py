@@ -264,7 +264,30 @@ def _unsafe(model: Path, dst: Path) -> Path:
     return dst
 
 
+def _corrupt_weights(model: Path, dst: Path) -> Path:
+    """Weights that cannot be read, in a bundle re-signed so that its hash matches."""
+    import zipfile
+
+    from s2dask.model import sha256_file
+
+    shutil.copytree(model, dst)
+    archive = dst / "model.keras"
+    with zipfile.ZipFile(archive) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["model.weights.h5"] = b"not hdf5" * 64
+    with zipfile.ZipFile(archive, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    contract = json.loads((dst / "model.json").read_text())
+    contract["model_sha256"] = sha256_file(archive)
+    (dst / "model.json").write_text(json.dumps(contract))
+    return dst
+
+
 BAD_INPUTS = {
+    # found only when the workers build the model: the plugin's failure reaches the client
+    "unreadable weights": (lambda s, m, t: (s, _corrupt_weights(m, t / "weights")),
+                           ["weights/model.keras", "not a loadable keras model"]),
     # case: (how to make (scene, model) from the good ones, words the line must hold)
     "corrupt raster": (lambda s, m, t: (_corrupt_copy(s, t / "cut.tif"), m), ["cut.tif"]),
     "misaligned bands": (lambda s, m, t: (_misaligned_folder(s, t / "bands"), m), ["B11"]),
