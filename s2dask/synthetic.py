@@ -27,7 +27,7 @@ SYNTHETIC_CLASSES = (
     {"value": 1, "name": "Parking/road/pavement", "colour": "#7f7f7f",
      "spectrum": (1200, 1250, 1300, 1450, 1550, 1600, 1650, 1700, 2100, 1900)},
     {"value": 2, "name": "Building", "colour": "#e31a1c",
-     "spectrum": (1600, 1650, 1750, 1850, 1950, 2000, 2100, 2150, 2500, 2300)},
+     "spectrum": (1350, 1400, 1480, 1600, 1700, 1750, 1800, 1850, 2250, 2050)},
     {"value": 3, "name": "Tree/bushes", "colour": "#1b7837",
      "spectrum": (400, 650, 450, 1000, 2600, 3100, 3300, 3400, 1700, 850)},
     {"value": 4, "name": "Grass", "colour": "#a6d96a",
@@ -37,7 +37,7 @@ SYNTHETIC_CLASSES = (
 )
 
 _CELL = 48  # patch size in pixels
-_NOISE = 0.06  # relative per-pixel noise
+_NOISE = 0.10  # relative per-pixel noise (roads and buildings overlap, as in real scenes)
 
 
 def class_field(rows: np.ndarray, cols: np.ndarray, *, seed: int = 0) -> np.ndarray:
