@@ -74,3 +74,29 @@ def sample_data_dir() -> Path | None:
                                Path(__file__).resolve().parents[2] / "shared" / "data"))
     folder = root / "buffalo"
     return folder if (folder / "grid_data.csv").is_file() else None
+
+
+def resigned_copy(src: Path, dst: Path, edit) -> Path:
+    """Copy a bundle, let ``edit(members)`` change its archive's files, and re-sign it.
+
+    The sha256 in model.json then matches again, so only a check of the content itself
+    (the archive's configuration, or the workers' deserialisation) can refuse the bundle.
+    """
+    import json
+    import shutil
+    import zipfile
+
+    from s2dask.model import sha256_file
+
+    shutil.copytree(src, dst)
+    archive = dst / "model.keras"
+    with zipfile.ZipFile(archive) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    edit(members)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    contract = json.loads((dst / "model.json").read_text())
+    contract["model_sha256"] = sha256_file(archive)
+    (dst / "model.json").write_text(json.dumps(contract))
+    return dst

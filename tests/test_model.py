@@ -6,10 +6,10 @@ import json
 import shutil
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
+from conftest import resigned_copy
 
 from s2dask.errors import ModelError
 from s2dask.model import inspect_archive, load_model
@@ -29,23 +29,12 @@ def test_client_validation_imports_no_backend(tiny_model):
 
 
 def _rewrite_config(src, dst, change):
-    shutil.copytree(src, dst)
-    archive = dst / "model.keras"
-    with zipfile.ZipFile(archive) as zf:
-        members = {name: zf.read(name) for name in zf.namelist()}
-    config = json.loads(members["config.json"])
-    change(config)
-    members["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    # a re-signed bundle: the hash matches, so only the content check can refuse it
-    from s2dask.model import sha256_file
+    def edit(members):
+        config = json.loads(members["config.json"])
+        change(config)
+        members["config.json"] = json.dumps(config).encode()
 
-    contract = json.loads((dst / "model.json").read_text())
-    contract["model_sha256"] = sha256_file(archive)
-    (dst / "model.json").write_text(json.dumps(contract))
-    return dst
+    return resigned_copy(src, dst, edit)
 
 
 def test_layer_from_a_foreign_module_is_refused_as_unsafe(tiny_model, tmp_path):

@@ -266,22 +266,9 @@ def _unsafe(model: Path, dst: Path) -> Path:
 
 def _corrupt_weights(model: Path, dst: Path) -> Path:
     """Weights that cannot be read, in a bundle re-signed so that its hash matches."""
-    import zipfile
+    from conftest import resigned_copy
 
-    from s2dask.model import sha256_file
-
-    shutil.copytree(model, dst)
-    archive = dst / "model.keras"
-    with zipfile.ZipFile(archive) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    members["model.weights.h5"] = b"not hdf5" * 64
-    with zipfile.ZipFile(archive, "w") as zf:
-        for n, data in members.items():
-            zf.writestr(n, data)
-    contract = json.loads((dst / "model.json").read_text())
-    contract["model_sha256"] = sha256_file(archive)
-    (dst / "model.json").write_text(json.dumps(contract))
-    return dst
+    return resigned_copy(model, dst, lambda members: members.update({"model.weights.h5": b"not hdf5" * 64}))
 
 
 BAD_INPUTS = {
