@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Hashable, Iterable
 
 from .errors import BandError
 
@@ -21,6 +21,7 @@ __all__ = [
     "canonical_band",
     "canonical_bands",
     "find_band_in_name",
+    "band_columns",
 ]
 
 
@@ -117,3 +118,18 @@ def find_band_in_name(filename: str) -> str | None:
     if len(hits) == 1:
         return hits.pop()
     return None
+
+
+def band_columns(columns: Iterable[Hashable]) -> dict[str, list[Hashable]]:
+    """The columns of a table that name a band (any alias), grouped by canonical band.
+
+    ``["x", "B2", "B02", "ID"]`` gives ``{"B02": ["B2", "B02"]}``: columns that are not
+    bands are left out, and each caller decides what several columns for one band mean.
+    """
+    by_band: dict[str, list[Hashable]] = {}
+    for col in columns:
+        try:
+            by_band.setdefault(canonical_band(str(col)), []).append(col)
+        except BandError:
+            continue
+    return by_band

@@ -1,10 +1,10 @@
-"""Make or join a Dask cluster, and keep one model per worker process.
+"""Client side: make or join a Dask cluster, and describe it.
 
-The model reaches workers through :class:`ModelPlugin`, a ``WorkerPlugin`` registered on
-the client: the scheduler hands it to every worker, including workers that join or are
-restarted later, and each worker process builds the Keras model once and caches it by
-its sha256. Tasks carry only a :class:`ModelRef` (hash, path, batch size), so the model
-is never pickled into a task graph.
+:func:`connect` joins a running scheduler (TCP or TLS, :func:`make_security`) or starts
+an embedded ``LocalCluster`` sized by :func:`local_cluster_size`; :func:`cluster_summary`
+and :func:`host_thread_counts` describe it for job records and thread sizing. Nothing
+here runs on workers: the model plugin, the per-process model cache and the task
+functions are in :mod:`s2dask.worker`.
 """
 
 from __future__ import annotations
@@ -12,187 +12,43 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
-from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from .errors import ClusterError, ModelError
+from .backend import worker_devices
+from .errors import ClusterError
 
 __all__ = [
-    "ModelRef",
-    "ModelPlugin",
-    "get_predictor",
-    "build_counts",
-    "configure_threads",
     "connect",
     "make_security",
     "local_cluster_size",
     "cluster_summary",
+    "host_thread_counts",
 ]
 
 log = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------- the per-process model cache
-
-_CACHE: dict[tuple[str, int], Any] = {}
-_BUILDS: collections.Counter = collections.Counter()
-_CACHE_LOCK = threading.Lock()
-_THREADS_SET: dict[str, int] = {}
+# names that lived here before the worker side moved out (kept importable from here)
+_MOVED = {"ModelRef": "s2dask.worker", "ModelPlugin": "s2dask.worker",
+          "get_predictor": "s2dask.worker", "build_counts": "s2dask.worker",
+          "configure_threads": "s2dask.backend", "worker_devices": "s2dask.backend"}
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """The small identifier of a model that tasks carry (never the model itself)."""
-
-    sha256: str
-    path: str
-    batch_size: int
-
-
-def build_counts() -> dict[str, int]:
-    """How many times each model (by sha256) was built in this process (for tests, records)."""
-    return dict(_BUILDS)
-
-
-def configure_threads(tf_threads: int) -> int:
-    """Limit the deep-learning backend's own thread pools in this process.
-
-    Dask runs ``nthreads`` tasks at once in a worker; each forward pass may itself use
-    ``tf_threads`` threads, so ``nthreads x tf_threads`` should not exceed the cores.
-    Must run before the backend starts its runtime (a worker plugin's ``setup`` does);
-    later calls are ignored.
-    """
-    tf_threads = max(1, int(tf_threads))
-    # JAX would otherwise preallocate most of the GPU's memory in every worker process
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    if "backend" in _THREADS_SET:
-        return _THREADS_SET["backend"]
-    from .model import _require_keras
-
-    keras = _require_keras()
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-            # several workers may share a GPU node: take GPU memory as needed, not all at once
-            for gpu in tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # runtime already initialised in this process
-            tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or tf_threads
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(tf_threads)
-    _THREADS_SET["backend"] = tf_threads
-    return tf_threads
-
-
-def _install(sha256: str, batch_size: int, build) -> Any:
-    key = (sha256, int(batch_size))
-    with _CACHE_LOCK:
-        pred = _CACHE.get(key)
-        if pred is None:
-            pred = build()
-            _CACHE[key] = pred
-            _BUILDS[sha256] += 1
-        return pred
-
-
-def get_predictor(ref: ModelRef):
-    """The cached predictor of ``ref`` in this process, built on first use.
-
-    On a worker with :class:`ModelPlugin` the model is already there. Elsewhere (the
-    threaded scheduler, a worker that missed the plugin) it is loaded once from
-    ``ref.path`` and its sha256 checked.
-
-    Raises
-    ------
-    ModelError
-        If the model file at ``ref.path`` no longer matches ``ref.sha256``.
-    """
-    key = (ref.sha256, int(ref.batch_size))
-    pred = _CACHE.get(key)
-    if pred is not None:
-        return pred
-
-    def build():
-        from .model import load_model
-
-        bundle = load_model(ref.path)
-        if bundle.sha256 != ref.sha256:
-            raise ModelError(f"model at {ref.path} changed during the job (sha256 differs): rerun")
-        return bundle.predictor(batch_size=ref.batch_size)
-
-    return _install(ref.sha256, ref.batch_size, build)
-
-
-try:  # distributed is a core dependency; keep import errors readable anyway
-    from distributed import WorkerPlugin
-except ImportError:  # pragma: no cover
-    WorkerPlugin = object  # type: ignore[misc,assignment]
-
-
-class ModelPlugin(WorkerPlugin):
-    """Deliver a model handle to every worker once; build it once per worker process.
-
-    Parameters
-    ----------
-    handle
-        :class:`s2dask.model.ModelHandle` (bytes + sha256 + contract).
-    batch_size
-        The forward pass's fixed batch size.
-    tf_threads
-        Backend threads per task. ``None``: the worker's cores divided by the Dask
-        threads of all workers on its host (``host_threads``), at least 1.
-    host_threads
-        ``{host: total Dask threads on that host}`` measured by the client when it
-        registers the plugin; workers that join later fall back to their own count.
-    """
-
-    idempotent = False
-
-    def __init__(self, handle, *, batch_size: int, tf_threads: int | None = None,
-                 host_threads: dict[str, int] | None = None):
-        self.handle = handle
-        self.batch_size = int(batch_size)
-        self.tf_threads = tf_threads
-        self.host_threads = dict(host_threads or {})
-        self.name = f"s2dask-model-{handle.sha256[:16]}-{self.batch_size}"
-
-    def _threads_for(self, worker) -> int:
-        if self.tf_threads:
-            return int(self.tf_threads)
-        env = os.environ.get("S2DASK_TF_THREADS")
-        if env:
-            return max(1, int(env))
-        from dask.system import CPU_COUNT
-
-        host = worker.address.split("://")[-1].rsplit(":", 1)[0]
-        dask_threads = self.host_threads.get(host) or worker.state.nthreads
-        return max(1, CPU_COUNT // max(1, dask_threads))
-
-    def setup(self, worker) -> None:
-        configure_threads(self._threads_for(worker))
-
-        def build():
-            from .model import check_model_shape
-            from .predict import Predictor
-
-            model = self.handle.build()
-            check_model_shape(model, self.handle.contract, where=f"model {self.handle.sha256[:12]}")
-            return Predictor(model, self.handle.contract, batch_size=self.batch_size)
-
-        _install(self.handle.sha256, self.batch_size, build)
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 's2dask.cluster' has no attribute {name!r}")
 
 
 def host_thread_counts(client) -> dict[str, int]:
-    """``{host: total Dask threads}`` over the cluster's current workers."""
+    """``{host: total Dask threads}`` over the cluster's current workers.
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client``.
+    """
     counts: dict[str, int] = collections.Counter()
     for addr, info in client.scheduler_info(n_workers=-1)["workers"].items():
         host = info.get("host") or addr.split("://")[-1].rsplit(":", 1)[0]
@@ -208,6 +64,11 @@ def local_cluster_size(workers: int | None = None, threads_per_worker: int | Non
 
     The default is one single-threaded worker process per core: each task's forward
     pass then gets one backend thread and no core runs two compute threads.
+
+    Parameters
+    ----------
+    workers, threads_per_worker
+        What the user asked for (``None``: derived from the cores).
     """
     from dask.system import CPU_COUNT
 
@@ -227,6 +88,13 @@ def make_security(*, ca_file: str | None = None, cert: str | None = None, key: s
 
     Without files, Dask's own configuration applies (``distributed.comm.tls.*`` in a YAML
     file or ``DASK_DISTRIBUTED__COMM__TLS__*`` environment variables).
+
+    Parameters
+    ----------
+    ca_file, cert, key
+        The cluster's CA certificate and the client's certificate and key (all or none).
+    require_encryption
+        Refuse unencrypted connections (default: yes).
 
     Raises
     ------
@@ -343,32 +211,14 @@ def _connect_message(where: str, exc: Exception, timeout: float) -> str:
     return f"cannot connect to {where}: {text[:200]}; {hint}"
 
 
-def worker_devices() -> dict:
-    """The deep-learning backend of this process and the accelerators it sees."""
-    from .model import _require_keras
-
-    backend = _require_keras().backend.backend()
-    gpus: list[str] = []
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-        elif backend == "jax":
-            import jax
-
-            gpus = [str(d) for d in jax.devices() if d.platform != "cpu"]
-        elif backend == "torch":
-            import torch
-
-            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # a broken driver is reported as no device, not as a failed job
-        gpus = []
-    return {"backend": backend, "gpus": gpus, "tf_threads": _THREADS_SET.get("backend")}
-
-
 def cluster_summary(client) -> dict:
-    """Address, workers, threads, memory and devices of the cluster, for job records."""
+    """Address, workers, threads, memory and devices of the cluster, for job records.
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client``.
+    """
     info = client.scheduler_info(n_workers=-1)
     workers = info.get("workers", {})
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -26,8 +27,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .backend import UNSAFE_MESSAGE, load_keras_model, require_keras
 from .bands import canonical_bands
+from .contract import (CONTRACT_FILE, CONTRACT_VERSION, DEFAULT_COLOURS, MAX_CLASSES, MODEL_FILE,
+                       OUTPUT_NODATA, ClassInfo, InputContract, check_model_size,
+                       normalise_classes)
 from .errors import ModelError
+from .predict import DEFAULT_BATCH_SIZE, Predictor
+from .storage import atomic_write_json, sha256_file
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -37,36 +44,13 @@ __all__ = [
     "build_model",
     "save_bundle",
     "load_model",
+    "inspect_archive",
+    "check_model_shape",
     "ModelBundle",
     "ModelHandle",
     "sha256_file",
     "library_versions",
 ]
-
-CONTRACT_VERSION = 1
-#: class value written where a pixel has no prediction (nodata in any input band)
-OUTPUT_NODATA = 255
-#: class values must fit in uint8 next to the nodata value
-MAX_CLASSES = 254
-#: a qualitative palette used when a class table gives no colours
-DEFAULT_COLOURS = (
-    "#808080", "#e31a1c", "#33a02c", "#b2df8a", "#1f78b4", "#ff7f00",
-    "#6a3d9a", "#fdbf6f", "#a6cee3", "#fb9a99", "#cab2d6", "#ffff99",
-)
-
-MODEL_FILE = "model.keras"
-CONTRACT_FILE = "model.json"
-_REQUIRED = ("contract_version", "bands", "classes", "input_scale", "input_nodata",
-             "output_nodata", "model_sha256")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            h.update(piece)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
@@ -80,67 +64,11 @@ def library_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
-    import sys
-
     if "keras" in sys.modules:  # never import a backend just to name it
         out["keras_backend"] = sys.modules["keras"].backend.backend()
     else:
         out["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
     return out
-
-
-def _require_keras():
-    """Import Keras (and its backend) once, keeping the backend's start-up chatter off stderr.
-
-    TensorFlow writes several native log lines (oneDNN, CUDA probing) to file descriptor
-    2 before its log level applies; a command whose errors are one line cannot let them
-    through. Set ``S2DASK_NATIVE_LOGS=1`` to see them.
-    """
-    import sys
-
-    if "keras" in sys.modules:
-        return sys.modules["keras"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        if os.environ.get("S2DASK_NATIVE_LOGS"):
-            import keras
-        else:
-            with _native_stderr_silenced():
-                import keras
-
-                keras.backend.backend()
-                if keras.backend.backend() == "tensorflow":
-                    import tensorflow as tf
-
-                    tf.config.list_physical_devices("GPU")  # the CUDA probe logs here
-    except ImportError as exc:  # pragma: no cover - keras is a core dependency
-        raise ModelError(
-            "s2dask models need Keras 3 and a backend: pip install 'keras>=3' tensorflow"
-        ) from exc
-    return keras
-
-
-class _native_stderr_silenced:
-    """Point file descriptor 2 at /dev/null for the duration (native libraries' logs)."""
-
-    def __enter__(self):
-        import sys
-
-        try:
-            sys.stderr.flush()
-            self._saved = os.dup(2)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 2)
-            os.close(null)
-        except OSError:  # no fd 2 (embedded interpreters): nothing to silence
-            self._saved = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._saved is not None:
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-        return False
 
 
 def build_model(
@@ -161,16 +89,29 @@ def build_model(
     -> Dense(n_classes, softmax)``. The normalisation statistics are those of the
     training split, so the model takes raw band values at prediction time.
 
+    Parameters
+    ----------
+    n_bands, n_classes
+        Input and output sizes.
+    mean, variance
+        Per-band statistics of the training split (the ``Normalization`` layer's).
+    units, dropout
+        Hidden layer widths and their dropout rates (one per layer, or none).
+    l1, l2
+        Kernel regularisation of the hidden layers.
+    seed
+        Seeds the weight initialisation.
+
     Raises
     ------
     ModelError
-        If the sizes are inconsistent.
+        If the sizes are inconsistent, or Keras is not installed.
     """
     if n_bands < 1 or n_classes < 2:
         raise ModelError(f"a model needs >= 1 band and >= 2 classes, got {n_bands} and {n_classes}")
     if len(dropout) not in (0, len(units)):
         raise ModelError(f"give one dropout rate per hidden layer ({len(units)}), got {len(dropout)}")
-    keras = _require_keras()
+    keras = require_keras()
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
     mean = np.asarray(mean, dtype="float32").reshape(n_bands)
@@ -187,31 +128,6 @@ def build_model(
             layers.append(keras.layers.Dropout(float(dropout[i]), name=f"dropout_{i}"))
     layers.append(keras.layers.Dense(n_classes, activation="softmax", name="classes"))
     return keras.Sequential(layers, name="s2dask_mlp")
-
-
-def _normalise_classes(classes: Sequence[dict]) -> list[dict]:
-    out = []
-    seen = set()
-    if len(classes) > MAX_CLASSES:
-        raise ModelError(
-            f"{len(classes)} classes cannot be written as uint8 next to nodata {OUTPUT_NODATA}: "
-            f"use at most {MAX_CLASSES} classes"
-        )
-    if len(classes) < 2:
-        raise ModelError(f"a classifier needs at least 2 classes, the contract lists {len(classes)}")
-    for i, c in enumerate(classes):
-        try:
-            value = int(c["value"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelError(f"class entry {i} has no integer 'value': {c!r}") from None
-        if not 0 <= value <= 254:
-            raise ModelError(f"class value {value} does not fit uint8 below nodata 255: use 0..254")
-        if value in seen:
-            raise ModelError(f"class value {value} is listed twice in the class table")
-        seen.add(value)
-        colour = str(c.get("colour") or DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)])
-        out.append({"value": value, "name": str(c.get("name", value)), "colour": colour})
-    return out
 
 
 def save_bundle(
@@ -257,13 +173,9 @@ def save_bundle(
     """
     out = Path(out_dir)
     bands = canonical_bands(bands)
-    classes = _normalise_classes(classes)
-    n_in = model.input_shape[-1]
-    n_out = model.output_shape[-1]
-    if n_in != len(bands):
-        raise ModelError(f"the model takes {n_in} inputs but {len(bands)} bands were named")
-    if n_out != len(classes):
-        raise ModelError(f"the model has {n_out} outputs but {len(classes)} classes were named")
+    infos = normalise_classes(classes)
+    check_model_size(model.input_shape[-1], model.output_shape[-1], bands=len(bands),
+                     classes=len(infos), where="the model")
     model_path = out / MODEL_FILE
     model.save(model_path)
     contract = {
@@ -272,48 +184,14 @@ def save_bundle(
         "input_scale": input_scale,
         "input_offset": 0,
         "input_nodata": input_nodata,
-        "classes": classes,
+        "classes": [c.to_dict() for c in infos],
         "output_nodata": OUTPUT_NODATA,
         "model_file": MODEL_FILE,
         "model_sha256": sha256_file(model_path),
         "versions": library_versions(),
     }
     contract.update(extra or {})
-    (out / CONTRACT_FILE).write_text(json.dumps(contract, indent=2, default=_json_default) + "\n")
-    return contract
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _validate_contract(contract: Any, where: Path) -> dict:
-    if not isinstance(contract, dict):
-        raise ModelError(f"{where} is not a JSON object: re-create the bundle with 's2dask train'")
-    missing = [k for k in _REQUIRED if k not in contract]
-    if missing:
-        raise ModelError(
-            f"{where} lacks {', '.join(missing)}: the contract is incomplete; re-create the bundle "
-            "with 's2dask train'"
-        )
-    if contract["contract_version"] != CONTRACT_VERSION:
-        raise ModelError(
-            f"{where} has contract_version {contract['contract_version']!r}, this s2dask reads "
-            f"{CONTRACT_VERSION}: upgrade s2dask or re-train"
-        )
-    try:
-        contract["bands"] = canonical_bands(contract["bands"])
-    except Exception as exc:
-        raise ModelError(f"{where}: bad band list: {exc}") from None
-    contract["classes"] = _normalise_classes(contract["classes"])
-    if contract["output_nodata"] != OUTPUT_NODATA:
-        raise ModelError(f"{where}: output_nodata must be {OUTPUT_NODATA}")
+    atomic_write_json(out / CONTRACT_FILE, contract)
     return contract
 
 
@@ -327,7 +205,7 @@ class ModelHandle:
 
     sha256: str
     payload: bytes = field(repr=False)
-    contract: dict = field(repr=False)
+    contract: InputContract = field(repr=False)
     source: str = ""  # where the bytes came from, for messages
 
     def build(self):
@@ -338,13 +216,9 @@ class ModelHandle:
             p = Path(d) / MODEL_FILE
             p.write_bytes(self.payload)
             try:
-                return _load_keras(p)
+                return load_keras_model(p)
             except ModelError as exc:  # name the bundle, not the worker's temporary copy
                 raise ModelError(str(exc).replace(str(p), self.source or "the model")) from None
-
-
-_UNSAFE_MESSAGE = ("{path} needs unsafe deserialisation (arbitrary code such as a Lambda layer); "
-                   "s2dask loads models in Keras safe mode only: rebuild the model from standard layers")
 
 
 def inspect_archive(path: str | os.PathLike) -> dict:
@@ -387,7 +261,7 @@ def inspect_archive(path: str | os.PathLike) -> dict:
     def walk(node) -> None:
         if isinstance(node, dict):
             if unsafe(node):
-                raise ModelError(_UNSAFE_MESSAGE.format(path=path))
+                raise ModelError(UNSAFE_MESSAGE.format(path=path))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -409,27 +283,13 @@ def inspect_archive(path: str | os.PathLike) -> dict:
     return {"n_inputs": n_in, "n_outputs": n_out}
 
 
-def _load_keras(path: Path):
-    keras = _require_keras()
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except ValueError as exc:
-        text = str(exc)
-        if "unsafe" in text.lower() or "lambda" in text.lower() or "safe_mode" in text:
-            raise ModelError(_UNSAFE_MESSAGE.format(path=path)) from None
-        raise ModelError(f"{path} is not a loadable Keras model: {text.splitlines()[0]}") from None
-    except Exception as exc:  # zip errors, h5 errors, missing classes ...
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {first})") from None
-
-
 class ModelBundle:
     """A validated model bundle: its contract, hash, and (lazily) the Keras model.
 
     Use :func:`load_model` to get one.
     """
 
-    def __init__(self, path: Path, contract: dict):
+    def __init__(self, path: Path, contract: InputContract):
         self.path = Path(path)
         self.contract = contract
         self._keras = None
@@ -439,38 +299,38 @@ class ModelBundle:
     # -- the contract
     @property
     def sha256(self) -> str:
-        return self.contract["model_sha256"]
+        return self.contract.model_sha256
 
     @property
     def bands(self) -> list[str]:
-        return list(self.contract["bands"])
+        return list(self.contract.bands)
 
     @property
-    def classes(self) -> list[dict]:
-        return list(self.contract["classes"])
+    def classes(self) -> list[ClassInfo]:
+        return list(self.contract.classes)
 
     @property
     def class_values(self) -> np.ndarray:
-        return np.array([c["value"] for c in self.classes], dtype="uint8")
+        return np.array(self.contract.class_values, dtype="uint8")
 
     @property
     def input_nodata(self):
-        return self.contract["input_nodata"]
+        return self.contract.input_nodata
 
     @property
     def model_file(self) -> Path:
-        return self.path / self.contract.get("model_file", MODEL_FILE)
+        return self.path / self.contract.model_file
 
     def __repr__(self) -> str:
         return (f"ModelBundle({str(self.path)!r}, bands={self.bands}, "
-                f"classes={[c['name'] for c in self.classes]}, sha256={self.sha256[:12]})")
+                f"classes={[c.name for c in self.classes]}, sha256={self.sha256[:12]})")
 
     # -- the model
     def keras_model(self):
         """The Keras model, deserialised once (safe mode) and checked against the contract."""
         with self._lock:
             if self._keras is None:
-                model = _load_keras(self.model_file)
+                model = load_keras_model(self.model_file)
                 check_model_shape(model, self.contract, where=self.model_file)
                 self._keras = model
             return self._keras
@@ -486,8 +346,6 @@ class ModelBundle:
 
     def predictor(self, *, batch_size: int | None = None):
         """The compiled, fixed-batch forward pass used by every prediction path."""
-        from .predict import DEFAULT_BATCH_SIZE, Predictor
-
         bs = int(batch_size or DEFAULT_BATCH_SIZE)
         with self._lock:
             pred = self._predictors.get(bs)
@@ -523,16 +381,15 @@ class ModelBundle:
         return values
 
 
-def check_model_shape(model, contract: dict, *, where) -> None:
-    """Refuse a Keras model whose input/output sizes disagree with its contract."""
-    n_in = model.input_shape[-1]
-    n_out = model.output_shape[-1]
-    if n_in != len(contract["bands"]):
-        raise ModelError(f"{where} takes {n_in} inputs but its contract names "
-                         f"{len(contract['bands'])} bands")
-    if n_out != len(contract["classes"]):
-        raise ModelError(f"{where} has {n_out} outputs but its contract names "
-                         f"{len(contract['classes'])} classes")
+def check_model_shape(model, contract: InputContract, *, where) -> None:
+    """Refuse a Keras model whose input/output sizes disagree with its contract.
+
+    Raises
+    ------
+    ModelError
+        If a size disagrees.
+    """
+    contract.check_model_size(model.input_shape[-1], model.output_shape[-1], where=where)
 
 
 def load_model(model_dir: str | os.PathLike, *, check_keras: bool = True) -> ModelBundle:
@@ -571,24 +428,21 @@ def load_model(model_dir: str | os.PathLike, *, check_keras: bool = True) -> Mod
         contract = json.loads(cpath.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{cpath} is not valid JSON ({exc}): re-create the bundle") from None
-    contract = _validate_contract(contract, cpath)
-    mpath = path / contract.get("model_file", MODEL_FILE)
+    contract = InputContract.from_dict(contract, where=cpath)
+    mpath = path / contract.model_file
     if not mpath.is_file():
         raise ModelError(f"{path} has no {mpath.name}: the bundle is incomplete")
     actual = sha256_file(mpath)
-    if actual != contract["model_sha256"]:
+    if actual != contract.model_sha256:
         raise ModelError(
             f"{mpath} does not match the sha256 recorded in {CONTRACT_FILE} "
-            f"({actual[:12]}... != {contract['model_sha256'][:12]}...): the bundle is corrupt or "
+            f"({actual[:12]}... != {contract.model_sha256[:12]}...): the bundle is corrupt or "
             "was modified; re-train or restore it"
         )
     bundle = ModelBundle(path, contract)
     shape = inspect_archive(mpath)
-    for key, n, what in (("n_inputs", len(contract["bands"]), "bands"),
-                         ("n_outputs", len(contract["classes"]), "classes")):
-        if shape[key] is not None and shape[key] != n:
-            raise ModelError(f"{mpath} has {shape[key]} {key[2:]} but its contract names {n} {what}: "
-                             "the bundle is inconsistent; re-create it with 's2dask train'")
+    contract.check_model_size(shape["n_inputs"], shape["n_outputs"], where=mpath,
+                              hint=": the bundle is inconsistent; re-create it with 's2dask train'")
     if check_keras:
         bundle.keras_model()
     return bundle

@@ -10,82 +10,19 @@ identical whatever the chunking.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .model import OUTPUT_NODATA
+from .backend import compile_forward
+from .contract import OUTPUT_NODATA, InputContract
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "predict_block", "block_outputs"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "block_outputs"]
 
 #: pixels per forward call: large enough that per-call overhead is negligible, small
 #: enough that a batch's activations (batch x 200 float32 x a few) stay in cache-friendly MBs;
 #: 4096..8192 is fastest for single-thread worker processes (benchmarks/forward.py)
 DEFAULT_BATCH_SIZE = 8192
-
-
-def _compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool | None = None):
-    """A function ``(batch_size, n_bands) float32 -> (batch_size, n_classes) float32``.
-
-    ``jit_compile`` (TensorFlow only; ``None``: on) compiles the whole forward pass with
-    XLA, which fuses the normalisation, bias + ReLU and the softmax into the matmuls'
-    neighbours (``benchmarks/forward.py`` measures it against ``False``). The input shape
-    is fixed, so XLA compiles once and every pixel gets the same arithmetic.
-    """
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        spec = tf.TensorSpec((batch_size, n_bands), tf.float32)
-        jit = True if jit_compile is None else bool(jit_compile)
-
-        @tf.function(input_signature=[spec], jit_compile=jit, reduce_retracing=True)
-        def forward(x):
-            return model(x, training=False)
-
-        concrete = forward.get_concrete_function()
-        concrete(tf.zeros((batch_size, n_bands), tf.float32))  # XLA compiles here, not in a task
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return concrete(tf.constant(x)).numpy()
-
-        return run
-    if backend == "jax":
-        import jax
-
-        tv = [v.value for v in model.trainable_variables]
-        ntv = [v.value for v in model.non_trainable_variables]
-
-        @jax.jit
-        def forward(tv, ntv, x):
-            out, _ = model.stateless_call(tv, ntv, x, training=False)
-            return out
-
-        forward(tv, ntv, np.zeros((batch_size, n_bands), dtype="float32"))  # compile now
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(forward(tv, ntv, x))
-
-        return run
-    if backend == "torch":
-        import torch
-
-        device = next(iter(p.device for p in model.parameters()), torch.device("cpu")) \
-            if hasattr(model, "parameters") else torch.device("cpu")
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                out = model(torch.from_numpy(x).to(device), training=False)
-            return out.detach().cpu().numpy()
-
-        return run
-
-    def run(x: np.ndarray) -> np.ndarray:  # any other backend: Keras' own compiled step
-        return np.asarray(model.predict_on_batch(x))
-
-    return run
 
 
 class Predictor:
@@ -96,20 +33,29 @@ class Predictor:
     model
         The Keras model (normalisation inside; takes raw values).
     contract
-        The bundle's contract (bands, classes, nodata).
+        The bundle's :class:`~s2dask.contract.InputContract` (bands, classes, nodata), or
+        its ``model.json`` dict.
     batch_size
         Pixels per forward call. Every call is padded to this size.
+
+    Raises
+    ------
+    ModelError
+        If a contract given as a dict is invalid.
     """
 
-    def __init__(self, model, contract: dict, *, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, model, contract: InputContract | Mapping[str, Any], *,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        if not isinstance(contract, InputContract):
+            contract = InputContract.from_dict(contract)
         self.model = model
         self.contract = contract
         self.batch_size = int(batch_size)
-        self.n_bands = len(contract["bands"])
-        self.n_classes = len(contract["classes"])
-        self.class_values = np.array([c["value"] for c in contract["classes"]], dtype="uint8")
-        self.input_nodata = contract.get("input_nodata")
-        self._forward = _compile_forward(model, self.batch_size, self.n_bands)
+        self.n_bands = len(contract.bands)
+        self.n_classes = len(contract.classes)
+        self.class_values = np.array(contract.class_values, dtype="uint8")
+        self.input_nodata = contract.input_nodata
+        self._forward = compile_forward(model, self.batch_size, self.n_bands)
         self._buffer = threading.local()
 
     def _batch_buffer(self) -> np.ndarray:
@@ -195,6 +141,11 @@ def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: boo
 
     Layer 0 is the class map, layer 1 the confidence, layers 2.. the per-class
     probabilities when asked for.
+
+    Raises
+    ------
+    ValueError
+        If the block does not have one band per contract band.
     """
     nb, ny, nx = block.shape
     if nb != predictor.n_bands:
@@ -211,7 +162,3 @@ def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: boo
         out[2:] = probs.T.reshape(predictor.n_classes, ny, nx)
     return out
 
-
-def predict_block(block: np.ndarray, predictor: Any, *, probabilities: bool = False) -> np.ndarray:
-    """Alias of :func:`block_outputs` with the data argument first (for ``map_blocks``)."""
-    return block_outputs(predictor, block, probabilities=probabilities)

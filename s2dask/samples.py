@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bands import DEFAULT_BANDS, canonical_band, canonical_bands
-from .errors import BandError, SamplesError
+from .bands import DEFAULT_BANDS, band_columns, canonical_bands
+from .contract import DEFAULT_COLOURS
+from .errors import SamplesError
+from .storage import sha256_file
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -175,12 +177,7 @@ def _numeric_column(df, col: str, path: Path, *, what: str) -> np.ndarray:
 
 
 def _find_band_columns(columns: Sequence[str], bands: list[str], path: Path) -> list[str]:
-    by_band: dict[str, list[str]] = {}
-    for col in columns:
-        try:
-            by_band.setdefault(canonical_band(col), []).append(col)
-        except BandError:
-            continue
+    by_band = band_columns(columns)
     missing = [b for b in bands if b not in by_band]
     if missing:
         present = ", ".join(sorted(by_band)) or "none"
@@ -295,8 +292,6 @@ def read_samples(
     BandError
         If a requested band name is not a Sentinel-2 band.
     """
-    from .model import DEFAULT_COLOURS, sha256_file
-
     path = Path(path)
     df = _read_table(path)
     columns = [str(c) for c in df.columns]

@@ -13,19 +13,33 @@ variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN
 so that a missing bucket, missing credentials or a read-only directory is one clear line
 rather than a failure deep inside a Dask task. Nothing here carries secrets: the returned
 options name endpoints and regions only; credentials stay in each process's environment.
+
+Every writer of the package goes through this module: :class:`Location` (a picklable path
+or URL with its filesystem operations; whether it is remote is decided here and nowhere
+else), :func:`atomic_write_bytes` and its text/JSON siblings and :func:`staged_file` (never
+a half-written file: temporary file and rename locally, one PUT on an object store),
+:func:`put_file` and :func:`commit_dir` (a finished folder moved into place; an old one is
+replaced only on overwrite and removed after).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import posixpath
 import re
+import shutil
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-from .errors import StorageError
+import numpy as np
+
+from .errors import OutputExistsError, StorageError
 
 __all__ = [
     "is_remote",
@@ -36,6 +50,22 @@ __all__ = [
     "fs_for",
     "check_output_location",
     "check_input_location",
+    "Location",
+    "as_location",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "staged_file",
+    "put_file",
+    "commit_dir",
+    "json_default",
+    "json_text_default",
+    "sha256_file",
+    "FileStat",
+    "stat",
+    "vsi_to_url",
+    "remote_env",
+    "open_array",
 ]
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -354,3 +384,316 @@ def check_input_location(url: str | os.PathLike) -> None:
     if not found:
         raise StorageError(f"no object or prefix {text}{_where(text)}: check the URL "
                            f"(list the bucket with: aws s3 ls {posixpath.dirname(text.rstrip('/'))}/)")
+
+
+# ----------------------------------------------------------------------------------- records
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def json_default(obj: Any) -> Any:
+    """JSON conversions of what s2dask records hold (numpy scalars and arrays, paths).
+
+    Raises
+    ------
+    TypeError
+        For anything else, as :func:`json.dumps` expects.
+    """
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def json_text_default(obj: Any) -> Any:
+    """:func:`json_default`, and anything else as its text (job records never fail on a value)."""
+    try:
+        return json_default(obj)
+    except TypeError:
+        return str(obj)
+
+
+# ----------------------------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class Location:
+    """A local path or an object-store URL, and the filesystem operations s2dask needs there.
+
+    Picklable (the URL and its fsspec options travel; the filesystem is made again where it
+    is used), so Dask tasks carry it. ``options`` default to :func:`storage_options_for`
+    ``(url)`` computed where the location is made (the client, for a job's outputs).
+    """
+
+    url: str
+    #: fsspec ``storage_options`` (``None`` for a local path)
+    options: dict | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", os.fspath(self.url))
+        if self.options is None and is_remote(self.url):
+            object.__setattr__(self, "options", storage_options_for(self.url))
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def remote(self) -> bool:
+        """Whether this is an object-store URL (the one test of "remote" in s2dask)."""
+        return is_remote(self.url)
+
+    @property
+    def fs(self):
+        """The fsspec filesystem of a remote location (fsspec caches the instance)."""
+        return fs_for(self.url, storage_options=self.options)[0]
+
+    @property
+    def name(self) -> str:
+        """The last path component."""
+        base = posixpath if self.remote else os.path
+        return base.basename(self.url.rstrip("/"))
+
+    def join(self, *parts: str) -> "Location":
+        """The location of ``parts`` below this one (same options)."""
+        return Location(join(self.url, *parts), self.options)
+
+    def sibling(self, name: str) -> "Location":
+        """The location ``name`` next to this one."""
+        base = posixpath if self.remote else os.path
+        return Location(base.join(base.dirname(self.url.rstrip("/")), name), self.options)
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.url) if self.remote else os.path.exists(self.url)
+
+    def makedirs(self) -> None:
+        """Create the directory (and its parents) locally; object stores have no directories."""
+        if not self.remote:
+            os.makedirs(self.url, exist_ok=True)
+
+    def rm(self) -> None:
+        """Remove the file or folder (recursively), if it exists."""
+        if self.remote:
+            if self.fs.exists(self.url):
+                self.fs.rm(self.url, recursive=True)
+        elif os.path.isdir(self.url):
+            shutil.rmtree(self.url)
+        elif os.path.exists(self.url):
+            os.unlink(self.url)
+
+    def read_bytes(self) -> bytes:
+        if self.remote:
+            return self.fs.cat_file(self.url)
+        return Path(self.url).read_bytes()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def list(self, pattern: str = "*") -> list["Location"]:
+        """The entries of this folder whose names match ``pattern`` (none if it is absent)."""
+        if not self.remote:
+            return [Location(str(p)) for p in Path(self.url).glob(pattern)]
+        fs = self.fs
+        if not fs.exists(self.url):
+            return []
+        scheme = self.url.split("://", 1)[0]
+        return [Location(f"{scheme}://{p}", self.options)
+                for p in fs.glob(self.url.rstrip("/") + "/" + pattern)]
+
+
+def as_location(where: "Location | str | os.PathLike", options: dict | None = None) -> Location:
+    """``where`` as a :class:`Location` (``options``: fsspec options for a new remote one)."""
+    if isinstance(where, Location):
+        return where
+    return Location(os.fspath(where), options)
+
+
+# ----------------------------------------------------------------------------------- atomic writes
+
+
+def _rename(src: str, dst: str) -> None:
+    """The one local rename of s2dask (atomic within a filesystem; replaces a file at ``dst``)."""
+    os.replace(src, dst)
+
+
+@contextlib.contextmanager
+def staged_file(dst: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to local ``dst``; rename it to ``dst`` if the block succeeds.
+
+    Whatever writes the file (GDAL, pandas, matplotlib) writes the temporary path, so a
+    reader never sees ``dst`` half-written; on an exception the temporary file is removed
+    and ``dst`` is left as it was. ``suffix`` ends the temporary name (a writer that picks
+    its format from the extension needs it).
+    """
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+    try:
+        yield tmp
+        _rename(os.fspath(tmp), os.fspath(dst))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(dst: "Location | str | os.PathLike", data: bytes) -> None:
+    """Write ``data`` to ``dst`` so that it is either absent, as before, or complete.
+
+    Local: a temporary file in the same folder, then a rename. Object store: one PUT
+    (atomic by itself).
+
+    Raises
+    ------
+    StorageError
+        If the write fails (disk full, permission denied, bucket unreachable).
+    """
+    loc = as_location(dst)
+    if loc.remote:
+        try:
+            loc.fs.pipe_file(loc.url, data)
+        except Exception as exc:
+            raise StorageError(f"cannot write {loc.url}: {exc}") from None
+        return
+    try:
+        with staged_file(loc.url) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise StorageError(f"cannot write {loc.url}: {exc.strerror or exc}; check free space and "
+                           "permissions") from None
+
+
+def atomic_write_text(dst: "Location | str | os.PathLike", text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text.
+
+    Raises
+    ------
+    StorageError
+        If the write fails.
+    """
+    atomic_write_bytes(dst, text.encode())
+
+
+def atomic_write_json(dst: "Location | str | os.PathLike", data: Any, *, indent: int | None = 2,
+                      default: Callable[[Any], Any] = json_default) -> None:
+    """:func:`atomic_write_bytes` of ``data`` as JSON (indented, with a final newline).
+
+    Raises
+    ------
+    StorageError
+        If the write fails.
+    """
+    atomic_write_text(dst, json.dumps(data, indent=indent, default=default) + "\n")
+
+
+def put_file(local: str | os.PathLike, dst: "Location | str | os.PathLike") -> None:
+    """Move a complete local file to ``dst``: a rename locally, one upload to an object store."""
+    loc = as_location(dst)
+    if loc.remote:
+        loc.fs.put_file(os.fspath(local), loc.url)
+    else:
+        _rename(os.fspath(local), loc.url)
+
+
+def _move_dir(src: Location, dst: Location) -> None:
+    if src.remote:  # copy then delete: object stores have no rename (not atomic)
+        fs = src.fs
+        fs.copy(src.url.rstrip("/") + "/", dst.url.rstrip("/") + "/", recursive=True)
+        fs.rm(src.url, recursive=True)
+    else:
+        _rename(src.url, dst.url)
+
+
+def commit_dir(partial: "Location | str | os.PathLike", final: "Location | str | os.PathLike", *,
+               overwrite: bool, appeared: str) -> None:
+    """Move a complete folder ``partial`` to ``final``; replace an old one only with overwrite.
+
+    An existing ``final`` is first moved aside (``.<name>.old-<id>``), the new folder takes
+    its place, and only then is the old one removed; if the move fails, the old one is
+    put back.
+
+    Parameters
+    ----------
+    partial, final
+        The finished folder and where it belongs (same filesystem or bucket).
+    overwrite
+        Whether an existing ``final`` may be replaced.
+    appeared
+        The message of the error raised when ``final`` exists and ``overwrite`` is false.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``final`` exists and ``overwrite`` is false.
+    StorageError
+        If the move fails (the old output, if any, is back in place).
+    """
+    partial, final = as_location(partial), as_location(final)
+    old = None
+    exists = final.exists()
+    if exists and not overwrite:
+        raise OutputExistsError(appeared)
+    try:
+        if exists:
+            old = final.sibling(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            _move_dir(final, old)
+        _move_dir(partial, final)
+    except OSError as exc:
+        if old is not None and not final.exists():
+            _move_dir(old, final)
+        raise StorageError(f"cannot move {partial.url} to {final.url}: {exc.strerror or exc}") from None
+    if old is not None:
+        try:
+            old.rm()
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------------- GDAL and Zarr
+
+
+class FileStat(NamedTuple):
+    """Size and version of a file: what makes a changed input get a new graph name."""
+
+    size: int
+    version: int | str  # the modification time in ns locally; the object's ETag remotely
+
+
+def vsi_to_url(path: str) -> str | None:
+    """The ``s3://`` URL of a GDAL ``/vsis3/`` path; ``None`` for anything else."""
+    if path.startswith("/vsis3/"):
+        return "s3://" + path[len("/vsis3/"):]
+    return None
+
+
+def remote_env(path: str) -> dict[str, str]:
+    """GDAL options for reading a ``/vsis3/`` path (endpoint, region); none for local files."""
+    url = vsi_to_url(path)
+    return {} if url is None else gdal_env_for(url)
+
+
+def stat(path: str | os.PathLike) -> FileStat:
+    """:class:`FileStat` of a local file or a ``/vsis3/`` object (its ETag, stable across processes)."""
+    url = vsi_to_url(os.fspath(path))
+    if url is None:
+        st = os.stat(path)
+        return FileStat(st.st_size, st.st_mtime_ns)
+    fs, key = fs_for(url)
+    info = fs.info(key)
+    return FileStat(int(info["size"]), str(info.get("ETag", "")).strip('"'))
+
+
+def open_array(store: "Location | str | os.PathLike", name: str):
+    """Open array ``name`` of a Zarr group for writing, locally or on an object store."""
+    import zarr
+
+    loc = as_location(store)
+    if loc.remote:
+        return zarr.open_array(store=loc.url, path=name, mode="r+", storage_options=loc.options)
+    return zarr.open_array(store=loc.url, path=name, mode="r+")

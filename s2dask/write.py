@@ -12,12 +12,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import dask.array as da
 import numpy as np
+import rasterio
+import rasterio.shutil
+import xarray as xr
+from rasterio.errors import RasterioError
 
+from .contract import OUTPUT_NODATA, ClassInfo, class_infos
 from .errors import StorageError
+from .storage import Location, as_location, open_array, staged_file
 
 __all__ = ["layout_zarr", "write_region", "write_cog", "validate_cog", "write_quicklook",
            "colour_table"]
@@ -25,6 +33,8 @@ __all__ = ["layout_zarr", "write_region", "write_cog", "validate_cog", "write_qu
 CLASSES = "classes"
 CONFIDENCE = "confidence"
 PROBABILITIES = "probabilities"
+
+Classes = Sequence[ClassInfo | Mapping[str, Any]]
 
 
 def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
@@ -34,33 +44,47 @@ def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
     return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
 
 
-def colour_table(classes: Sequence[dict], nodata: int = 255) -> dict[int, tuple[int, int, int, int]]:
+def colour_table(classes: Classes, nodata: int = OUTPUT_NODATA) -> dict[int, tuple[int, int, int, int]]:
     """A GDAL colour table: class colours, nodata transparent."""
     table = {v: (0, 0, 0, 0) for v in range(256)}
-    for c in classes:
-        r, g, b = _hex_to_rgb(c["colour"])
-        table[int(c["value"])] = (r, g, b, 255)
+    for c in class_infos(classes):
+        r, g, b = _hex_to_rgb(c.colour)
+        table[int(c.value)] = (r, g, b, 255)
     table[int(nodata)] = (0, 0, 0, 0)
     return table
 
 
-def layout_zarr(store, *, scene, chunks: tuple[int, int], classes: Sequence[dict],
-                probabilities: bool, attrs: dict, storage_options: dict | None = None) -> None:
+def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chunks: tuple[int, int],
+                classes: Classes, probabilities: bool, attrs: dict,
+                storage_options: dict | None = None) -> None:
     """Create the output Zarr v3 group: coordinates, ``spatial_ref`` and empty arrays.
 
     Parameters
     ----------
     store
-        Path or URL of the ``classes.zarr`` group to create (must not exist).
+        Path, URL or :class:`~s2dask.storage.Location` of the ``classes.zarr`` group to
+        create (must not exist).
     scene
         The (band, y, x) scene DataArray; its x/y coordinates, CRS and transform are copied.
     chunks
         ``(cy, cx)``: the Zarr chunks, equal to the scene's spatial chunks so that each
         prediction task writes whole chunks and no two tasks share one.
-    """
-    import dask.array as da
-    import xarray as xr
+    classes
+        The class table (values, names).
+    probabilities
+        Also lay out the ``probabilities`` array.
+    attrs
+        The group's attributes.
+    storage_options
+        fsspec options of a store given as a URL (default: from the environment).
 
+    Raises
+    ------
+    OSError
+        If the store cannot be created (it exists, disk full, permission denied).
+    """
+    loc = as_location(store, storage_options)
+    classes = class_infos(classes)
     ny, nx = scene.sizes["y"], scene.sizes["x"]
     cy, cx = min(chunks[0], ny), min(chunks[1], nx)
     n_cls = len(classes)
@@ -68,8 +92,8 @@ def layout_zarr(store, *, scene, chunks: tuple[int, int], classes: Sequence[dict
     data_vars = {
         CLASSES: (("y", "x"), da.full((ny, nx), 255, dtype="uint8", chunks=(cy, cx)),
                   {"long_name": "land-cover class", "nodata": 255,
-                   "flag_values": [c["value"] for c in classes],
-                   "flag_meanings": " ".join(c["name"].replace(" ", "_") for c in classes)}),
+                   "flag_values": [c.value for c in classes],
+                   "flag_meanings": " ".join(c.name.replace(" ", "_") for c in classes)}),
         CONFIDENCE: (("y", "x"), da.zeros((ny, nx), dtype="uint8", chunks=(cy, cx)),
                      {"long_name": "probability of the chosen class", "units": "percent"}),
     }
@@ -79,7 +103,7 @@ def layout_zarr(store, *, scene, chunks: tuple[int, int], classes: Sequence[dict
             da.zeros((n_cls, ny, nx), dtype="uint8", chunks=(n_cls, cy, cx)),
             {"long_name": "class probability", "units": "percent"},
         )
-        coords["class"] = np.array([c["value"] for c in classes], dtype="uint8")
+        coords["class"] = np.array([c.value for c in classes], dtype="uint8")
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds = ds.rio.write_crs(scene.rio.crs)
     ds = ds.rio.write_transform(scene.rio.transform())
@@ -88,16 +112,14 @@ def layout_zarr(store, *, scene, chunks: tuple[int, int], classes: Sequence[dict
     encoding = {CLASSES: {"chunks": (cy, cx)}, CONFIDENCE: {"chunks": (cy, cx)}}
     if probabilities:
         encoding[PROBABILITIES] = {"chunks": (n_cls, cy, cx)}
-    import warnings
-
     import zarr
 
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not yet in the v3 spec; xarray reads it
         warnings.simplefilter("ignore", category=UserWarning)
-        ds.to_zarr(store, mode="w-", compute=False, zarr_format=3, consolidated=False,
-                   encoding=encoding, storage_options=storage_options)
-        group = zarr.open_group(store, mode="r+", storage_options=storage_options)
+        ds.to_zarr(loc.url, mode="w-", compute=False, zarr_format=3, consolidated=False,
+                   encoding=encoding, storage_options=loc.options)
+        group = zarr.open_group(loc.url, mode="r+", storage_options=loc.options)
         # xarray does not list grid-mapping variables as coordinates any more; a global
         # "coordinates" attribute makes open_zarr() keep spatial_ref as a coordinate, so
         # that ``xarray.open_zarr(...).rio.crs`` works without decode_coords="all"
@@ -105,32 +127,61 @@ def layout_zarr(store, *, scene, chunks: tuple[int, int], classes: Sequence[dict
         zarr.consolidate_metadata(group.store)
 
 
-def _open_array(store, name: str, storage_options: dict | None):
-    import zarr
+def write_region(store: Location | str | os.PathLike, outputs: np.ndarray, *, y: slice, x: slice,
+                 probabilities: bool, storage_options: dict | None = None) -> None:
+    """Write one block's ``(k, y, x)`` outputs into the Zarr arrays at ``[y, x]``.
 
-    if storage_options is not None:
-        return zarr.open_array(store=store, path=name, mode="r+", storage_options=storage_options)
-    return zarr.open_array(store=str(store), path=name, mode="r+")
+    Parameters
+    ----------
+    store
+        The ``classes.zarr`` group laid out by :func:`layout_zarr`.
+    outputs
+        ``(k, y, x)`` uint8 from :func:`s2dask.predict.block_outputs`.
+    y, x
+        The block's rows and columns in the map (whole Zarr chunks).
+    probabilities
+        Also write layers 2.. into the ``probabilities`` array.
+    storage_options
+        fsspec options of a store given as a URL (default: from the environment).
 
-
-def write_region(store, outputs: np.ndarray, *, y: slice, x: slice, probabilities: bool,
-                 storage_options: dict | None = None) -> None:
-    """Write one block's ``(k, y, x)`` outputs into the Zarr arrays at ``[y, x]``."""
-    _open_array(store, CLASSES, storage_options)[y, x] = outputs[0]
-    _open_array(store, CONFIDENCE, storage_options)[y, x] = outputs[1]
+    Raises
+    ------
+    OSError
+        If the store cannot be written (disk full, permission denied).
+    """
+    loc = as_location(store, storage_options)
+    open_array(loc, CLASSES)[y, x] = outputs[0]
+    open_array(loc, CONFIDENCE)[y, x] = outputs[1]
     if probabilities:
-        _open_array(store, PROBABILITIES, storage_options)[:, y, x] = outputs[2:]
+        open_array(loc, PROBABILITIES)[:, y, x] = outputs[2:]
 
 
-def write_cog(store, dst: str | os.PathLike, *, classes: Sequence[dict], crs, transform,
-              storage_options: dict | None = None, overview_resampling: str = "mode",
-              tags: dict | None = None) -> str:
+def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, classes: Classes,
+              crs: Any, transform: Any, storage_options: dict | None = None,
+              overview_resampling: str = "mode", tags: dict | None = None) -> str:
     """Stream the Zarr class map into a Cloud-Optimized GeoTIFF at ``dst`` (a local path).
 
     The map is read one Zarr chunk at a time into a tiled, DEFLATE-compressed GeoTIFF,
     which GDAL's COG driver then copies with 512 x 512 tiles and overviews built with
     ``overview_resampling`` (``mode`` keeps class values; ``nearest`` is faster). The
     result is written next to ``dst`` and renamed into place when complete.
+
+    Parameters
+    ----------
+    store
+        The ``classes.zarr`` group holding the ``classes`` array.
+    dst
+        The local ``.tif`` to write.
+    classes
+        The class table (colour table and class names in the metadata).
+    crs, transform
+        The map's georeferencing.
+    storage_options
+        fsspec options of a store given as a URL (default: from the environment).
+    overview_resampling
+        ``"mode"`` or ``"nearest"``.
+    tags
+        More GeoTIFF metadata.
 
     Returns
     -------
@@ -142,15 +193,12 @@ def write_cog(store, dst: str | os.PathLike, *, classes: Sequence[dict], crs, tr
     StorageError
         If GDAL cannot write the file (disk full, permission denied).
     """
-    import rasterio
-    import rasterio.shutil
-    from rasterio.errors import RasterioError
-
-    arr = _open_array(store, CLASSES, storage_options)
+    arr = open_array(as_location(store, storage_options), CLASSES)
     ny, nx = arr.shape
     cy, cx = arr.chunks
     dst = Path(dst)
-    names = {str(c["value"]): c["name"] for c in classes}
+    classes = class_infos(classes)
+    names = {str(c.value): c.name for c in classes}
     table = colour_table(classes)
     try:
         with tempfile.TemporaryDirectory(prefix=".cog-", dir=dst.parent) as tmp:
@@ -169,11 +217,10 @@ def write_cog(store, dst: str | os.PathLike, *, classes: Sequence[dict], crs, tr
                 out.set_band_description(1, "land-cover class")
                 out.update_tags(CLASS_NAMES=json.dumps(names), **(tags or {}))
                 out.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
-            part = Path(tmp) / "cog.tif"
-            rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
-                                 OVERVIEW_RESAMPLING=overview_resampling.upper(),
-                                 BIGTIFF="IF_SAFER", NUM_THREADS=1)
-            os.replace(part, dst)
+            with staged_file(dst) as part:
+                rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
+                                     OVERVIEW_RESAMPLING=overview_resampling.upper(),
+                                     BIGTIFF="IF_SAFER", NUM_THREADS=1)
     except (RasterioError, OSError) as exc:
         raise StorageError(f"cannot write the COG {dst}: {' '.join(str(exc).split())[:200]}; "
                            "check free space and permissions of the output directory") from None
@@ -181,39 +228,70 @@ def write_cog(store, dst: str | os.PathLike, *, classes: Sequence[dict], crs, tr
 
 
 def validate_cog(path: str | os.PathLike) -> tuple[bool, list[str], list[str]]:
-    """Validate a COG with rio-cogeo (the rasterio port of GDAL's validator)."""
+    """Validate a COG with rio-cogeo (the rasterio port of GDAL's validator).
+
+    Parameters
+    ----------
+    path
+        The GeoTIFF to check.
+
+    Returns
+    -------
+    tuple
+        ``(valid, errors, warnings)``.
+    """
     from rio_cogeo.cogeo import cog_validate
 
     return cog_validate(str(path), quiet=True)
 
 
-def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, classes: Sequence[dict],
+def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, classes: Classes,
                     title: str = "", max_size: int = 1024) -> str:
-    """A PNG of the class map with the class colours and a legend, read from the COG's overviews."""
-    import matplotlib
+    """A PNG of the class map with the class colours and a legend, read from the COG's overviews.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import rasterio
+    Parameters
+    ----------
+    cog_path
+        The class map COG (:func:`write_cog`).
+    dst
+        The ``.png`` to write (renamed into place when complete).
+    classes
+        The class table (colours, legend).
+    title
+        The title (default: the COG's folder name).
+    max_size
+        Longest side of the image in pixels.
+
+    Returns
+    -------
+    str
+        ``dst``.
+
+    Raises
+    ------
+    OSError
+        If the COG cannot be read or the PNG written.
+    """
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     with rasterio.open(cog_path) as src:
         scale = max(1.0, max(src.width, src.height) / max_size)
         shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
         data = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+    classes = class_infos(classes)
     table = colour_table(classes)
     rgba = np.array([table[v] for v in range(256)], dtype="float32") / 255.0
-    fig, ax = plt.subplots(figsize=(8, 8 * shape[0] / max(shape[1], 1) + 0.5), dpi=100)
+    fig = Figure(figsize=(8, 8 * shape[0] / max(shape[1], 1) + 0.5), dpi=100)
+    ax = fig.subplots()
     ax.imshow(data, cmap=ListedColormap(rgba), vmin=-0.5, vmax=255.5, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title or Path(cog_path).parent.name)
-    handles = [Patch(facecolor=np.array(_hex_to_rgb(c["colour"])) / 255.0,
-                     label=f"{c['value']}: {c['name']}") for c in classes]
+    handles = [Patch(facecolor=np.array(_hex_to_rgb(c.colour)) / 255.0,
+                     label=f"{c.value}: {c.name}") for c in classes]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    tmp = Path(str(dst) + ".part.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, dst)
+    with staged_file(dst, suffix=".png") as tmp:
+        fig.savefig(tmp)
     return str(dst)

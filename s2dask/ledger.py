@@ -1,0 +1,90 @@
+"""The chunk ledger of a job's partial output: which chunks are done, and their class counts.
+
+Each prediction task leaves ``<partial>/chunks/<iy>_<ix>.json`` (written atomically) once
+its region of the Zarr store is written: the chunk's position and its class counts. A
+resumed job computes only chunks without a marker and sums the counts of the others;
+before that, :func:`check_resumable` refuses a partial output made with other settings.
+Markers are written on workers and read on the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import OutputExistsError
+from .storage import Location, atomic_write_text, json_text_default
+
+__all__ = ["N_COUNTS", "PARAMS_FILE", "write_marker", "read_marker", "read_ledger",
+           "check_resumable"]
+
+#: bincount length: every uint8 class value, 255 = nodata
+N_COUNTS = 256
+#: the settings a partial output was made with (compared on resume)
+PARAMS_FILE = "params.json"
+
+
+def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], x: tuple[int, int],
+                 counts: np.ndarray) -> None:
+    """Record chunk ``(iy, ix)`` (rows ``y``, columns ``x``) as done with its class ``counts``.
+
+    Raises
+    ------
+    StorageError
+        If the marker cannot be written.
+    """
+    iy, ix = chunk
+    text = json.dumps({"chunk": [iy, ix], "y": list(y), "x": list(x),
+                       "counts": {str(v): int(c) for v, c in enumerate(counts) if c}})
+    atomic_write_text(markers.join(f"{iy}_{ix}.json"), text)
+
+
+def read_marker(text: str) -> np.ndarray:
+    """The class counts (``N_COUNTS`` int64) recorded in a marker's text."""
+    data = json.loads(text)
+    counts = np.zeros(N_COUNTS, dtype="int64")
+    for v, c in data["counts"].items():
+        counts[int(v)] = c
+    return counts
+
+
+def read_ledger(markers: Location) -> tuple[set[str], np.ndarray]:
+    """``({"iy_ix", ...}, summed class counts)`` of the chunks already done."""
+    done: set[str] = set()
+    totals = np.zeros(N_COUNTS, dtype="int64")
+    for marker in markers.list("*.json"):
+        done.add(marker.name[:-5])
+        totals += read_marker(marker.read_text())
+    return done, totals
+
+
+def check_resumable(partial: Location, markers: Location, want: Mapping[str, Any]) -> int:
+    """Refuse to resume ``partial`` unless its settings equal ``want``; return chunks done.
+
+    Parameters
+    ----------
+    partial
+        The unfinished output folder (holding :data:`PARAMS_FILE`).
+    markers
+        Its folder of chunk markers.
+    want
+        This run's values of the settings that must not change (model hash, chunks, scene).
+
+    Raises
+    ------
+    OutputExistsError
+        If the parameters are unreadable or one of ``want`` differs.
+    """
+    try:
+        params = json.loads(partial.join(PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        raise OutputExistsError(f"the unfinished output {partial} has no readable params.json, so "
+                                "it cannot be resumed: pass --overwrite to start again") from None
+    for key, value in want.items():
+        if json.loads(json.dumps(params.get(key), default=json_text_default)) != \
+                json.loads(json.dumps(value, default=json_text_default)):
+            raise OutputExistsError(f"cannot resume {partial}: its {key} differs from this run's; "
+                                    "pass --overwrite to start again with the new settings")
+    return len(markers.list("*.json"))
