@@ -68,7 +68,7 @@ def _worker_forward(ref, start_at: float, seconds: float, pixels: int, matmul_n:
 
     import numpy as np
 
-    from s2dask.cluster import get_predictor
+    from s2dask.worker import get_predictor
 
     pred = get_predictor(ref)
     rng = np.random.default_rng(1)
@@ -99,7 +99,7 @@ def _profile_chunk(ref, scene: str, store: str, chunks: int) -> dict:
 
     import numpy as np
 
-    from s2dask.cluster import get_predictor
+    from s2dask.worker import get_predictor
     from s2dask.predict import block_outputs
     from s2dask.scene import open_scene
     from s2dask.write import write_region
@@ -144,7 +144,7 @@ def run_scene(size: int, *, workers: int, threads: int, chunks: int, batch_size:
               fwd_seconds: float, matmul_n: int, keep: bool) -> dict:
     from distributed import Client, LocalCluster
 
-    from s2dask.cluster import ModelRef
+    from s2dask.worker import ModelRef
     from s2dask.job import classify
     from s2dask.model import load_model
     from s2dask.predict import DEFAULT_BATCH_SIZE

@@ -63,13 +63,14 @@ def child(spec: dict) -> dict:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads, user_api="blas")
-    from s2dask.cluster import configure_threads
+    from s2dask.backend import configure_threads
 
     configure_threads(threads)  # the job path: intra-op = threads, inter-op = 1
     import tensorflow as tf
 
     from s2dask.model import load_model
-    from s2dask.predict import Predictor, _compile_forward, block_outputs
+    from s2dask.backend import compile_forward
+    from s2dask.predict import Predictor, block_outputs
 
     bundle = load_model(spec["model"])
     model = bundle.keras_model()
@@ -79,7 +80,7 @@ def child(spec: dict) -> dict:
         key = (it["batch_size"], it["jit"])
         if key not in preds:
             p = Predictor(model, bundle.contract, batch_size=it["batch_size"])
-            p._forward = _compile_forward(model, p.batch_size, p.n_bands, jit_compile=it["jit"])
+            p._forward = compile_forward(model, p.batch_size, p.n_bands, jit_compile=it["jit"])
             preds[key] = p
     pixels = spec["pixels"]
     x = rng.uniform(100, 4000, size=(pixels, 10)).astype("float32")

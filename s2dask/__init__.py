@@ -31,7 +31,7 @@ __all__ = [
 _LAZY = {
     "S2DaskError": "s2dask.errors",
     "open_scene": "s2dask.scene",
-    "grid_to_raster": "s2dask.scene",
+    "grid_to_raster": "s2dask.grid",
     "read_samples": "s2dask.samples",
     "split_samples": "s2dask.samples",
     "train": "s2dask.train",

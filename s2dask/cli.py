@@ -118,7 +118,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------- scenes
-# (section owned by the scene feature: scene.py)
+# (section owned by the scene feature: scene/, grid.py)
 
 
 def _band_list(values: Sequence[str] | None) -> list[str] | None:
@@ -147,11 +147,12 @@ def _add_grid_to_raster(sub: argparse._SubParsersAction) -> None:
 def _cmd_grid_to_raster(args: argparse.Namespace) -> int:
     import rasterio
 
-    from .scene import grid_to_raster
+    from .contract import normalise_nodata
+    from .grid import grid_to_raster
 
-    nodata = int(args.nodata) if float(args.nodata).is_integer() else args.nodata
     out = grid_to_raster(
-        args.grid, args.out, crs=args.crs, bands=_band_list(args.bands), nodata=nodata,
+        args.grid, args.out, crs=args.crs, bands=_band_list(args.bands),
+        nodata=normalise_nodata(args.nodata),
         overwrite=args.overwrite,
     )
     with rasterio.open(out) as src:

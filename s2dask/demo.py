@@ -71,7 +71,7 @@ def run_demo(out: str | os.PathLike = "s2dask-out", *, data: str | os.PathLike |
     t0 = time.perf_counter()
     folder = None if synthetic else find_sample_data(data)
     if folder is not None:
-        from .scene import grid_to_raster
+        from .grid import grid_to_raster
 
         say(f"[1/3] Buffalo sample data found in {folder}: writing the scene with grid-to-raster")
         scene = grid_to_raster(folder / "grid_data.csv", inputs / "buffalo.tif", crs=BUFFALO_CRS)

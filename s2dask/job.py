@@ -10,51 +10,125 @@ For each scene, :func:`classify` writes ``OUT/<scene-id>/``::
 Everything is first written under ``OUT/.<scene-id>.partial/`` and renamed into place
 when complete, so a final path never holds a half-written output. Prediction tasks
 write their own chunk of the Zarr store and leave a small marker with the chunk's class
-counts in ``.partial/chunks/``; ``resume=True`` computes only chunks without a marker.
+counts in ``.partial/chunks/`` (:mod:`s2dask.ledger`); ``resume=True`` computes only
+chunks without a marker.
+
+This module runs on the client, in stages: prepare (open and check every scene), start
+(deliver the model to the workers), then per scene lay out, build the graph, run, finish
+(COG and quick-look, on a worker), record and commit. The tasks themselves are in
+:mod:`s2dask.worker`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
 import os
 import platform
-import posixpath
-import shutil
 import socket
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
+import dask.array as da
 import numpy as np
+from distributed import as_completed
 
-from .errors import (JobError, OutputExistsError, ParameterError, S2DaskError, SceneError,
-                     StorageError)
+from .cluster import cluster_summary, connect, host_thread_counts
+from .contract import OUTPUT_NODATA
+from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
+from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger
+from .model import ModelBundle, library_versions, load_model
+from .predict import DEFAULT_BATCH_SIZE
+from .progress import Progress
+from .records import json_text_default
+from .scene import open_scene
+from .scene.graph import chunk_pair
+from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
+from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
+from .write import layout_zarr
 
-__all__ = ["classify", "JobResult", "scene_output_dir"]
+__all__ = ["classify", "JobOptions", "JobResult", "scene_output_dir"]
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-#: spatial chunk edge when none is given (smaller for small scenes: see _auto_chunks)
+#: spatial chunk edge when none is given (smaller for small scenes: see auto_chunks)
 DEFAULT_CHUNKS = 2048
 _MIN_AUTO_CHUNKS = 256
-N_COUNTS = 256  # bincount length: every uint8 class value, 255 = nodata
 
 
-@dataclass
-class _Prepared:
-    source: str
-    scene: Any  # xarray.DataArray (band, y, x)
-    scene_id: str
-    final: str
-    partial: str
-    resume_from: int  # chunks already done (resume)
-    chunks: tuple[int, int] = (DEFAULT_CHUNKS, DEFAULT_CHUNKS)
+@dataclass(frozen=True)
+class JobOptions:
+    """How :func:`classify` runs; every field is also a keyword of :func:`classify`.
+
+    Raises
+    ------
+    ParameterError
+        On construction, if ``chunks`` or ``batch_size`` is not positive, or both
+        ``overwrite`` and ``resume`` are asked for.
+    """
+
+    #: spatial chunk edge in pixels, or ``(y, x)``; ``None``: 2048, or smaller for a scene
+    #: of fewer than 4 such chunks. Memory per task scales with it.
+    chunks: int | tuple[int, int] | None = None
+    #: also write per-class probabilities (uint8 percent) to the Zarr store
+    probabilities: bool = False
+    #: replace existing outputs (the old one is removed only once the new one is complete)
+    overwrite: bool = False
+    #: finish an interrupted job: only chunks without a marker are computed
+    resume: bool = False
+    #: pixels per forward call (``None``: :data:`s2dask.predict.DEFAULT_BATCH_SIZE`)
+    batch_size: int | None = None
+    #: backend threads per task (``None``: the cores divided by the Dask threads per host)
+    tf_threads: int | None = None
+    #: write the COG (and the quick-look)
+    cog: bool = True
+    #: draw the quick-look PNG
+    quicklook: bool = True
+    #: COG overview resampling, ``"mode"`` or ``"nearest"``
+    overview_resampling: str = "mode"
+    #: draw a progress bar (``None``: when stderr is a terminal)
+    progress: bool | None = None
+    #: the cluster to join when no client is given (else an embedded LocalCluster starts)
+    scheduler: str | None = None
+    #: a scheduler file to join instead of an address
+    scheduler_file: str | None = None
+    #: ``distributed.Security`` for a TLS cluster (:func:`s2dask.cluster.make_security`)
+    security: Any = None
+    #: workers and threads of the embedded LocalCluster (``None``: one 1-thread worker per core)
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    #: embedded cluster of one worker per GPU (dask-cuda)
+    gpu: bool = False
+    #: seconds to wait for a scheduler
+    connect_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.chunks is not None:
+            object.__setattr__(self, "chunks", chunk_pair(self.chunks, error=ParameterError))
+        if self.batch_size is not None and int(self.batch_size) <= 0:
+            raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if self.overwrite and self.resume:
+            raise ParameterError("--overwrite and --resume exclude each other: choose one")
+
+    @classmethod
+    def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":
+        """``options`` (default: the defaults) with ``keywords`` replacing fields.
+
+        Raises
+        ------
+        TypeError
+            If a keyword is not a field.
+        ParameterError
+            If a value is invalid.
+        """
+        return dataclasses.replace(options or cls(), **keywords) if keywords else options or cls()
 
 
 @dataclass
@@ -70,149 +144,185 @@ class JobResult:
 
 def scene_output_dir(out: str | os.PathLike, scene_id: str) -> str:
     """``OUT/<scene-id>``: where a scene's outputs end up (a path or URL)."""
-    from .storage import join
-
     return join(out, scene_id)
 
 
-class _Loc:
-    """Directory operations on local disk (atomic renames) or an object store (fsspec)."""
+@dataclass
+class _SceneJob:
+    """One scene, opened and checked, with where its outputs go."""
 
-    def __init__(self, url: str | os.PathLike):
-        from .storage import fs_for, is_remote, storage_options_for
-
-        self.url = os.fspath(url)
-        self.remote = is_remote(self.url)
-        self.options = storage_options_for(self.url) if self.remote else None
-        self.fs = fs_for(self.url)[0] if self.remote else None
-
-    def exists(self, path: str) -> bool:
-        return self.fs.exists(path) if self.remote else os.path.exists(path)
-
-    def makedirs(self, path: str) -> None:
-        if self.remote:
-            return  # object stores have no directories
-        os.makedirs(path, exist_ok=True)
-
-    def rm(self, path: str) -> None:
-        if self.remote:
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
-        elif os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.unlink(path)
-
-    def read_text(self, path: str) -> str:
-        if self.remote:
-            return self.fs.cat_file(path).decode()
-        return Path(path).read_text()
-
-    def write_json(self, path: str, data: dict) -> None:
-        text = json.dumps(data, indent=2, default=_json_default) + "\n"
-        if self.remote:  # an object PUT is atomic
-            try:
-                self.fs.pipe_file(path, text.encode())
-            except Exception as exc:
-                raise StorageError(f"cannot write {path}: {exc}") from None
-            return
-        _write_json_atomic(Path(path), data)
-
-    def markers(self, folder: str) -> dict[str, str]:
-        """``{"iy_ix": path}`` of the chunk markers in ``folder``."""
-        if self.remote:
-            paths = self.fs.glob(folder.rstrip("/") + "/*.json") if self.fs.exists(folder) else []
-            return {posixpath.basename(p)[:-5]: f"{self.url.split('://')[0]}://{p}" for p in paths}
-        return {p.stem: str(p) for p in Path(folder).glob("*.json")}
-
-    def rename(self, src: str, dst: str) -> None:
-        if self.remote:  # copy then delete: object stores have no rename (not atomic)
-            self.fs.copy(src.rstrip("/") + "/", dst.rstrip("/") + "/", recursive=True)
-            self.fs.rm(src, recursive=True)
-        else:
-            os.rename(src, dst)
+    source: str
+    scene: Any  # xarray.DataArray (band, y, x)
+    scene_id: str
+    final: Location
+    partial: Location
+    resume_from: int  # chunks already done (resume)
+    chunks: tuple[int, int] = (DEFAULT_CHUNKS, DEFAULT_CHUNKS)
 
 
-def _partial_dir(out: str, scene_id: str) -> str:
-    from .storage import join
+@dataclass(frozen=True)
+class _Run:
+    """What every scene of one call shares: outputs, model, cluster, options."""
 
-    return join(out, f".{scene_id}{PARTIAL_SUFFIX}")
+    out: Location
+    bundle: ModelBundle
+    client: Any
+    ref: ModelRef
+    options: JobOptions
+    cluster: dict
+    t_open: float
+    show: bool | None
+    batch_size: int
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}; check free space and "
-                           "permissions") from None
+def _failed(source: str, exc: S2DaskError) -> JobResult:
+    return JobResult(source, "failed", None, {"scene": source, "status": "failed", "error": str(exc)},
+                     str(exc))
 
 
-def _json_default(obj):
-    """The bundle's JSON conversions (numpy, paths); anything else in a record as text."""
-    from .model import _json_default as strict
-
-    try:
-        return strict(obj)
-    except TypeError:
-        return str(obj)
+# ------------------------------------------------------------------------------ the job
 
 
-# ------------------------------------------------------------------------------ the task
+def classify(
+    scenes: str | os.PathLike | Iterable[str | os.PathLike],
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    client=None,
+    options: JobOptions | None = None,
+    **keywords: Any,
+) -> list[JobResult]:
+    """Classify whole scenes with a model bundle on a Dask cluster.
 
+    Parameters
+    ----------
+    scenes
+        One scene or several (anything :func:`s2dask.open_scene` opens).
+    model
+        A model bundle directory (``s2dask train``).
+    out
+        Output directory (or ``s3://`` URL); each scene goes to ``out/<scene-id>/``.
+    client
+        An existing ``distributed.Client`` to use as is. Without one, the cluster named by
+        ``scheduler``/``scheduler_file`` is joined, or an embedded LocalCluster is started
+        (through :func:`s2dask.cluster.connect`) and closed at the end.
+    options
+        A :class:`JobOptions`.
+    **keywords
+        Fields of :class:`JobOptions` (``chunks``, ``probabilities``, ``overwrite``,
+        ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
+        ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
+        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``),
+        replacing those of ``options``.
 
-def _predict_and_store(block: np.ndarray, *, ref, store: str, markers: str, probabilities: bool,
-                       storage_options: dict | None = None, block_info=None) -> np.ndarray:
-    """One prediction task: predict a ``(band, y, x)`` block, write it, return class counts.
+    Returns
+    -------
+    list of JobResult
+        One per scene, in order. Scenes that fail do so alone; their reason is in
+        ``error`` (and in ``out/batch.json`` when several scenes were given).
 
-    Runs on a worker. The model comes from the worker's cache (put there by
-    :class:`s2dask.cluster.ModelPlugin`); only ``ref`` (hash, path) travels with the task.
+    Raises
+    ------
+    ParameterError
+        If no scene is given or an option is invalid.
+    StorageError
+        If ``out`` cannot be written (checked before anything runs).
+    ModelError
+        If the bundle is missing, corrupt or unloadable.
+    ClusterError
+        If the cluster cannot be reached.
+    S2DaskError
+        When a single scene is given and it fails (``SceneError``, ``BandError``,
+        ``OutputExistsError``, ``StorageError``, ``JobError``). Nothing is written at final
+        paths in that case.
+    TypeError
+        If a keyword is not a field of :class:`JobOptions`.
     """
-    from .cluster import get_predictor
-    from .predict import block_outputs
-    from .write import write_region
+    opts = JobOptions.build(options, **keywords)
+    t_start = time.perf_counter()
+    single = isinstance(scenes, (str, os.PathLike))
+    paths = [str(scenes)] if single else [str(s) for s in scenes]
+    if not paths:
+        raise ParameterError("no scene given: name at least one scene to classify")
+    check_output_location(out)
+    out = Location(out)
 
-    loc = block_info[0]["array-location"]
-    iy, ix = block_info[0]["chunk-location"][1:]
-    ys, xs = slice(*loc[1]), slice(*loc[2])
-    predictor = get_predictor(ref)
-    out = block_outputs(predictor, block, probabilities=probabilities)
-    write_region(store, out, y=ys, x=xs, probabilities=probabilities,
-                 storage_options=storage_options)
-    counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
-    text = json.dumps({"chunk": [iy, ix], "y": list(loc[1]), "x": list(loc[2]),
-                       "counts": {str(v): int(c) for v, c in enumerate(counts) if c}})
-    if storage_options is not None:  # object store: one PUT is atomic
-        import fsspec
+    # the archive is checked here (safe mode, sizes) without importing a backend; each
+    # worker deserialises it once, in safe mode, when the model plugin reaches it
+    bundle = load_model(model, check_keras=False)
+    errors: dict[str, S2DaskError] = {}
+    prepared = _prepare(paths, bundle, out=out, options=opts, errors=errors)
+    if single and errors:
+        raise next(iter(errors.values()))
+    t_open = time.perf_counter() - t_start
 
-        with fsspec.open(posixpath.join(markers, f"{iy}_{ix}.json"), "w", **storage_options) as f:
-            f.write(text)
-    else:
-        marker = Path(markers) / f"{iy}_{ix}.json"
-        tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(text)
-        os.replace(tmp, marker)
-    return counts.reshape(1, 1, 1, N_COUNTS)
-
-
-def _read_marker(text: str) -> np.ndarray:
-    data = json.loads(text)
-    counts = np.zeros(N_COUNTS, dtype="int64")
-    for v, c in data["counts"].items():
-        counts[int(v)] = c
-    return counts
+    results = {src: _failed(src, exc) for src, exc in errors.items()}
+    if prepared:
+        results.update(_run_all(prepared, bundle, out=out, options=opts, client=client,
+                                single=single, t_open=t_open))
+    ordered = [results[p] for p in paths]
+    if not single:
+        out.makedirs()
+        atomic_write_json(out.join("batch.json"), {
+            "created": _now(), "model": str(model), "scenes": [
+                {"scene": r.scene, "status": r.status, "out": r.out, "error": r.error}
+                for r in ordered]}, default=json_text_default)
+    return ordered
 
 
-# ------------------------------------------------------------------------------ helpers
+def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, options: JobOptions,
+             client, single: bool, t_open: float) -> dict[str, JobResult]:
+    """Connect (unless given a client), deliver the model, run every scene; close what we opened."""
+    results: dict[str, JobResult] = {}
+    own_cluster = None
+    if client is None:
+        client, own_cluster = connect(options.scheduler, scheduler_file=options.scheduler_file,
+                                      security=options.security, timeout=options.connect_timeout,
+                                      workers=options.workers,
+                                      threads_per_worker=options.threads_per_worker, gpu=options.gpu)
+    try:
+        run = _start(client, bundle, out=out, options=options, t_open=t_open)
+        for job in prepared:
+            try:
+                results[job.source] = _run_one(job, run)
+            except S2DaskError as exc:
+                if single:
+                    raise
+                results[job.source] = _failed(job.source, exc)
+    finally:
+        if own_cluster is not None:
+            client.close()
+            own_cluster.close()
+    return results
 
 
-def _auto_chunks(ny: int, nx: int) -> tuple[int, int]:
+def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t_open: float) -> _Run:
+    """Deliver the model to every worker, describe the cluster, create the output folder."""
+    show = sys.stderr.isatty() if options.progress is None else options.progress
+    if getattr(client, "dashboard_link", None) and show is not False:
+        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    bs = int(options.batch_size or DEFAULT_BATCH_SIZE)
+    plugin = ModelPlugin(bundle.handle(), batch_size=bs, tf_threads=options.tf_threads,
+                         host_threads=host_thread_counts(client))
+    client.register_plugin(plugin)  # a model the workers cannot build fails here
+    ref = ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), bs)
+    summary = cluster_summary(client)
+    try:  # nothing is created before the model has reached the workers
+        out.makedirs()
+    except OSError as exc:
+        raise StorageError(f"cannot create output directory {out.url}: {exc.strerror}; "
+                           "check permissions or choose another --out") from None
+    return _Run(out, bundle, client, ref, options, summary, t_open, show, bs)
+
+
+# ------------------------------------------------------------------------------ prepare
+
+
+def auto_chunks(ny: int, nx: int) -> tuple[int, int]:
     """2048, halved (down to 256) until the scene has at least 4 chunks.
 
     A scene smaller than one chunk would otherwise be a single task and leave all but one
@@ -223,28 +333,6 @@ def _auto_chunks(ny: int, nx: int) -> tuple[int, int]:
     while c > _MIN_AUTO_CHUNKS and -(-ny // c) * -(-nx // c) < 4:
         c //= 2
     return c, c
-
-
-def _check_options(chunks, batch_size) -> tuple[int, int] | None:
-    if chunks is None:
-        if batch_size is not None and int(batch_size) <= 0:
-            raise ParameterError(f"batch size must be a positive integer, got {batch_size!r}")
-        return None
-    if isinstance(chunks, (tuple, list)):
-        if len(chunks) != 2:
-            raise ParameterError(f"chunks must be one size or (y, x), got {chunks!r}")
-        cy, cx = (int(c) for c in chunks)
-    else:
-        try:
-            cy = cx = int(chunks)
-        except (TypeError, ValueError):
-            raise ParameterError(f"chunk size must be a positive integer, got {chunks!r}") from None
-    if cy <= 0 or cx <= 0:
-        raise ParameterError(f"chunk size must be a positive integer, got {chunks!r}: "
-                             "use for example --chunks 2048")
-    if batch_size is not None and int(batch_size) <= 0:
-        raise ParameterError(f"batch size must be a positive integer, got {batch_size!r}")
-    return cy, cx
 
 
 def _scene_identity(scene) -> dict:
@@ -261,7 +349,7 @@ def _scene_identity(scene) -> dict:
     return ident
 
 
-def _check_contract(scene, bundle, source: str) -> None:
+def _check_contract(scene, bundle: ModelBundle, source: str) -> None:
     """Refuse a scene whose bands or scale the model cannot take (before any compute)."""
     have = [str(b) for b in scene["band"].values]
     if have != bundle.bands:
@@ -274,375 +362,216 @@ def _check_contract(scene, bundle, source: str) -> None:
     if scene.rio.crs is None:
         raise SceneError(f"scene {source} has no CRS: the outputs could not be georeferenced; "
                          "write one with rio.write_crs() or gdal_edit.py -a_srs")
-    scale = bundle.contract.get("input_scale", "dn")
-    if scale == "dn" and np.issubdtype(scene.dtype, np.floating) and scene.attrs.get("scale") == "reflectance":
+    if bundle.contract.input_scale == "dn" and np.issubdtype(scene.dtype, np.floating) \
+            and scene.attrs.get("scale") == "reflectance":
         raise SceneError(f"scene {source} holds reflectance (0..1) but the model takes digital "
                          "numbers (reflectance x 10000): rescale the scene")
 
 
-def _prepare(paths: Sequence[str], bundle, *, out: _Loc, chunks, overwrite: bool, resume: bool,
-             errors: dict[str, S2DaskError]) -> list[_Prepared]:
-    from .scene import open_scene
-
-    prepared: list[_Prepared] = []
+def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: JobOptions,
+             errors: dict[str, S2DaskError]) -> list[_SceneJob]:
+    """Open and check every scene; a scene that fails goes to ``errors``, the others on."""
+    prepared: list[_SceneJob] = []
     seen: dict[str, str] = {}
     for src in paths:
         try:
-            scene = open_scene(src, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS)
-            scene_chunks = chunks or _auto_chunks(scene.sizes["y"], scene.sizes["x"])
-            if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
-                scene = open_scene(src, bands=bundle.bands, chunks=scene_chunks)  # no pixel reads
-            _check_contract(scene, bundle, src)
-            sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
-            if sid in seen:
-                raise SceneError(f"scenes {seen[sid]} and {src} have the same id {sid!r}: their "
-                                 "outputs would collide; classify them into different --out folders")
-            seen[sid] = src
-            final = scene_output_dir(out.url, sid)
-            partial = _partial_dir(out.url, sid)
-            done = 0
-            if out.exists(final) and not overwrite:
-                raise OutputExistsError(f"output {final} already exists: pass --overwrite to "
-                                        "replace it, or choose another --out")
-            if out.exists(partial):
-                if resume:
-                    done = _check_resumable(out, partial, scene, bundle, scene_chunks)
-                elif not overwrite:
-                    raise OutputExistsError(
-                        f"an unfinished output of scene {src} is in {partial}: pass --resume to "
-                        "finish it, or --overwrite to start again")
-            prepared.append(_Prepared(src, scene, sid, final, partial, done, scene_chunks))
+            job = _prepare_one(src, bundle, out=out, options=options)
+            if job.scene_id in seen:
+                raise SceneError(f"scenes {seen[job.scene_id]} and {src} have the same id "
+                                 f"{job.scene_id!r}: their outputs would collide; classify them "
+                                 "into different --out folders")
+            seen[job.scene_id] = src
+            prepared.append(job)
         except S2DaskError as exc:
             errors[src] = exc
     return prepared
 
 
-def _check_resumable(out: _Loc, partial: str, scene, bundle, chunks) -> int:
-    from .storage import join
-
-    try:
-        params = json.loads(out.read_text(join(partial, "params.json")))
-    except (OSError, ValueError):
-        raise OutputExistsError(f"the unfinished output {partial} has no readable params.json, so "
-                                "it cannot be resumed: pass --overwrite to start again") from None
-    want = {"model_sha256": bundle.sha256, "chunks": list(chunks),
-            "scene": _scene_identity(scene)}
-    for key, value in want.items():
-        if json.loads(json.dumps(params.get(key), default=_json_default)) != \
-                json.loads(json.dumps(value, default=_json_default)):
-            raise OutputExistsError(f"cannot resume {partial}: its {key} differs from this run's; "
-                                    "pass --overwrite to start again with the new settings")
-    return len(out.markers(join(partial, "chunks")))
-
-
-class _Progress:
-    """A one-line terminal progress bar of chunks done."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.done = 0
-        self.t0 = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * self.done / self.total)
-        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{self.done}/{self.total} chunks  {rate:.2f} chunks/s")
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions) -> _SceneJob:
+    chunks = options.chunks
+    scene = open_scene(src, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS)
+    scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
+    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
+        scene = open_scene(src, bands=bundle.bands, chunks=scene_chunks)  # no pixel reads
+    _check_contract(scene, bundle, src)
+    sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
+    final = out.join(sid)
+    partial = out.join(f".{sid}{PARTIAL_SUFFIX}")
+    done = 0
+    if final.exists() and not options.overwrite:
+        raise OutputExistsError(f"output {final} already exists: pass --overwrite to "
+                                "replace it, or choose another --out")
+    if partial.exists():
+        if options.resume:
+            want = {"model_sha256": bundle.sha256, "chunks": list(scene_chunks),
+                    "scene": _scene_identity(scene)}
+            done = check_resumable(partial, partial.join("chunks"), want)
+        elif not options.overwrite:
+            raise OutputExistsError(
+                f"an unfinished output of scene {src} is in {partial}: pass --resume to "
+                "finish it, or --overwrite to start again")
+    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks)
 
 
-# ------------------------------------------------------------------------------ the job
+# ------------------------------------------------------------------------------ one scene
 
 
-def classify(
-    scenes: str | os.PathLike | Iterable[str | os.PathLike],
-    model: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    chunks: int | tuple[int, int] | None = None,
-    probabilities: bool = False,
-    scheduler: str | None = None,
-    scheduler_file: str | None = None,
-    security=None,
-    client=None,
-    workers: int | None = None,
-    threads_per_worker: int | None = None,
-    gpu: bool = False,
-    overwrite: bool = False,
-    resume: bool = False,
-    batch_size: int | None = None,
-    tf_threads: int | None = None,
-    cog: bool = True,
-    quicklook: bool = True,
-    overview_resampling: str = "mode",
-    progress: bool | None = None,
-    connect_timeout: float = 20.0,
-) -> list[JobResult]:
-    """Classify whole scenes with a model bundle on a Dask cluster.
-
-    Parameters
-    ----------
-    scenes
-        One scene or several (anything :func:`s2dask.open_scene` opens).
-    model
-        A model bundle directory (``s2dask train``).
-    out
-        Output directory; each scene goes to ``out/<scene-id>/``.
-    chunks
-        Spatial chunk edge in pixels (or ``(y, x)``); memory per task scales with it.
-        ``None``: 2048, or smaller for a scene with fewer than 4 chunks of 2048.
-    probabilities
-        Also write per-class probabilities (uint8 percent) to the Zarr store.
-    scheduler, scheduler_file, security
-        Join an existing cluster (``tcp://`` or ``tls://``); else an embedded
-        LocalCluster sized by ``workers``/``threads_per_worker`` is started and closed.
-    client
-        An existing ``distributed.Client`` to use as is.
-    overwrite
-        Replace existing outputs (the old one is removed only once the new one is complete).
-    resume
-        Finish an interrupted job: only chunks without a marker are computed.
-    batch_size
-        Pixels per forward call (default :data:`s2dask.predict.DEFAULT_BATCH_SIZE`).
-    tf_threads
-        Backend threads per task (default: the cores divided by the Dask threads per host).
-
-    Returns
-    -------
-    list of JobResult
-        One per scene, in order. Scenes that fail do so alone; their reason is in
-        ``error`` (and in ``out/batch.json`` when several scenes were given).
-
-    Raises
-    ------
-    S2DaskError
-        When a single scene is given and it fails, or the model, options or cluster
-        are unusable. Nothing is written at final paths in that case.
-    """
-    from .cluster import ModelPlugin, ModelRef, cluster_summary, connect, host_thread_counts
-    from .model import load_model
-    from .predict import DEFAULT_BATCH_SIZE
-
-    t_start = time.perf_counter()
-    single = isinstance(scenes, (str, os.PathLike))
-    paths = [str(scenes)] if single else [str(s) for s in scenes]
-    if not paths:
-        raise ParameterError("no scene given: name at least one scene to classify")
-    chunk_yx = _check_options(chunks, batch_size)
-    if overwrite and resume:
-        raise ParameterError("--overwrite and --resume exclude each other: choose one")
-    bs = int(batch_size or DEFAULT_BATCH_SIZE)
-    from .storage import check_output_location
-
-    check_output_location(out)
-    out = _Loc(out)
-
-    # the archive is checked here (safe mode, sizes) without importing a backend; each
-    # worker deserialises it once, in safe mode, when the model plugin reaches it
-    bundle = load_model(model, check_keras=False)
-    errors: dict[str, S2DaskError] = {}
-    prepared = _prepare(paths, bundle, out=out, chunks=chunk_yx, overwrite=overwrite,
-                        resume=resume, errors=errors)
-    if single and errors:
-        raise next(iter(errors.values()))
-    t_open = time.perf_counter() - t_start
-
-    results: dict[str, JobResult] = {
-        src: JobResult(src, "failed", None, {"scene": src, "status": "failed", "error": str(exc)},
-                       str(exc))
-        for src, exc in errors.items()
-    }
-    if prepared:
-        own_cluster = None
-        if client is None:
-            client, own_cluster = connect(scheduler, scheduler_file=scheduler_file,
-                                          security=security, timeout=connect_timeout,
-                                          workers=workers, threads_per_worker=threads_per_worker,
-                                          gpu=gpu)
-        try:
-            show = sys.stderr.isatty() if progress is None else progress
-            if getattr(client, "dashboard_link", None) and show is not False:
-                print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
-            plugin = ModelPlugin(bundle.handle(), batch_size=bs, tf_threads=tf_threads,
-                                 host_threads=host_thread_counts(client))
-            client.register_plugin(plugin)  # a model the workers cannot build fails here
-            ref = ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), bs)
-            summary = cluster_summary(client)
-            try:  # nothing is created before the model has reached the workers
-                out.makedirs(out.url)
-            except OSError as exc:
-                raise StorageError(f"cannot create output directory {out.url}: {exc.strerror}; "
-                                   "check permissions or choose another --out") from None
-            for job in prepared:
-                try:
-                    results[job.source] = _run_one(
-                        job, out=out, bundle=bundle, client=client, ref=ref,
-                        probabilities=probabilities, overwrite=overwrite, cog=cog,
-                        quicklook=quicklook, overview_resampling=overview_resampling,
-                        cluster=summary, t_open=t_open, show=show, batch_size=bs)
-                except S2DaskError as exc:
-                    if single:
-                        raise
-                    results[job.source] = JobResult(job.source, "failed", None,
-                                                    {"scene": job.source, "status": "failed",
-                                                     "error": str(exc)}, str(exc))
-        finally:
-            if own_cluster is not None:
-                client.close()
-                own_cluster.close()
-    ordered = [results[p] for p in paths]
-    if not single:
-        from .storage import join
-
-        out.makedirs(out.url)
-        out.write_json(join(out.url, "batch.json"), {
-            "created": _now(), "model": str(model), "scenes": [
-                {"scene": r.scene, "status": r.status, "out": r.out, "error": r.error}
-                for r in ordered]})
-    return ordered
-
-
-def _run_one(job: _Prepared, *, out: _Loc, bundle, client, ref, probabilities, overwrite, cog,
-             quicklook, overview_resampling, cluster, t_open, show, batch_size) -> JobResult:
-    import dask.array as da
-    from distributed import as_completed
-
-    from .model import library_versions
-    from .storage import join
-    from .write import layout_zarr
-
-    scene = job.scene
-    cy, cx = job.chunks
+def _run_one(job: _SceneJob, run: _Run) -> JobResult:
+    """Lay out, predict, finish, record and commit one scene."""
     t0 = time.perf_counter()
-    data = scene.data
-    target = da.core.normalize_chunks((data.shape[0], cy, cx), data.shape)
-    if data.chunks != target:  # every task must own whole Zarr chunks
-        data = data.rechunk(target)
-    partial, final = job.partial, job.final
-    store = join(partial, "classes.zarr")
-    markers = join(partial, "chunks")
-    ident = _scene_identity(scene)
-    params = {"model_sha256": bundle.sha256, "chunks": [cy, cx], "scene": ident,
-              "probabilities": probabilities, "batch_size": batch_size}
+    store, markers = job.partial.join("classes.zarr"), job.partial.join("chunks")
+    opts = run.options
+    ident = _scene_identity(job.scene)
+    if job.resume_from == 0:
+        _layout_output(job, run, store=store, markers=markers, params={
+            "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
+            "probabilities": opts.probabilities, "batch_size": run.batch_size})
+    blocks = _prediction_graph(job, run, store=store, markers=markers)
+    done, totals, t_predict, computed = _compute(job, run, blocks, markers=markers)
+    t_w0 = time.perf_counter()
+    cog_report = _finish(job, run, store=store) if opts.cog else {}
+    t_write = time.perf_counter() - t_w0
+    timings = {"open": run.t_open, "predict": t_predict, "write": t_write,
+               "total": time.perf_counter() - t0 + run.t_open}
+    record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
+                     cog_report=cog_report, timings=timings)
+    atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
+    commit_dir(job.partial, job.final, overwrite=opts.overwrite,
+               appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
+                        "replace it")
+    record["output"]["dir"] = str(job.final)
+    return JobResult(job.source, "complete", str(job.final), record)
 
+
+def _layout_output(job: _SceneJob, run: _Run, *, store: Location, markers: Location,
+                   params: dict) -> None:
+    """A fresh partial output: the empty Zarr group, the ledger folder and the parameters."""
+    classes = run.bundle.classes
+    attrs = {"title": f"s2dask classes of {job.scene_id}", "source": job.source,
+             "model_sha256": run.bundle.sha256,
+             "classes": json.dumps([c.to_dict() for c in classes]), "nodata": OUTPUT_NODATA,
+             "class_values": [c.value for c in classes],
+             "class_names": [c.name for c in classes],
+             "class_colours": [c.colour for c in classes]}
     try:
-        if job.resume_from == 0:
-            out.rm(partial)
-            out.makedirs(markers)
-            attrs = {"title": f"s2dask classes of {job.scene_id}", "source": job.source,
-                     "model_sha256": bundle.sha256,
-                     "classes": json.dumps(bundle.classes), "nodata": 255,
-                     "class_values": [c["value"] for c in bundle.classes],
-                     "class_names": [c["name"] for c in bundle.classes],
-                     "class_colours": [c["colour"] for c in bundle.classes]}
-            layout_zarr(store, scene=scene, chunks=(cy, cx), classes=bundle.classes,
-                        probabilities=probabilities, attrs=attrs, storage_options=out.options)
-            out.write_json(join(partial, "params.json"), params)
+        job.partial.rm()
+        markers.makedirs()
+        layout_zarr(store, scene=job.scene, chunks=job.chunks, classes=classes,
+                    probabilities=run.options.probabilities, attrs=attrs)
+        atomic_write_json(job.partial.join(PARAMS_FILE), params, default=json_text_default)
     except OSError as exc:
-        raise StorageError(f"cannot write output {partial}: {exc.strerror or exc}; check free "
+        raise StorageError(f"cannot write output {job.partial}: {exc.strerror or exc}; check free "
                            "space and permissions") from None
 
-    # the prediction graph: one task per chunk, each writes its region and returns counts
+
+def _prediction_graph(job: _SceneJob, run: _Run, *, store: Location, markers: Location) -> np.ndarray:
+    """One task per chunk: each predicts, writes its region and returns its counts.
+
+    Returns the ``(ny, nx)`` grid of the tasks' delayed results.
+    """
+    data = job.scene.data
+    target = da.core.normalize_chunks((data.shape[0], *job.chunks), data.shape)
+    if data.chunks != target:  # every task must own whole Zarr chunks
+        data = data.rechunk(target)
     nyb, nxb = len(data.chunks[1]), len(data.chunks[2])
-    counts_arr = da.map_blocks(
-        _predict_and_store, data, ref=ref, store=store, markers=markers,
-        probabilities=probabilities, storage_options=out.options, dtype="int64",
+    counts = da.map_blocks(
+        predict_and_store, data, ref=run.ref, store=store, markers=markers,
+        probabilities=run.options.probabilities, dtype="int64",
         chunks=((1,), (1,) * nyb, (1,) * nxb, (N_COUNTS,)), new_axis=3,
         meta=np.empty((0, 0, 0, 0), dtype="int64"),
         name=f"s2dask-predict-{job.scene_id}-{uuid.uuid4().hex[:8]}",
     )
-    blocks = counts_arr.to_delayed(optimize_graph=True).reshape(nyb, nxb)
-    found = out.markers(markers)
-    done = set(found)
-    totals = np.zeros(N_COUNTS, dtype="int64")
-    for path in found.values():
-        totals += _read_marker(out.read_text(path))
+    return counts.to_delayed(optimize_graph=True).reshape(nyb, nxb)
+
+
+def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
+             markers: Location) -> tuple[set[str], np.ndarray, float, bool]:
+    """Run the chunks not in the ledger; ``(done before, class totals, seconds, any run)``."""
+    nyb, nxb = blocks.shape
+    done, totals = read_ledger(markers)
     todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
-    bar = _Progress(nyb * nxb, job.scene_id, bool(show))
+    bar = Progress(nyb * nxb, job.scene_id, bool(run.show))
     bar.update(len(done))
-    t_pred0 = time.perf_counter()
+    t0 = time.perf_counter()
     if todo:
+        client = run.client
         futures = client.compute(todo)
         try:
             for fut in as_completed(futures, loop=client.loop):
                 if fut.status == "error":
-                    exc = fut.exception()
-                    raise _task_error(exc, job)
+                    raise _task_error(fut.exception(), job)
                 totals += fut.result().reshape(N_COUNTS)
                 bar.update()
         except BaseException:
             client.cancel(futures)
             raise
-    t_predict = time.perf_counter() - t_pred0
+    return done, totals, time.perf_counter() - t0, bool(todo)
 
-    # COG and quicklook are written by a worker (next to the data), not the client
-    t_w0 = time.perf_counter()
-    cog_report: dict[str, Any] = {}
-    transform = scene.rio.transform()
-    crs = scene.rio.crs
-    if cog:
-        fut = client.submit(_write_rasters, store, partial, storage_options=out.options,
-                            classes=bundle.classes, crs=crs.to_wkt(), transform=transform,
-                            overview_resampling=overview_resampling, quicklook=quicklook,
-                            title=f"{job.scene_id} - s2dask classes",
-                            tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": bundle.sha256},
-                            pure=False)
-        try:
-            cog_report = fut.result()
-        except S2DaskError:
-            raise
-        except Exception as exc:
-            raise _task_error(exc, job) from None
-        if not cog_report["valid"]:
-            raise JobError(f"the COG written for {job.source} failed validation: "
-                           f"{'; '.join(cog_report['errors'])}")
-    t_write = time.perf_counter() - t_w0
 
+def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
+    """COG and quick-look, written by a worker (next to the data), not the client."""
+    scene, opts = job.scene, run.options
+    fut = run.client.submit(
+        write_rasters, store, job.partial, classes=tuple(run.bundle.classes),
+        crs=scene.rio.crs.to_wkt(), transform=scene.rio.transform(),
+        overview_resampling=opts.overview_resampling, quicklook=opts.quicklook,
+        title=f"{job.scene_id} - s2dask classes",
+        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256}, pure=False)
+    try:
+        report = fut.result()
+    except S2DaskError:
+        raise
+    except Exception as exc:
+        raise _task_error(exc, job) from None
+    if not report["valid"]:
+        raise JobError(f"the COG written for {job.source} failed validation: "
+                       f"{'; '.join(report['errors'])}")
+    return report
+
+
+def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resumed: int,
+            computed: bool, cog_report: dict, timings: dict) -> dict:
+    """The job record (``job.json``)."""
+    scene, opts, bundle = job.scene, run.options, run.bundle
+    cy, cx = job.chunks
+    transform, crs = scene.rio.transform(), scene.rio.crs
     ny, nx = scene.sizes["y"], scene.sizes["x"]
     px_area_m2 = abs(transform.a * transform.e - transform.b * transform.d)
     metres = bool(crs and crs.is_projected and crs.linear_units.lower() in ("metre", "meter", "m"))
     per_class = []
     for c in bundle.classes:
-        n = int(totals[c["value"]])
-        per_class.append({"value": c["value"], "name": c["name"], "colour": c["colour"],
+        n = int(totals[c.value])
+        per_class.append({"value": c.value, "name": c.name, "colour": c.colour,
                           "pixels": n, "fraction": n / (ny * nx),
                           "hectares": (n * px_area_m2 / 1e4) if metres else None})
-    total_t = time.perf_counter() - t0 + t_open
-    record = {
+    total_t, t_predict = timings["total"], timings["predict"]
+    return {
         "status": "complete",
         "created": _now(),
         "scene": ident,
-        "output": {"dir": str(final), "zarr": "classes.zarr", "cog": "classes.tif" if cog else None,
-                   "quicklook": "quicklook.png" if (cog and quicklook) else None,
+        "output": {"dir": str(job.final), "zarr": "classes.zarr",
+                   "cog": "classes.tif" if opts.cog else None,
+                   "quicklook": "quicklook.png" if (opts.cog and opts.quicklook) else None,
                    "cog_validation": cog_report},
-        "model": {"path": str(bundle.path), "sha256": bundle.sha256, "contract": bundle.contract},
-        "parameters": {"chunks": [cy, cx], "probabilities": probabilities,
-                       "batch_size": batch_size, "overview_resampling": overview_resampling,
-                       "resumed_chunks": len(done)},
-        "cluster": cluster,
-        "statistics": {"pixels": ny * nx, "nodata_pixels": int(totals[255]),
-                       "classified_pixels": int(totals[:255].sum()),
+        "model": {"path": str(bundle.path), "sha256": bundle.sha256,
+                  "contract": bundle.contract.to_dict()},
+        "parameters": {"chunks": [cy, cx], "probabilities": opts.probabilities,
+                       "batch_size": run.batch_size,
+                       "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},
+        "cluster": run.cluster,
+        "statistics": {"pixels": ny * nx, "nodata_pixels": int(totals[OUTPUT_NODATA]),
+                       "classified_pixels": int(totals[:OUTPUT_NODATA].sum()),
                        "pixel_area_m2": px_area_m2, "classes": per_class},
-        "timings_s": {"open": t_open, "predict": t_predict, "write": t_write, "total": total_t},
+        "timings_s": timings,
         "throughput_mpx_s": {"end_to_end": ny * nx / 1e6 / max(total_t, 1e-9),
-                             "predict": (ny * nx - len(done) * cy * cx) / 1e6 / max(t_predict, 1e-9)
-                             if todo else None},
+                             "predict": (ny * nx - resumed * cy * cx) / 1e6 / max(t_predict, 1e-9)
+                             if computed else None},
         "versions": library_versions(),
         "host": {"client": socket.gethostname(), "python": platform.python_version()},
     }
-    out.write_json(join(partial, "job.json"), record)
-    _commit(out, partial, final, overwrite=overwrite)
-    record["output"]["dir"] = str(final)
-    return JobResult(job.source, "complete", str(final), record)
 
 
-def _task_error(exc: BaseException, job: _Prepared) -> S2DaskError:
+def _task_error(exc: BaseException, job: _SceneJob) -> S2DaskError:
     if isinstance(exc, S2DaskError):
         return exc
     if isinstance(exc, OSError):
@@ -654,60 +583,3 @@ def _task_error(exc: BaseException, job: _Prepared) -> S2DaskError:
     text = " ".join(str(exc).split())[:300]
     return JobError(f"classifying {job.source} failed in a worker: {type(exc).__name__}: {text}; "
                     f"finished chunks are kept in {job.partial}, rerun with --resume")
-
-
-def _write_rasters(store: str, partial: str, *, storage_options: dict | None, classes, crs,
-                   transform, overview_resampling: str, quicklook: bool, title: str,
-                   tags: dict) -> dict:
-    """Worker side: stream the COG from the Zarr, validate it, draw the quicklook.
-
-    Written in a local temporary folder and then moved (local output) or uploaded
-    (object store) into the partial output. Returns the COG validation report.
-    """
-    import tempfile
-
-    from .write import validate_cog, write_cog, write_quicklook
-
-    remote = storage_options is not None
-    with tempfile.TemporaryDirectory(prefix="s2dask-cog-", dir=None if remote else partial) as tmp:
-        cog_path = os.path.join(tmp, "classes.tif")
-        write_cog(store, cog_path, classes=classes, crs=crs, transform=transform,
-                  storage_options=storage_options, overview_resampling=overview_resampling,
-                  tags=tags)
-        valid, errors, warnings = validate_cog(cog_path)
-        if quicklook:
-            write_quicklook(cog_path, os.path.join(tmp, "quicklook.png"), classes=classes, title=title)
-        if remote:
-            import fsspec
-
-            fs = fsspec.core.url_to_fs(partial, **storage_options)[0]
-            for name in os.listdir(tmp):
-                fs.put_file(os.path.join(tmp, name), posixpath.join(partial, name))
-        else:
-            for name in os.listdir(tmp):
-                os.replace(os.path.join(tmp, name), os.path.join(partial, name))
-    return {"valid": bool(valid), "errors": list(errors), "warnings": list(warnings)}
-
-
-def _commit(out: _Loc, partial: str, final: str, *, overwrite: bool) -> None:
-    """Move a complete partial output into place; replace an old one only with overwrite."""
-    old = None
-    try:
-        if out.exists(final):
-            if not overwrite:
-                raise OutputExistsError(f"output {final} appeared while the job ran: pass "
-                                        "--overwrite to replace it")
-            old = f"{final.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
-            old = posixpath.join(posixpath.dirname(old), "." + posixpath.basename(old)) \
-                if out.remote else os.path.join(os.path.dirname(old), "." + os.path.basename(old))
-            out.rename(final, old)
-        out.rename(partial, final)
-    except OSError as exc:
-        if old is not None and not out.exists(final):
-            out.rename(old, final)
-        raise StorageError(f"cannot move {partial} to {final}: {exc.strerror or exc}") from None
-    if old is not None:
-        try:
-            out.rm(old)
-        except OSError:
-            pass

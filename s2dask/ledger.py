@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import OutputExistsError
-from .storage import Location, atomic_write_text, json_text_default
+from .records import json_text_default
+from .storage import Location, atomic_write_text
 
 __all__ = ["N_COUNTS", "PARAMS_FILE", "write_marker", "read_marker", "read_ledger",
            "check_resumable"]

@@ -29,12 +29,22 @@ import numpy as np
 
 from .backend import UNSAFE_MESSAGE, load_keras_model, require_keras
 from .bands import canonical_bands
-from .contract import (CONTRACT_FILE, CONTRACT_VERSION, DEFAULT_COLOURS, MAX_CLASSES, MODEL_FILE,
-                       OUTPUT_NODATA, ClassInfo, InputContract, check_model_size,
-                       normalise_classes)
+from .contract import (
+    CONTRACT_FILE,
+    CONTRACT_VERSION,
+    DEFAULT_COLOURS,
+    MAX_CLASSES,
+    MODEL_FILE,
+    OUTPUT_NODATA,
+    ClassInfo,
+    InputContract,
+    check_model_size,
+    normalise_classes,
+)
 from .errors import ModelError
 from .predict import DEFAULT_BATCH_SIZE, Predictor
-from .storage import atomic_write_json, sha256_file
+from .records import sha256_file
+from .storage import atomic_write_json
 
 __all__ = [
     "CONTRACT_VERSION",

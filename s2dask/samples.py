@@ -25,7 +25,7 @@ import numpy as np
 from .bands import DEFAULT_BANDS, band_columns, canonical_bands
 from .contract import DEFAULT_COLOURS
 from .errors import SamplesError
-from .storage import sha256_file
+from .records import sha256_file
 
 __all__ = [
     "DEFAULT_FRACTIONS",

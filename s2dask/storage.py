@@ -25,7 +25,6 @@ replaced only on overwrite and removed after).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import posixpath
@@ -37,36 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from .errors import OutputExistsError, StorageError
+from .records import json_default
 
-__all__ = [
-    "is_remote",
-    "protocol_of",
-    "join",
-    "storage_options_for",
-    "gdal_env_for",
-    "fs_for",
-    "check_output_location",
-    "check_input_location",
-    "Location",
-    "as_location",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "atomic_write_json",
-    "staged_file",
-    "put_file",
-    "commit_dir",
-    "json_default",
-    "json_text_default",
-    "sha256_file",
-    "FileStat",
-    "stat",
-    "vsi_to_url",
-    "remote_env",
-    "open_array",
-]
+__all__ = ["is_remote", "protocol_of", "join", "storage_options_for", "gdal_env_for", "fs_for",
+           "check_output_location", "check_input_location", "Location", "as_location",
+           "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "staged_file",
+           "put_file", "commit_dir", "FileStat", "stat", "vsi_to_url", "remote_env", "open_array"]
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _S3 = ("s3", "s3a")
@@ -386,43 +362,6 @@ def check_input_location(url: str | os.PathLike) -> None:
                            f"(list the bucket with: aws s3 ls {posixpath.dirname(text.rstrip('/'))}/)")
 
 
-# ----------------------------------------------------------------------------------- records
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            h.update(piece)
-    return h.hexdigest()
-
-
-def json_default(obj: Any) -> Any:
-    """JSON conversions of what s2dask records hold (numpy scalars and arrays, paths).
-
-    Raises
-    ------
-    TypeError
-        For anything else, as :func:`json.dumps` expects.
-    """
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def json_text_default(obj: Any) -> Any:
-    """:func:`json_default`, and anything else as its text (job records never fail on a value)."""
-    try:
-        return json_default(obj)
-    except TypeError:
-        return str(obj)
-
-
 # ----------------------------------------------------------------------------------- locations
 
 
@@ -446,7 +385,6 @@ class Location:
 
     def __str__(self) -> str:
         return self.url
-
     @property
     def remote(self) -> bool:
         """Whether this is an object-store URL (the one test of "remote" in s2dask)."""
@@ -491,9 +429,7 @@ class Location:
             os.unlink(self.url)
 
     def read_bytes(self) -> bytes:
-        if self.remote:
-            return self.fs.cat_file(self.url)
-        return Path(self.url).read_bytes()
+        return self.fs.cat_file(self.url) if self.remote else Path(self.url).read_bytes()
 
     def read_text(self) -> str:
         return self.read_bytes().decode()
@@ -570,25 +506,13 @@ def atomic_write_bytes(dst: "Location | str | os.PathLike", data: bytes) -> None
 
 
 def atomic_write_text(dst: "Location | str | os.PathLike", text: str) -> None:
-    """:func:`atomic_write_bytes` of UTF-8 text.
-
-    Raises
-    ------
-    StorageError
-        If the write fails.
-    """
+    """:func:`atomic_write_bytes` of UTF-8 text (raises :class:`StorageError` likewise)."""
     atomic_write_bytes(dst, text.encode())
 
 
 def atomic_write_json(dst: "Location | str | os.PathLike", data: Any, *, indent: int | None = 2,
                       default: Callable[[Any], Any] = json_default) -> None:
-    """:func:`atomic_write_bytes` of ``data`` as JSON (indented, with a final newline).
-
-    Raises
-    ------
-    StorageError
-        If the write fails.
-    """
+    """:func:`atomic_write_bytes` of ``data`` as JSON with a final newline (raises likewise)."""
     atomic_write_text(dst, json.dumps(data, indent=indent, default=default) + "\n")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .bands import DEFAULT_BANDS
 from .errors import OutputExistsError, ParameterError
+from .storage import staged_file
 
 __all__ = ["SYNTHETIC_CLASSES", "class_field", "make_scene", "make_samples"]
 
@@ -108,32 +109,34 @@ def make_scene(path: str | os.PathLike, *, size: int | tuple[int, int] = 1024, s
                    blockxsize=512, blockysize=512, compress="DEFLATE", predictor=2,
                    bigtiff="IF_SAFER", interleave="pixel")
     try:
-        with rasterio.open(stage, "w", **profile) as dst:
-            for r0 in range(0, rows, window):
-                for c0 in range(0, cols, window):
-                    r1, c1 = min(r0 + window, rows), min(c0 + window, cols)
-                    values, _ = _window_values(r0, r1, c0, c1, seed=seed)
-                    if nodata_border:
-                        rr = np.arange(r0, r1)[:, None]
-                        cc = np.arange(c0, c1)[None, :]
-                        edge = ((rr < nodata_border) | (rr >= rows - nodata_border)
-                                | (cc < nodata_border) | (cc >= cols - nodata_border))
-                        values[:, edge] = 0
-                    dst.write(values, window=((r0, r1), (c0, c1)))
-            for i, b in enumerate(DEFAULT_BANDS, start=1):
-                dst.set_band_description(i, b)
-            dst.update_tags(S2DASK_SYNTHETIC="1", SEED=str(seed))
-        if cog:
-            part = path.with_name(f".{path.name}.part.tif")
-            rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
-                                 PREDICTOR="YES", BIGTIFF="IF_SAFER", OVERVIEWS="NONE")
-            os.replace(part, path)
-            stage.unlink()
-        else:
-            os.replace(stage, path)
+        with staged_file(path, suffix=".tif") as part:
+            with rasterio.open(part if not cog else stage, "w", **profile) as dst:
+                _write_windows(dst, rows, cols, window=window, seed=seed,
+                               nodata_border=nodata_border)
+            if cog:
+                rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
+                                     PREDICTOR="YES", BIGTIFF="IF_SAFER", OVERVIEWS="NONE")
     finally:
         stage.unlink(missing_ok=True)
     return path
+
+
+def _write_windows(dst, rows: int, cols: int, *, window: int, seed: int, nodata_border: int) -> None:
+    """Fill an open ``rows x cols`` dataset window by window (memory bounded by ``window``)."""
+    for r0 in range(0, rows, window):
+        for c0 in range(0, cols, window):
+            r1, c1 = min(r0 + window, rows), min(c0 + window, cols)
+            values, _ = _window_values(r0, r1, c0, c1, seed=seed)
+            if nodata_border:
+                rr = np.arange(r0, r1)[:, None]
+                cc = np.arange(c0, c1)[None, :]
+                edge = ((rr < nodata_border) | (rr >= rows - nodata_border)
+                        | (cc < nodata_border) | (cc >= cols - nodata_border))
+                values[:, edge] = 0
+            dst.write(values, window=((r0, r1), (c0, c1)))
+    for i, b in enumerate(DEFAULT_BANDS, start=1):
+        dst.set_band_description(i, b)
+    dst.update_tags(S2DASK_SYNTHETIC="1", SEED=str(seed))
 
 
 def make_samples(path: str | os.PathLike, *, scene_size: int | tuple[int, int] = 1024,
@@ -175,9 +178,8 @@ def make_samples(path: str | os.PathLike, *, scene_size: int | tuple[int, int] =
         frame[name] = values[:, i]
     frame["Class"] = [meta[k]["name"].split("/")[0] for k in classes]
     frame["Description"] = [meta[k]["name"] for k in classes]
-    tmp = path.with_name(f".{path.name}.part")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return path
 
 

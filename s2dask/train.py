@@ -18,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import require_keras
+from .bands import canonical_bands
 from .errors import ModelError, OutputExistsError, SamplesError
+from .metrics import classification_metrics, format_report, plot_confusion, plot_history
+from .model import build_model, load_model, save_bundle
 from .samples import (
     DEFAULT_FRACTIONS,
     SPLIT_METHODS,
@@ -27,6 +31,7 @@ from .samples import (
     read_samples,
     split_samples,
 )
+from .storage import atomic_write_text, commit_dir
 
 __all__ = [
     "DEFAULTS",
@@ -54,132 +59,6 @@ DEFAULTS = {
     "early_stopping": 10,
     "class_weight": None,
 }
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[dict]) -> dict:
-    """Overall accuracy, kappa, confusion matrix and per-class accuracies.
-
-    The confusion matrix has rows = true class and columns = predicted class, both in the
-    order of ``classes`` (``labels`` lists their values). Precision is the user's accuracy,
-    recall the producer's accuracy. Rows predicted as nodata (255: a band equal to the
-    input nodata value) count as errors in the overall accuracy and are reported as
-    ``unpredicted``; they appear in no column of the matrix.
-    """
-    from sklearn.metrics import (
-        cohen_kappa_score,
-        confusion_matrix,
-        precision_recall_fscore_support,
-    )
-
-    y_true = np.asarray(y_true).astype("int64")
-    y_pred = np.asarray(y_pred).astype("int64")
-    labels = [int(c["value"]) for c in classes]
-    extra = sorted(set(np.unique(y_true).tolist()) - set(labels))
-    names = {int(c["value"]): str(c["name"]) for c in classes}
-    labels_all = labels + extra
-    cm = confusion_matrix(y_true, y_pred, labels=labels_all)
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels_all, zero_division=0)
-    n = len(y_true)
-    oa = float((y_true == y_pred).mean()) if n else float("nan")
-    kappa = float(cohen_kappa_score(y_true, y_pred, labels=labels_all)) if n else float("nan")
-    if not np.isfinite(kappa):
-        kappa = 0.0
-    per_class = [
-        {"value": v, "name": names.get(v, f"{v} (unknown to the model)"),
-         "precision": round(float(p), 6), "recall": round(float(r), 6), "f1": round(float(f), 6),
-         "support": int(s)}
-        for v, p, r, f, s in zip(labels_all, prec, rec, f1, support)
-    ]
-    present = [c for c in per_class if c["support"] > 0]
-    return {
-        "n": n,
-        "overall_accuracy": round(oa, 6),
-        "kappa": round(kappa, 6),
-        "macro_f1": round(float(np.mean([c["f1"] for c in present])) if present else 0.0, 6),
-        "labels": labels_all,
-        "confusion_matrix": cm.astype(int).tolist(),
-        "confusion_matrix_axes": "rows = true class, columns = predicted class, in 'labels' order",
-        "per_class": per_class,
-        "unpredicted": int((y_pred == 255).sum()),
-    }
-
-
-def format_report(metrics: dict, *, title: str = "test") -> str:
-    """The metrics as a plain-text table (per class, OA, kappa, confusion matrix, split)."""
-    lines = [f"{title}: {metrics['n']} samples"]
-    w = max([len(c["name"]) for c in metrics["per_class"]] + [5])
-    lines.append(f"  {'value':>5}  {'class':<{w}}  {'user acc':>8}  {'prod acc':>8}  {'f1':>6}  {'support':>7}")
-    for c in metrics["per_class"]:
-        lines.append(f"  {c['value']:>5}  {c['name']:<{w}}  {c['precision']:>8.4f}  "
-                     f"{c['recall']:>8.4f}  {c['f1']:>6.4f}  {c['support']:>7}")
-    lines.append(f"  overall accuracy {metrics['overall_accuracy']:.4f}   kappa {metrics['kappa']:.4f}"
-                 f"   macro F1 {metrics['macro_f1']:.4f}")
-    if metrics.get("unpredicted"):
-        lines.append(f"  {metrics['unpredicted']} rows had a nodata band value and got no prediction")
-    labels = metrics["labels"]
-    cw = max(6, *(len(str(v)) + 1 for v in labels))
-    lines.append("  confusion matrix (rows = true, columns = predicted):")
-    lines.append("  " + " " * 8 + "".join(f"{v:>{cw}}" for v in labels))
-    for v, row in zip(labels, metrics["confusion_matrix"]):
-        lines.append(f"  {v:>8}" + "".join(f"{x:>{cw}}" for x in row))
-    split = metrics.get("split")
-    if split and split.get("explanation"):
-        lines.append(f"  split: {split['explanation']}")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _plot_history(history: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
-        ep = np.arange(1, len(history.get(key, [])) + 1)
-        ax.plot(ep, history.get(key, []), label="train")
-        if f"val_{key}" in history:
-            ax.plot(ep, history[f"val_{key}"], label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def _plot_confusion(metrics: dict, path: Path, *, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    cm = np.asarray(metrics["confusion_matrix"], dtype=float)
-    names = [f"{c['value']} {c['name']}" for c in metrics["per_class"]]
-    fig = Figure(figsize=(1.2 * len(names) + 3, 1.0 * len(names) + 2.5))
-    ax = fig.subplots()
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{title}: OA {metrics['overall_accuracy']:.3f}, kappa {metrics['kappa']:.3f}")
-    fig.colorbar(im, ax=ax, label="share of true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 # --------------------------------------------------------------------------- training
@@ -221,25 +100,6 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
             )
 
 
-def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished bundle into place; with overwrite, the old one goes only after."""
-    if out.exists():
-        if not overwrite:  # appeared while we trained
-            raise OutputExistsError(f"model directory {out} appeared during training: "
-                                    "choose another --out or pass --overwrite")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rmdir(old)
-        os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
 def _log(verbose: int, text: str) -> None:
     if verbose:
         print(text, flush=True)
@@ -249,8 +109,6 @@ def _resolve_samples(samples, *, label, bands, name_column, class_table, x, y) -
     if isinstance(samples, Samples):
         if bands is None:
             return samples
-        from .bands import canonical_bands
-
         want = canonical_bands(bands)
         missing = [b for b in want if b not in samples.bands]
         if missing:
@@ -374,7 +232,9 @@ def train(
                               l2=l2, optimizer=optimizer, learning_rate=float(learning_rate),
                               early_stopping=early_stopping, class_weight=class_weight,
                               input_nodata=input_nodata, verbose=verbose)
-        _publish(tmp, out, overwrite)
+        commit_dir(tmp, out, overwrite=overwrite,
+                   appeared=f"model directory {out} appeared during training: choose another "
+                            "--out or pass --overwrite")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -386,9 +246,7 @@ def train(
 def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int, epochs: int,
                 batch_size: int, units, dropout, l1, l2, optimizer: str, learning_rate: float,
                 early_stopping: int, class_weight, input_nodata, verbose: int) -> dict:
-    from .model import _require_keras, build_model, load_model, save_bundle
-
-    keras = _require_keras()  # quiet import; ModelError with the install hint if missing
+    keras = require_keras()  # quiet import; ModelError with the install hint if missing
 
     keras.utils.set_random_seed(int(seed))
     values = data.class_values
@@ -457,8 +315,8 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "history.json").write_text(json.dumps(history) + "\n")
-    _plot_history(history, tmp / "training.png")
-    _plot_confusion(metrics, tmp / "confusion.png", title=f"{out.name}, test ({parts.method} split)")
+    plot_history(history, tmp / "training.png")
+    plot_confusion(metrics, tmp / "confusion.png", title=f"{out.name}, test ({parts.method} split)")
     return metrics
 
 
@@ -500,8 +358,6 @@ def evaluate(
     SamplesError
         If the table lacks the model's bands or the label column, or has bad values.
     """
-    from .model import load_model
-
     bundle = load_model(model_dir)
     data = read_samples(samples, label=label, bands=bundle.bands, name_column=None, x=None, y=None,
                         min_classes=1)
@@ -519,15 +375,7 @@ def evaluate(
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(metrics, indent=2) + "\n")
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
         if verbose:
             print(f"metrics written to {out}", flush=True)
     return metrics

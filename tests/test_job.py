@@ -14,7 +14,7 @@ import xarray as xr
 
 from conftest import make_bundle, sample_data_dir
 
-from s2dask.cluster import build_counts
+from s2dask.worker import build_counts
 from s2dask.job import classify
 from s2dask.model import load_model
 from s2dask.scene import open_scene
@@ -124,7 +124,7 @@ def test_model_built_once_per_worker_not_per_task(synth_dir, tiny_model, cluster
 def test_task_graph_carries_a_reference_not_the_model(synth_dir, tiny_model):
     import pickle
 
-    from s2dask.cluster import ModelRef
+    from s2dask.worker import ModelRef
 
     bundle = load_model(tiny_model)
     ref = ModelRef(bundle.sha256, str(tiny_model), 16384)
@@ -212,7 +212,7 @@ def test_buffalo_scene_class_map_equals_one_process_prediction(cluster_client, t
 
 
 def test_default_chunks_give_every_worker_work(synth_dir, tiny_model, cluster_client, tmp_path):
-    from s2dask.job import _auto_chunks
+    from s2dask.job import auto_chunks as _auto_chunks
 
     assert _auto_chunks(10980, 10980) == (2048, 2048)  # 36 tasks on a full tile
     assert _auto_chunks(4096, 4096) == (2048, 2048)

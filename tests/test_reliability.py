@@ -62,7 +62,7 @@ def assert_same(got, want):
 def test_worker_killed_mid_job_completes_identically(synth_dir, tiny_model, reference, tmp_path):
     from distributed import Client, LocalCluster
 
-    from s2dask.cluster import build_counts
+    from s2dask.worker import build_counts
     from s2dask.model import load_model
 
     sha = load_model(tiny_model).sha256

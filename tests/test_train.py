@@ -161,7 +161,7 @@ def test_failure_during_training_leaves_nothing(trained, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full while plotting")
 
-    monkeypatch.setattr(train_mod, "_plot_confusion", boom)
+    monkeypatch.setattr(train_mod, "plot_confusion", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         train(table, tmp_path / "model", epochs=1, units=(8,), dropout=(0,), verbose=0)
     assert list(tmp_path.iterdir()) == []
