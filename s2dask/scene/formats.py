@@ -405,7 +405,16 @@ def is_zarr(path: Path) -> bool:
 
 
 def open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int], *,
-               url: str | None = None, storage_options: dict | None = None) -> "xr.DataArray":
+               url: str | None = None, storage_options: dict | None = None) -> xr.DataArray:
+    """A Zarr store written by xarray as a lazy ``(band, y, x)`` scene (no pixel reads).
+
+    Raises
+    ------
+    SceneError
+        If the store cannot be opened, holds no band data or several stacks, or has no CRS.
+    BandError
+        If a band in ``wanted`` is not in the store.
+    """
     try:
         with warnings.catch_warnings():  # a store without consolidated metadata is fine here
             warnings.filterwarnings("ignore", message=".*consolidated metadata", category=RuntimeWarning)
@@ -417,7 +426,13 @@ def open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int], 
         raise SceneError(
             f"cannot open Zarr store {store} ({type(exc).__name__}: {exc}): give a store written by xarray"
         ) from None
+    arr, names, attrs = _zarr_bands(ds, wanted, chunk_yx, store)
+    return _zarr_scene(ds, arr, names, attrs, chunk_yx, store, url)
 
+
+def _zarr_bands(ds: xr.Dataset, wanted: list[str] | None, chunk_yx: tuple[int, int],
+                store: Path) -> tuple[xr.DataArray, list[str], dict]:
+    """The store's bands as one chunked ``(band, y, x)`` array: per-band variables or one stack."""
     per_band: dict[str, str] = {}
     stacked: list[str] = []
     for var, arr in ds.data_vars.items():
@@ -462,7 +477,11 @@ def open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int], 
         raise SceneError(
             f"Zarr store {store} has no band data: store a (band, y, x) variable or one (y, x) variable per band (B02, B03 ...)"
         )
+    return arr, names, attrs
 
+
+def _zarr_scene(ds: xr.Dataset, arr: xr.DataArray, names: list[str], attrs: dict,
+               chunk_yx: tuple[int, int], store: Path, url: str | None) -> xr.DataArray:
     crs = arr.rio.crs or ds.rio.crs
     if crs is None:
         raise SceneError(
