@@ -204,6 +204,8 @@ def train(
         If the table is unusable or cannot be split.
     ModelError
         If a training parameter is invalid.
+    StorageError
+        If the finished bundle cannot be moved into place.
     """
     out = Path(out_dir).absolute()
     _check_out_dir(out, overwrite)
@@ -357,6 +359,8 @@ def evaluate(
         If the bundle is missing, incomplete, tampered with or unloadable.
     SamplesError
         If the table lacks the model's bands or the label column, or has bad values.
+    StorageError
+        If ``out`` cannot be written.
     """
     bundle = load_model(model_dir)
     data = read_samples(samples, label=label, bands=bundle.bands, name_column=None, x=None, y=None,

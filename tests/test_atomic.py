@@ -52,7 +52,7 @@ def test_local_commit_replaces_only_on_overwrite(tmp_path):
     assert _listing(tmp_path) == ["new.txt", "out"]  # old output removed after, partial gone
 
 
-def test_location_pickles_with_its_options(s3):
+def test_location_pickles_with_its_options(s3):  # noqa: F811  (the fixture)
     loc = Location(f"s3://{BUCKET}/out").join("scene", "job.json")
     assert loc.remote and loc.url == f"s3://{BUCKET}/out/scene/job.json"
     assert loc.options["client_kwargs"]["endpoint_url"] == s3
@@ -61,7 +61,7 @@ def test_location_pickles_with_its_options(s3):
     assert not Location("relative/dir").remote and Location("relative/dir").options is None
 
 
-def test_remote_atomic_write_and_commit(s3):
+def test_remote_atomic_write_and_commit(s3):  # noqa: F811  (the fixture)
     out = Location(f"s3://{BUCKET}/out")
     partial, final = out.join(".scene.partial"), out.join("scene")
     atomic_write_json(partial.join("job.json"), {"v": 1})
