@@ -156,9 +156,15 @@ class Assessment:
         ax.bar(x - 0.2, self.mapped_ha, 0.4, label="mapped (pixel count)", color="#9e9e9e")
         est = np.nan_to_num(self.area_ha)
         err = np.where(np.isfinite(self.area_ci_ha), self.area_ci_ha, 0)
-        ax.bar(x + 0.2, est, 0.4, yerr=err, capsize=4, label="estimated (95% interval)", color="#1f77b4")
+        positive = self.mapped_ha[self.mapped_ha > 0]
+        log = positive.size > 1 and positive.max() / positive.min() > 20  # small classes visible
+        lower = np.minimum(err, est * 0.999) if log else err
+        ax.bar(x + 0.2, est, 0.4, yerr=[lower, err], capsize=4, label="estimated (95% interval)",
+               color="#1f77b4")
+        if log:
+            ax.set_yscale("log")
         ax.set_xticks(x, [c["name"] for c in self.classes], rotation=20, ha="right")
-        ax.set_ylabel("area (ha)")
+        ax.set_ylabel("area (ha, log scale)" if log else "area (ha)")
         ax.set_title(f"Mapped vs error-adjusted area ({self.n_points} reference points)")
         ax.legend()
         fig.tight_layout()
@@ -293,6 +299,22 @@ def _count_windows(src: RasterSource, chunk: int) -> tuple[list, list[dict[int, 
     return windows, counts
 
 
+def _draw(sizes: dict[int, int], totals: dict[int, int], counts: list[dict[int, int]],
+          seed: int) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """Draw ranks per stratum and resolve them to ``{window: [(class, ranks in window)]}``."""
+    rng = np.random.default_rng(seed)
+    todo: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for v, n_h in sizes.items():
+        ranks = np.sort(rng.choice(totals[v], size=n_h, replace=False))
+        per_window = np.array([c.get(v, 0) for c in counts], dtype="int64")
+        ends = np.cumsum(per_window)
+        where = np.searchsorted(ends, ranks, side="right")
+        for wi in np.unique(where):
+            local = ranks[where == wi] - (ends[wi] - per_window[wi])
+            todo.setdefault(int(wi), []).append((v, local))
+    return todo
+
+
 def design(map: str | os.PathLike, *, n: int, out: str | os.PathLike, min_per_class: int = 50,
            seed: int = 0, chunk: int = DEFAULT_CHUNK, overwrite: bool = False):
     """A stratified random sample of a class map (strata = mapped classes) as points to label.
@@ -352,16 +374,7 @@ def design(map: str | os.PathLike, *, n: int, out: str | os.PathLike, min_per_cl
         for v, k in c.items():
             totals[v] = totals.get(v, 0) + k
     sizes = allocate(totals, n, min_per_class=min_per_class)
-    rng = np.random.default_rng(seed)
-    todo: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for v, n_h in sizes.items():
-        ranks = np.sort(rng.choice(totals[v], size=n_h, replace=False))
-        per_window = np.array([c.get(v, 0) for c in counts], dtype="int64")
-        ends = np.cumsum(per_window)
-        where = np.searchsorted(ends, ranks, side="right")
-        for wi in np.unique(where):
-            local = ranks[where == wi] - (ends[wi] - per_window[wi])
-            todo.setdefault(int(wi), []).append((v, local))
+    todo = _draw(sizes, totals, counts, seed)
     rows, cols, vals = [], [], []
     for wi in sorted(todo):  # second pass: only the windows that hold drawn pixels
         y0, y1, x0, x1 = windows[wi]

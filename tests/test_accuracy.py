@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from _maps import CRS, write_class_tif, write_job_json
 
 from s2dask.accuracy import allocate, assess, design, estimate
 from s2dask.errors import OutputExistsError, ParameterError, SamplesError
-
-from _maps import CRS, write_class_tif, write_job_json
 
 NAMES = ["Deforestation", "Forest gain", "Stable forest", "Stable non-forest"]
 # Olofsson et al. (2014), section 5 (Tables 8-10): sample counts (rows = map) and mapped pixels
@@ -193,3 +192,167 @@ def test_design(tmp_path):
     r = assess(folder, labelled, label="reference")
     assert r.overall == 1 and np.allclose(r.users, 1)
     assert np.allclose(r.area_ha, r.mapped_ha)
+
+
+# --------------------------------------------------------------------------- real data: Buffalo
+
+BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
+
+
+@pytest.fixture(scope="module")
+def buffalo(tmp_path_factory):
+    """The Buffalo grid classified by a nearest-centroid rule trained on the labelled points
+    (probabilities = softmax of minus half the squared standardised distances), written as a
+    job output folder; and the labelled pixels (majority label of the points in each pixel)."""
+    import os
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = os.environ.get("S2DASK_SAMPLE_DATA")
+    if not root or not (Path(root) / "buffalo" / "grid_data.csv").exists():
+        pytest.skip("S2DASK_SAMPLE_DATA is not set (or has no buffalo/): the Buffalo end-to-end "
+                    "test needs the real sample data")
+    data = Path(root) / "buffalo"
+    grid = pd.read_csv(data / "grid_data.csv")
+    points = pd.read_csv(data / "point_data.csv")
+    table = pd.read_csv(data / "Landuse_ID_keras.csv")
+    classes = [{"value": int(v), "name": str(n)} for v, n in zip(table["Class_ID"], table["Description"])]
+    mu, sd = points[BANDS].mean(), points[BANDS].std()
+    centroids = ((points[BANDS] - mu) / sd).groupby(points["Class_ID"] - 1).mean().to_numpy()
+    xs, ys = np.sort(grid["x"].unique()), np.sort(grid["y"].unique())[::-1]
+    rows = np.round((ys[0] - grid["y"]) / 10).astype(int)
+    cols = np.round((grid["x"] - xs[0]) / 10).astype(int)
+    d2 = ((((grid[BANDS] - mu) / sd).to_numpy()[:, None, :] - centroids[None]) ** 2).sum(-1)
+    e = np.exp(-(d2 - d2.min(1, keepdims=True)) / 2)
+    prob = np.zeros((len(classes), len(ys), len(xs)), dtype="float32")
+    prob[:, rows, cols] = (e / e.sum(1, keepdims=True)).T
+    valid = np.zeros((len(ys), len(xs)), bool)
+    valid[rows, cols] = True
+    folder = tmp_path_factory.mktemp("buffalo") / "buffalo"
+    folder.mkdir()
+    labelled = pd.DataFrame({"row": np.floor((ys[0] + 5 - points["y"]) / 10).astype(int),
+                             "col": np.floor((points["x"] - (xs[0] - 5)) / 10).astype(int),
+                             "label": points["Class_ID"] - 1})
+    labelled = labelled.groupby(["row", "col"])["label"].agg(lambda s: s.mode().iloc[0]).reset_index()
+    return {"folder": folder, "prob": prob, "valid": valid, "classes": classes, "labelled": labelled,
+            "origin": (xs[0] - 5, ys[0] + 5)}
+
+
+def _write_map(b, folder, prob, *, smooth=None):
+    """classes.tif + job.json (+ classes.zarr with the entropy layer) from probabilities."""
+    from _maps import write_job_zarr
+
+    from s2dask.smooth import smooth_chunk
+    from s2dask.uncertainty import compute_layers
+
+    folder.mkdir(exist_ok=True)
+    valid = b["valid"]
+    if smooth:
+        r = smooth_chunk(lambda y0, y1, x0, x1: (prob[:, y0:y1, x0:x1], valid[y0:y1, x0:x1]),
+                         (0, valid.shape[0], 0, valid.shape[1]), shape=valid.shape, size=smooth)
+        prob = r.probabilities
+    cls = np.where(valid, prob.argmax(0), 255).astype("uint8")
+    write_class_tif(folder / "classes.tif", cls)
+    write_job_json(folder, b["classes"])
+    layers = compute_layers(prob, valid, ["entropy"])
+    write_job_zarr(folder / "classes.zarr", {"classes": cls, **layers}, classes=b["classes"], chunks=64)
+    return cls
+
+
+def test_buffalo_design_then_assess_end_to_end(buffalo, tmp_path):
+    """design -> label from the labelled points -> assess, on the real Buffalo subset.
+
+    Only drawn pixels that hold labelled points can be labelled (the tutorial's points cover
+    ~5% of the grid, in polygons its author chose), so the estimates are a working example
+    of the pipeline on real data, not an unbiased assessment of this map."""
+    import time
+
+    import pyogrio
+
+    from s2dask.uncertainty import suggest
+
+    b = buffalo
+    t0 = time.perf_counter()
+    cls = _write_map(b, b["folder"], b["prob"])
+    sample = design(b["folder"], n=3000, out=tmp_path / "design.gpkg", min_per_class=300, seed=1, chunk=64)
+    x0, y0 = b["origin"]
+    rows = np.floor((y0 - sample.geometry.y) / 10).astype(int)
+    cols = np.floor((sample.geometry.x - x0) / 10).astype(int)
+    lookup = {(r, c): k for r, c, k in zip(b["labelled"]["row"], b["labelled"]["col"], b["labelled"]["label"])}
+    names = {c["value"]: c["name"] for c in b["classes"]}
+    sample["reference"] = [names[lookup[rc]] if rc in lookup else None for rc in zip(rows, cols)]
+    labelled = tmp_path / "labelled.gpkg"
+    sample.to_file(labelled, driver="GPKG")
+    r = assess(b["folder"], labelled, label="reference", out=tmp_path / "assessment.json", chunk=64)
+    print("\n" + r.format_table())
+    assert 100 < r.n_points < len(sample)
+    assert any("without a label" in m for m in r.messages)
+    assert r.mapped_pixels.sum() == (cls != 255).sum() == 35_700
+    assert r.area_ha.sum() == pytest.approx(r.mapped_ha.sum()) == pytest.approx(357.0)
+    assert 0.5 < r.overall < 1 and np.isfinite(r.overall_ci)
+    assert [c["name"] for c in r.classes][:2] == ["Parking/road/pavement", "Building"]
+    cand = suggest(b["folder"], n=20, out=tmp_path / "next.gpkg", min_distance=100.0, chunk=64)
+    got = pyogrio.read_dataframe(tmp_path / "next.gpkg")
+    assert len(got) == 20 and got.crs == "EPSG:32617" and cand["uncertainty"].iloc[0] >= cand["uncertainty"].iloc[-1]
+    assert time.perf_counter() - t0 < 30
+
+
+def test_buffalo_smoothed_vs_unsmoothed_on_the_labelled_points(buffalo, tmp_path):
+    """The acceptance figure: accuracy on all labelled pixels, plain vs --smooth 3 and 5."""
+    import pandas as pd
+
+    b = buffalo
+    lab = b["labelled"]
+    rows = []
+    for size in (None, 3, 5):
+        folder = tmp_path / f"smooth{size or 0}"
+        cls = _write_map(b, folder, b["prob"], smooth=size)
+        acc = float((cls[lab["row"], lab["col"]] == lab["label"]).mean())
+        ref = tmp_path / f"labelled{size or 0}.csv"
+        x0, y0 = b["origin"]
+        pd.DataFrame({"x": x0 + (lab["col"] + 0.5) * 10, "y": y0 - (lab["row"] + 0.5) * 10,
+                      "label": lab["label"]}).to_csv(ref, index=False)
+        r = assess(folder, ref, label="label")
+        rows.append((size or 1, acc, r.overall))
+    print("\nwindow  accuracy on labelled pixels  (Olofsson overall, labelled pixels as the sample)")
+    for size, acc, overall in rows:
+        print(f"{size:>6}  {acc:.3f}  ({overall:.3f})")
+    assert all(0.5 < acc <= 1 for _, acc, _ in rows)
+
+
+def _cli(argv):
+    """What s2dask.cli.main does with these subcommands once wired (parse, handler, exit 2)."""
+    import argparse
+
+    from s2dask.cli_maps import add_subcommands
+    from s2dask.errors import S2DaskError
+
+    parser = argparse.ArgumentParser(prog="s2dask")
+    add_subcommands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except S2DaskError as exc:
+        print(f"s2dask {args.command}: error: {exc}")
+        return 2
+
+
+def test_cli_design_then_assess(tmp_path, capsys):
+    import pyogrio
+
+    path, _ = _olofsson_map(tmp_path)
+    sample = tmp_path / "s.gpkg"
+    assert _cli(["design", str(path), "--n", "40", "--min-per-class", "8", "--out", str(sample)]) == 0
+    assert "fill in the 'reference' column" in capsys.readouterr().out
+    got = pyogrio.read_dataframe(sample)
+    got["reference"] = got["map_class"]
+    got.loc[0, "reference"] = "Stable forest" if got.loc[0, "map_class"] != "Stable forest" else "Forest gain"
+    got.to_file(sample, driver="GPKG")
+    out = tmp_path / "a.json"
+    assert _cli(["assess", str(path), str(sample), "--label", "reference", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Overall accuracy" in text and out.exists() and out.with_suffix(".png").exists()
+    assert _cli(["assess", str(path), str(sample), "--label", "truth"]) == 2
+    err = capsys.readouterr().out.strip()
+    assert err.startswith("s2dask assess: error:") and "no label column 'truth'" in err and "\n" not in err

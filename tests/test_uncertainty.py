@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _maps import CRS, write_class_tif, write_job_json, write_job_zarr
 
 from s2dask.errors import OutputExistsError, ParameterError, SceneError
-from s2dask.uncertainty import (NODATA, cog_name, compute_layers, entropy, layer_attrs, layer_name,
-                                least, margin, parse_kinds, suggest)
-
-from _maps import CRS, write_class_tif, write_job_json, write_job_zarr
+from s2dask.uncertainty import (
+    NODATA,
+    cog_name,
+    compute_layers,
+    entropy,
+    layer_attrs,
+    layer_name,
+    least,
+    margin,
+    parse_kinds,
+    suggest,
+)
 
 CLASSES = [{"value": 0, "name": "road"}, {"value": 1, "name": "building"}, {"value": 2, "name": "tree"}]
 
