@@ -273,7 +273,7 @@ def _with_offset(asset: StacAsset, offset: int, note: str) -> StacAsset:
 def _require_sentinel2(props: Mapping[str, Any], collection: str | None, ident: str, source: str) -> None:
     texts = [str(props.get("constellation", "")), str(props.get("platform", "")), str(collection or "")]
     norm = " ".join(texts).lower().replace("_", "-").replace(" ", "-")
-    if "sentinel-2" in norm or "sentinel-s2" in norm or any(k.startswith(("s2:", "sentinel:")) for k in props):
+    if "sentinel-2" in norm or "sentinel-s2" in norm or any(k.startswith(("s2:", "sentinel:")) and v is not None for k, v in props.items()):
         return
     raise SceneError(
         f"STAC item {ident} ({source}) is not Sentinel-2 (collection {collection or 'none'}, platform "
