@@ -426,13 +426,13 @@ def check_mask_grid(path: str | os.PathLike[str], *, crs: Any, transform: Any, s
             and all(abs(a - b) <= tol for a, b in zip(tuple(m_tr)[:6], tuple(s_tr)[:6])))
     if not same:
         def describe(c, t, s):
-            return f"{_crs_name(c)}, {s[0]}x{s[1]} px of {abs(t.a):g} m at ({t.c:g}, {t.f:g})"
+            return f"{_crs_name(c)}, {s[0]}x{s[1]} px of {abs(t.a):.12g} m at ({t.c:.12g}, {t.f:.12g})"
 
         xmax, ymin = s_tr.c + s_tr.a * shape[1], s_tr.f + s_tr.e * shape[0]
         raise SceneError(
             f"mask raster {path} is not on the grid of {scene} ({describe(m_crs, m_tr, m_shape)} vs "
             f"{describe(s_crs, s_tr, shape)}): resample it, e.g. gdalwarp -t_srs {_crs_name(s_crs)} "
-            f"-te {s_tr.c:g} {ymin:g} {xmax:g} {s_tr.f:g} -ts {shape[1]} {shape[0]} -r near MASK OUT.tif"
+            f"-te {s_tr.c:.12g} {ymin:.12g} {xmax:.12g} {s_tr.f:.12g} -ts {shape[1]} {shape[0]} -r near MASK OUT.tif"
         )
 
 
