@@ -59,6 +59,7 @@ __all__ = [
     "is_stac",
     "read_stac",
     "open_stac_item",
+    "expand_inputs",
     "split_item_ref",
     "scene_from_item",
     "read_plan",
@@ -252,6 +253,38 @@ def open_stac_item(ref: str | os.PathLike[str], *, boa_add_offset: int | None = 
         raise entries[0].error
     assert entries[0].scene is not None
     return entries[0].scene
+
+
+def expand_inputs(
+    paths: Iterable[str | os.PathLike[str]], *, boa_add_offset: int | None = None
+) -> list[tuple[str, StacScene | S2DaskError | None]]:
+    """Turn a job's scene arguments into one source per scene, STAC collections expanded.
+
+    Each STAC input is read once: a file or catalogue with N items gives N sources
+    ``file#item-id``, each with its parsed :class:`StacScene` or its own error (it fails
+    alone). Other inputs pass through as ``(path, None)``; a STAC file that cannot be read at
+    all gives ``(path, error)``.
+
+    Parameters
+    ----------
+    paths
+        Scene arguments as given (SAFE, band folders, GeoTIFFs, Zarr, STAC inputs, mixed).
+    boa_add_offset
+        See :func:`read_stac`.
+    """
+    out: list[tuple[str, StacScene | S2DaskError | None]] = []
+    for path in paths:
+        text = os.fspath(path)
+        if not is_stac(text):
+            out.append((text, None))
+            continue
+        try:
+            entries = read_stac(text, boa_add_offset=boa_add_offset)
+        except S2DaskError as exc:
+            out.append((text, exc))
+            continue
+        out.extend((e.source, e.scene if e.scene is not None else e.error) for e in entries)
+    return out
 
 
 def _raw_items(href: str) -> Iterable[tuple[str, Any, str]]:

@@ -16,6 +16,7 @@ rasterio = pytest.importorskip("rasterio")
 
 from s2dask.errors import BandError, SceneError  # noqa: E402
 from s2dask.stac import (  # noqa: E402
+    expand_inputs,
     gdal_path,
     is_stac,
     open_stac_item,
@@ -443,6 +444,16 @@ def test_bad_item_in_a_collection_fails_alone(tmp_path):
     assert entries[0].scene is not None and entries[0].error is None
     assert entries[1].scene is None and "VAGUE" in str(entries[1].error)
     assert isinstance(entries[2].error, SceneError) and "cannot be parsed" in str(entries[2].error)
+
+    # a batch: STAC inputs expanded to one source per item, other inputs passed through
+    expanded = expand_inputs([tmp_path / "items.json", "scene.SAFE", tmp_path / "missing.json"])
+    assert [src for src, _ in expanded] == [
+        f"{tmp_path / 'items.json'}#GOOD", f"{tmp_path / 'items.json'}#VAGUE", f"{tmp_path / 'items.json'}#2",
+        "scene.SAFE", str(tmp_path / "missing.json")]
+    assert expanded[0][1] == entries[0].scene and isinstance(expanded[1][1], SceneError)
+    assert expanded[3][1] is None
+    # a path that does not exist is not recognised as STAC: it reaches open_scene, which says so
+    assert expanded[4][1] is None
 
 
 def test_is_stac_and_paths(tmp_path):
