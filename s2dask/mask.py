@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -456,8 +456,9 @@ class MaskReader:
     kind: str = "scl"
     factor: int = 1
     classes: tuple[int, ...] = DEFAULT_MASK_CLASSES
-    env: Mapping[str, str] | None = None
-    """Extra GDAL options (from :func:`s2dask.storage.gdal_env_for`); None: derived per call."""
+    env: tuple[tuple[str, str], ...] | None = None
+    """GDAL options as pairs (``tuple(gdal_env_for(url).items())``); None: derived in each call
+    from the worker's own environment (what the scene reader does)."""
 
     def __call__(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         """Mask codes ``(height, width)`` uint8 for the grid window (nodata not included).

@@ -32,6 +32,7 @@ _SKIP_ROLES = {"thumbnail", "overview", "visual", "metadata", "tiles"}
 _SKIP_KEYS = {"visual", "preview", "thumbnail", "overview", "tci", "rendered_preview"}
 _BASELINE_IN_NAME = re.compile(r"_N(\d{2})(\d{2})(?=_|$|\.)")
 _TILE_IN_NAME = re.compile(r"(?:^|_)T?(\d{2}[C-X][A-Z]{2})(?=_|$)")
+_LEVEL = re.compile(r"MSIL?(1C|2A)|(?:^|[^A-Z0-9])L(1C|2A)(?:$|[^A-Z0-9])")
 _DEFAULT_OFFSET = -1000  # the BOA_ADD_OFFSET of every baseline 04.00+ product so far
 _FLAG_KEYS = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
 
@@ -317,11 +318,9 @@ def _level(props: Mapping[str, Any], collection: str | None, ident: str) -> str 
     texts = [props.get("s2:product_type"), props.get("s2:product_uri"), props.get("sentinel:product_id"),
              collection, ident]
     for text in texts:
-        t = str(text or "").upper()
-        if "2A" in t and ("MSI" in t or "L2A" in t):
-            return "L2A"
-        if "1C" in t and ("MSI" in t or "L1C" in t):
-            return "L1C"
+        m = _LEVEL.search(str(text or "").upper())
+        if m:
+            return f"L{m.group(1) or m.group(2)}"
     return None
 
 

@@ -153,6 +153,8 @@ def test_scl_windows_align_with_the_scene_reader(tmp_path):
 
     reader = m.MaskReader(str(tmp_path / "SCL.tif"), kind="scl", factor=2, classes=tuple(range(12)))
     reader = pickle.loads(pickle.dumps(reader))
+    assert hash(reader) == hash(m.MaskReader(str(tmp_path / "SCL.tif"), kind="scl", factor=2,
+                                             classes=tuple(range(12))))
     with rasterio.open(tmp_path / "SCL.tif") as src:
         for y0, x0, hh, ww in [(0, 0, 37, 29), (37, 29, 37, 29), (1, 3, 5, 7), (111, 87, 10, 10),
                                (120, 96, 1, 1), (0, 0, h, w), (74, 58, 47, 39)]:

@@ -472,3 +472,20 @@ def test_is_stac_and_paths(tmp_path):
     assert gdal_path("/data/B02.tif") == "/data/B02.tif"
     with pytest.raises(SceneError, match="uses ftp:// which s2dask cannot read"):
         gdal_path("ftp://host/B02.tif")
+
+
+@pytest.mark.parametrize("props, collection, ident, level", [
+    ({"s2:product_uri": "S2A_MSIL1C_20230801T160000_N0509_R097_T17TNH_20230801T190000.SAFE"}, None, "x", "L1C"),
+    ({"s2:product_type": "S2MSI2A"}, None, "x", "L2A"),
+    ({}, "sentinel-2-l1c", "x", "L1C"),
+    ({}, None, "S2B_T38XNF_20250422T091553_L2A", "L2A"),
+    ({}, None, "S2A_item", None),
+])
+def test_product_level(tmp_path, props, collection, ident, level):
+    from s2dask.stac import scene_from_item
+
+    item = build_item(tmp_path, "es1", bands=("B02",), scl=False, item_id=ident,
+                      properties={"s2:product_type": None, **props})
+    item.collection_id = collection
+    scene = scene_from_item(item, href=str(tmp_path / "item.json"))
+    assert scene.product_level == level
