@@ -110,6 +110,9 @@ def run(a) -> dict:
 
     from _faulty_proxy import Fault, FaultyProxy
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
