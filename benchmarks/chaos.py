@@ -75,7 +75,7 @@ class ChaosLoop(threading.Thread):
                 continue
             victim = self.rng.choice(workers)
             try:  # the worker dies before it can answer: the call's error is expected
-                self.client.run(os._exit, 1, workers=[victim], wait=False)
+                self.client.run(os._exit, 1, workers=[victim], on_error="ignore")
                 self.kills += 1
             except Exception:
                 pass
