@@ -1,0 +1,162 @@
+"""How large a chunk a worker can take: the memory rule, measured, and its check.
+
+A prediction task holds its chunk's bands (uint16), the float32 batches of the forward
+pass, the class/confidence (and probability) outputs and Zarr's encode buffers; a worker
+process also holds Python, Dask, the deep-learning backend and the compiled model before
+any task runs. Measured with ``benchmarks/memory.py`` (one single-threaded worker process,
+synthetic 10-band uint16 COGs, the tutorial's 10 -> 4x200 -> 5 MLP, TensorFlow 2.21 CPU,
+batch 8192; peak RSS sampled every 20 ms, minus the RSS after a warm-up job)::
+
+    chunk edge   peak - baseline   per chunk pixel
+         256         78 MB            1195 B
+         512         84 MB             322 B
+        1024         82 MB              78 B
+        2048        260 MB              62 B
+
+    baseline (worker after the model is built): 1.05 GiB
+
+Up to 1024 the task's peak is a floor of ~80 MB that does not grow with the chunk (batch
+buffers of the forward pass, backend scratch, Zarr/COG code paths); from 1024 to 2048 it
+grows by 57 bytes per added chunk pixel (10 bands: ~5.3 B per band and pixel for the
+uint16 block and its harmonised copy, ~4 B for the uint8 outputs and their encode
+buffers). The rule takes both at their worst: 85 MB + 57 B/px (at 2048: 324 MB, 64 MB
+above the measurement). Probabilities add one byte per class and pixel, twice (the array
+and its Zarr encode buffer; estimated, not measured). The rule keeps
+``baseline + threads x task`` under :data:`TARGET_FRACTION` (0.8) of the worker's memory
+limit: Dask's pause threshold, so a worker never stops taking tasks for our own chunks,
+and 15 % below its terminate threshold (0.95). With 1.5 GiB workers (1 thread) the
+largest edge is 1024; with 2 GiB, 2816; with 4 GiB, 6144.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import ParameterError
+
+__all__ = ["max_chunk_edge", "check_chunks_fit", "task_bytes", "BASELINE_BYTES",
+           "TASK_FIXED_BYTES", "BYTES_PER_PIXEL_BAND", "BYTES_PER_PIXEL_OUTPUT",
+           "TARGET_FRACTION"]
+
+#: RSS of a worker process once the backend and the model are loaded (measured 1.05 GiB)
+BASELINE_BYTES = int(1.05 * 2**30)
+#: per task, independent of the chunk size (batch buffers, backend scratch; measured)
+TASK_FIXED_BYTES = 85_000_000
+#: per chunk pixel and input band (uint16 block and copies; measured at 10 bands)
+BYTES_PER_PIXEL_BAND = 5.3
+#: per chunk pixel for the outputs (classes, confidence, counts) and their encode buffers
+BYTES_PER_PIXEL_OUTPUT = 4
+#: the share of a worker's memory limit the rule lets baseline + tasks use
+TARGET_FRACTION = 0.8
+_MIN_EDGE = 256
+
+
+def task_bytes(edge: int | tuple[int, int], n_bands: int, *, probabilities: bool = False,
+               n_classes: int = 0) -> int:
+    """Peak bytes one prediction task adds to its worker for a chunk of ``edge`` pixels.
+
+    Parameters
+    ----------
+    edge
+        Chunk edge in pixels, or ``(y, x)``.
+    n_bands
+        Input bands the model reads.
+    probabilities
+        Whether the task also writes per-class probabilities.
+    n_classes
+        The model's classes (needed with ``probabilities``).
+    """
+    cy, cx = (edge, edge) if isinstance(edge, int) else edge
+    per_px = BYTES_PER_PIXEL_BAND * n_bands + BYTES_PER_PIXEL_OUTPUT
+    if probabilities:
+        per_px += 2 * max(n_classes, 1)
+    return int(TASK_FIXED_BYTES + per_px * cy * cx)
+
+
+def max_chunk_edge(memory_limit_bytes: int | float | None, n_bands: int, *,
+                   probabilities: bool = False, n_classes: int = 0, threads_per_worker: int = 1,
+                   baseline_bytes: int = BASELINE_BYTES, fraction: float = TARGET_FRACTION,
+                   multiple: int = 256) -> int | None:
+    """The largest chunk edge (a multiple of ``multiple``) whose tasks fit a worker.
+
+    ``baseline + threads_per_worker x task_bytes(edge) <= fraction x memory_limit``.
+
+    Parameters
+    ----------
+    memory_limit_bytes
+        The worker's memory limit (``client.scheduler_info()["workers"][w]["memory_limit"]``);
+        ``None`` or 0 (no limit): ``None`` is returned.
+    n_bands
+        Input bands.
+    probabilities, n_classes
+        As for :func:`task_bytes`.
+    threads_per_worker
+        Tasks that run at once in one worker process.
+    baseline_bytes, fraction
+        The worker's RSS before tasks, and the share of the limit to use.
+    multiple
+        Round down to a multiple of this (Zarr/COG tiles are 256 or 512).
+
+    Returns
+    -------
+    int or None
+        The edge, ``0`` when not even ``multiple`` fits, ``None`` without a limit.
+    """
+    if not memory_limit_bytes:
+        return None
+    threads = max(int(threads_per_worker), 1)
+    room = fraction * float(memory_limit_bytes) - baseline_bytes - threads * TASK_FIXED_BYTES
+    per_px = BYTES_PER_PIXEL_BAND * n_bands + BYTES_PER_PIXEL_OUTPUT
+    if probabilities:
+        per_px += 2 * max(n_classes, 1)
+    if room <= 0:
+        return 0
+    edge = int(math.sqrt(room / (threads * per_px)))
+    return (edge // multiple) * multiple
+
+
+def check_chunks_fit(chunks: int | tuple[int, int], workers: dict, n_bands: int, *,
+                     probabilities: bool = False, n_classes: int = 0) -> None:
+    """Refuse, before compute, a chunk size too large for the smallest worker.
+
+    Parameters
+    ----------
+    chunks
+        The chunk edge (or ``(y, x)``) the job will use.
+    workers
+        ``client.scheduler_info()["workers"]``: each entry's ``memory_limit`` (bytes, 0 for
+        none) and ``nthreads`` are used.
+    n_bands, probabilities, n_classes
+        As for :func:`task_bytes`.
+
+    Raises
+    ------
+    ParameterError
+        One line: the chunk size, the worker's memory limit, and the largest edge that fits
+        (or that the workers need more memory).
+    """
+    cy, cx = (chunks, chunks) if isinstance(chunks, int) else chunks
+    worst = None
+    for info in workers.values():
+        limit = info.get("memory_limit") or 0
+        if not limit:
+            continue
+        threads = int(info.get("nthreads") or 1)
+        need = BASELINE_BYTES + threads * task_bytes((cy, cx), n_bands, probabilities=probabilities,
+                                                     n_classes=n_classes)
+        if need > TARGET_FRACTION * limit and (worst is None or limit < worst[0]):
+            worst = (limit, threads)
+    if worst is None:
+        return
+    limit, threads = worst
+    edge = max_chunk_edge(limit, n_bands, probabilities=probabilities, n_classes=n_classes,
+                          threads_per_worker=threads, multiple=256)
+    gib = limit / 2**30
+    if not edge:
+        need = (BASELINE_BYTES + threads * task_bytes(_MIN_EDGE, n_bands)) / TARGET_FRACTION / 2**30
+        raise ParameterError(f"workers with a memory limit of {gib:.2f} GiB and {threads} thread(s) "
+                             f"cannot hold the model and a {_MIN_EDGE}-pixel chunk: give the "
+                             f"workers at least {need:.1f} GiB (--memory-limit) or fewer threads")
+    raise ParameterError(f"chunks of {cy} x {cx} pixels do not fit workers with a memory limit of "
+                         f"{gib:.2f} GiB and {threads} thread(s): the largest that fits is "
+                         f"--chunks {edge} (or give the workers more memory)")

@@ -1,0 +1,250 @@
+"""Client side: notice that the Dask scheduler is gone, or was never a Dask scheduler.
+
+A job waits for its chunk futures. When the scheduler process dies (SIGKILL, a node lost,
+a pod rescheduled), distributed's client tries to reconnect and its futures never finish:
+the job would wait until the client gives up, or forever when no TCP reset arrives.
+:class:`SchedulerWatch` bounds that wait: the client's own state (a closed comm turns it to
+``connecting``) and a cheap identity call every few seconds tell whether the scheduler
+answers; after ``timeout`` seconds without an answer :meth:`SchedulerWatch.check` raises
+one :class:`~s2dask.errors.JobError` line that names the scheduler, says that the finished
+chunks are kept, and gives the ``--resume`` command. :func:`completed` is the job's wait
+loop with the watch built in.
+
+:func:`check_scheduler` runs before a job: an address where something answers that does
+not speak Dask's protocol (a web server, a dashboard port, another service) is refused
+with one line (exit 2) instead of a long hang or a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Iterable, Iterator
+
+from .errors import ClusterError, JobError, ParameterError
+
+__all__ = ["SchedulerWatch", "completed", "check_scheduler", "DEFAULT_SCHEDULER_TIMEOUT"]
+
+#: seconds without an answer from the scheduler before a job stops
+DEFAULT_SCHEDULER_TIMEOUT = 60.0
+_LOST_STATES = ("connecting", "closing", "closed", "failed")
+
+
+def _scheduler_address(client) -> str:
+    try:
+        return str(client.scheduler.address)
+    except Exception:
+        return "(unknown address)"
+
+
+class SchedulerWatch:
+    """Tracks whether a client's scheduler answers; raises once it has not for ``timeout`` s.
+
+    Parameters
+    ----------
+    client
+        A connected ``distributed.Client``.
+    timeout
+        Seconds without an answer before :meth:`check` raises (default 60).
+    resume
+        The command that finishes the job on a new scheduler, for the error line
+        (``s2dask classify ... --resume``).
+    kept
+        Where the finished chunks are kept, for the error line.
+    probe_every
+        Seconds between identity calls (default ``min(5, timeout / 4)``).
+
+    Raises
+    ------
+    ParameterError
+        If ``timeout`` is not a positive number.
+    """
+
+    def __init__(self, client, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
+                 resume: str = "rerun the same command with --resume", kept: str | None = None,
+                 probe_every: float | None = None):
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ParameterError(f"the scheduler timeout must be a positive number of seconds, "
+                                 f"got {timeout!r}: use for example --scheduler-timeout 60")
+        self.client, self.timeout, self.resume, self.kept = client, float(timeout), resume, kept
+        self.address = _scheduler_address(client)
+        self.probe_every = probe_every if probe_every is not None else min(5.0, self.timeout / 4)
+        self.last_ok = time.monotonic()
+        self._last_probe = 0.0
+
+    def _probe(self) -> bool:
+        """One identity call with a short timeout; whether the scheduler answered."""
+        client = self.client
+        try:
+            client.sync(client.scheduler.identity, callback_timeout=max(1.0, self.probe_every))
+            return True
+        except Exception:
+            return False
+
+    def alive(self) -> bool:
+        """Whether the scheduler answers now (cheap: probes at most every ``probe_every`` s)."""
+        now = time.monotonic()
+        if getattr(self.client, "status", "running") in _LOST_STATES:
+            return False
+        if now - self._last_probe < self.probe_every:
+            return True
+        self._last_probe = now
+        return self._probe()
+
+    def check(self) -> None:
+        """Raise :class:`JobError` once the scheduler has not answered for ``timeout`` s.
+
+        Raises
+        ------
+        JobError
+            One line: the scheduler's address, how long it has been silent, that the
+            finished chunks are kept (and where), and the ``--resume`` command.
+        """
+        now = time.monotonic()
+        if self.alive():
+            self.last_ok = now
+            return
+        silent = now - self.last_ok
+        if silent >= self.timeout:
+            where = f" in {self.kept}" if self.kept else ""
+            raise JobError(f"the Dask scheduler {self.address} is gone (no answer for "
+                           f"{silent:.0f} s): the finished chunks are kept{where}; start a "
+                           f"scheduler and workers, then finish the job with: {self.resume}")
+
+
+def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
+              resume: str = "rerun the same command with --resume", kept: str | None = None,
+              poll: float = 0.2) -> Iterator[Any]:
+    """Yield ``futures`` as they finish, like ``distributed.as_completed``, with a watch.
+
+    Parameters
+    ----------
+    client
+        The client the futures belong to.
+    futures
+        The futures to wait for.
+    timeout, resume, kept
+        See :class:`SchedulerWatch`.
+    poll
+        Seconds between looks at the futures while none is ready.
+
+    Raises
+    ------
+    JobError
+        When the scheduler has not answered for ``timeout`` seconds.
+    """
+    from distributed import as_completed
+
+    watch = SchedulerWatch(client, timeout=timeout, resume=resume, kept=kept)
+    pending = as_completed(list(futures), loop=client.loop)
+    lost = 0  # futures the client cancelled itself: its scheduler connection broke
+    while True:
+        if pending.has_ready():
+            for fut in pending.next_batch(block=False):
+                if fut.status == "cancelled":
+                    lost += 1
+                else:
+                    yield fut
+            continue
+        if pending.is_empty() and not lost:
+            return
+        if lost and getattr(client, "status", None) == "running" and watch._probe():
+            raise JobError(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
+                           "(it restarted, or they were cancelled): the finished chunks are kept"
+                           f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
+        watch.check()
+        time.sleep(poll)
+
+
+# ------------------------------------------------------------------------ before a job
+
+
+async def _identity(address: str, timeout: float, security) -> dict:
+    from distributed.comm import connect
+
+    kwargs = security.get_connection_args("client") if security is not None else {}
+    comm = await connect(address, timeout=timeout, **kwargs)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await asyncio.wait_for(comm.read(), timeout)
+    finally:
+        comm.abort()
+
+
+def check_scheduler(address: str, *, timeout: float = 10.0, security=None) -> dict:
+    """Check that a Dask scheduler answers at ``address``; return its identity.
+
+    Speaks Dask's own protocol (a handshake, then the ``identity`` call) with a bounded
+    wait, in a private event loop, so that it works from any thread.
+
+    Parameters
+    ----------
+    address
+        ``tcp://host:port`` or ``tls://host:port``.
+    timeout
+        Seconds for the whole check.
+    security
+        ``distributed.Security`` for ``tls://``.
+
+    Raises
+    ------
+    ClusterError
+        One line: nothing answers there, or what answers is not a Dask scheduler (a web
+        server, a dashboard, another service, a Dask worker).
+    """
+    port_hint = ("check the address and port (a Dask scheduler listens on 8786 by default; "
+                 "8787 is its web dashboard)")
+    _check_listening(address, timeout, port_hint)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = asyncio.run(asyncio.wait_for(_identity(address, timeout, security),
+                                                           timeout + 1))
+        except BaseException as exc:  # reported below, in the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True, name="s2dask-check-scheduler")
+    worker.start()
+    worker.join(timeout + 5)
+    value, exc = result.get("value"), result.get("error")
+    if exc is None and worker.is_alive():
+        exc = TimeoutError()
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or "timed out" in str(exc).lower():
+        tls = " (or it is a tls:// scheduler: give tls:// and the TLS files)" \
+            if address.startswith("tcp://") else ""
+        raise ClusterError(f"something listens at {address} but did not answer Dask's handshake "
+                           f"within {timeout:g} s: it is not a Dask scheduler{tls}; {port_hint}")
+    if exc is not None:
+        raise ClusterError(f"{address} answers but is not a Dask scheduler (it does not speak "
+                           f"Dask's protocol: {type(exc).__name__}): {port_hint}")
+    if not isinstance(value, dict) or value.get("type") != "Scheduler":
+        kind = value.get("type") if isinstance(value, dict) else type(value).__name__
+        raise ClusterError(f"{address} answers but is not a Dask scheduler (it is a {kind}): "
+                           f"{port_hint}")
+    return value
+
+
+def _check_listening(address: str, timeout: float, hint: str) -> None:
+    """A plain TCP connect first: "nothing listens" is a different fix from "not Dask"."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        host, port = parse_host_port(loc)
+    except ValueError as exc:
+        raise ClusterError(f"{address} is not a scheduler address ({exc}): use tcp://HOST:PORT "
+                           "or tls://HOST:PORT") from None
+    if scheme not in ("tcp", "tls"):
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise ClusterError(f"nothing listens at {address} (connection refused): start the "
+                           f"scheduler, or {hint}") from None
+    except OSError as exc:
+        raise ClusterError(f"cannot reach {address} ({exc.strerror or type(exc).__name__}): "
+                           f"{hint}, and the network") from None

@@ -1,0 +1,87 @@
+"""Credentials never reach job.json, batch.json, logs, error lines or written files.
+
+``s2dask classify`` runs as a subprocess with a unique test secret in its environment,
+reading from and writing to moto's S3 on loopback; then every object written to the
+bucket, every file under the test's directory, and the command's stdout and stderr are
+searched for the secret (and for the access key id).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+
+from _cluster import make_tiny_model, make_tiny_scene, recipe_env  # noqa: E402
+
+BUCKET = "s2dask-secrets"
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _env(moto_url, tmp_path, key, secret, token):
+    env = {k: v for k, v in recipe_env().items() if not k.startswith("AWS_")}
+    env.update({"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token,
+                "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_url,
+                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "S2DASK_DEBUG": "1"})
+    return env
+
+
+def _grep_everything(needles, *, s3, tmp_path, texts) -> list[str]:
+    found = []
+    for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+        found += [f"s3://{BUCKET}/{obj['Key']}" for n in needles if n.encode() in body]
+    for root, _, files in os.walk(tmp_path):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            found += [path for n in needles if n.encode() in data]
+    found += [f"output {i}" for i, t in enumerate(texts) for n in needles if n in t]
+    return found
+
+
+def test_no_secret_in_outputs_records_logs_or_errors(moto_url, tmp_path):
+    key = f"AKIATEST{uuid.uuid4().hex[:12].upper()}"
+    secret, token = f"s3cr3t-{uuid.uuid4().hex}", f"t0ken-{uuid.uuid4().hex}"
+    s3 = boto3.client("s3", endpoint_url=moto_url, aws_access_key_id=key,
+                      aws_secret_access_key=secret, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    scene = make_tiny_scene(tmp_path / "scene.tif")
+    s3.upload_file(str(scene), BUCKET, "scenes/scene.tif")
+    model = make_tiny_model(tmp_path / "model")
+    env = _env(moto_url, tmp_path, key, secret, token)
+    cli = [sys.executable, "-m", "s2dask.cli", "classify"]
+    ok = subprocess.run([*cli, f"s3://{BUCKET}/scenes/scene.tif", str(scene), "--model", str(model),
+                         "--out", f"s3://{BUCKET}/out", "--chunks", "32", "--workers", "1"],
+                        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # a failing scene: its error line goes to stderr and batch.json
+    bad = subprocess.run([*cli, f"s3://{BUCKET}/scenes/missing.tif", "--model", str(model),
+                          "--out", f"s3://{BUCKET}/out2", "--workers", "1"],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert any(k.endswith("job.json") for k in keys) and any(k.endswith("batch.json") for k in keys), \
+        (ok.returncode, ok.stderr[-2000:])
+    leaks = _grep_everything([secret, token, key], s3=s3, tmp_path=tmp_path,
+                             texts=[ok.stdout, ok.stderr, bad.stdout, bad.stderr])
+    assert leaks == [], leaks
