@@ -432,10 +432,13 @@ class OpenVINOPredictor:
     threads
         ``INFERENCE_NUM_THREADS``: the cores this predictor may use (1 in a
         single-threaded worker).
+    hint
+        ``PERFORMANCE_HINT`` (``"LATENCY"`` or ``"THROUGHPUT"``; one stream either way).
     """
 
     def __init__(self, model, contract, *, precision: str = "fp32",
-                 batch_size: int = DEFAULT_OPENVINO_BATCH_SIZE, threads: int = 1):
+                 batch_size: int = DEFAULT_OPENVINO_BATCH_SIZE, threads: int = 1,
+                 hint: str = PERFORMANCE_HINT):
         if precision not in _OV_PRECISION:
             raise ParameterError(f"precision {precision!r} is not one of fp32, bf16: resolve() it first")
         classes = _get(contract, "classes")
@@ -443,6 +446,9 @@ class OpenVINOPredictor:
         self.precision = precision
         self.batch_size = int(batch_size)
         self.threads = max(1, int(threads))
+        self.hint = hint
+        #: where the OpenVINO model came from: "ir" (stored / shipped IR) or "converted"
+        self.source = "ir"
         self.n_bands = len(_get(contract, "bands"))
         self.n_classes = len(classes)
         self.class_values = np.array([_get(c, "value") for c in classes], dtype="uint8")
@@ -461,11 +467,19 @@ class OpenVINOPredictor:
     def engine(self) -> str:
         return "openvino"
 
+    def record(self) -> dict:
+        """What a job record stores about this predictor (per worker)."""
+        import openvino as ov
+
+        return {"engine": "openvino", "precision": self.precision, "batch_size": self.batch_size,
+                "threads": self.threads, "hint": self.hint, "model_source": self.source,
+                "openvino": ov.__version__.split("-")[0]}
+
     def config(self) -> dict:
         """The compile properties (``PERFORMANCE_HINT``, threads, streams, precision)."""
         return {"INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
                 "INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
-                "PERFORMANCE_HINT": PERFORMANCE_HINT,
+                "PERFORMANCE_HINT": self.hint,
                 # several single-thread worker processes on one host: never pin them all
                 # to the same core
                 "ENABLE_CPU_PINNING": False}
@@ -621,10 +635,12 @@ def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, pr
         pred = _CACHE.get(key)
         if pred is None:
             model = load()
+            source = "ir"
             if not hasattr(model, "get_results"):  # a Keras model
-                model = convert(model)
+                model, source = convert(model), "converted"
             pred = OpenVINOPredictor(model, contract, precision=precision, batch_size=key[2],
                                      threads=key[3])
+            pred.source = source
             _CACHE[key] = pred
             _BUILDS[key] = _BUILDS.get(key, 0) + 1
         return pred

@@ -157,6 +157,17 @@ def test_results_do_not_depend_on_chunking(bundle, ov_model, block, precision):
     np.testing.assert_array_equal(shifted[0], whole[0].ravel()[5:])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_results_do_not_depend_on_threads(bundle, ov_model, block, precision):
+    """A 1-thread worker and an all-cores in-process prediction write the same pixels."""
+    one = E.OpenVINOPredictor(ov_model, bundle.contract, precision=precision, threads=1)
+    two = E.OpenVINOPredictor(ov_model, bundle.contract, precision=precision, threads=2)
+    np.testing.assert_array_equal(block_outputs(one, block, probabilities=True),
+                                  block_outputs(two, block, probabilities=True))
+    rows = block.reshape(10, -1).T
+    np.testing.assert_array_equal(one.predict_proba(rows), two.predict_proba(rows))
+
+
 def test_bf16_agrees_with_fp32(bundle, ov_model):
     rng = np.random.default_rng(11)
     block = rng.integers(1, 4000, size=(10, 128, 128), dtype="uint16")
@@ -257,3 +268,5 @@ def test_cache_builds_once_per_key(bundle, ov_model):
     d = E.get_openvino_predictor("e" * 64, bundle.contract, bundle.keras_model, precision="fp32",
                                  batch_size=256, threads=2)
     assert d.threads == 2 and d.n_classes == 5 and list(d.class_values) == [1, 2, 3, 4, 7]
+    assert (a.record()["model_source"], d.record()["model_source"]) == ("ir", "converted")
+    assert d.record()["threads"] == 2 and a.record()["precision"] == "fp32"
