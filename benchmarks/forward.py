@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     data["best"] = best(data, default)
     if not a.quick:
         data["startup"] = startup(model, ir_bundle(model))
-    path = C.write_json(data, a.json, "forward-quick.json" if a.quick else "forward.json")
+    C.write_json(data, a.json, "forward-quick.json" if a.quick else "forward.json")
     print(C.table(rows, ["config", "engine", "prec", "path", "batch", "hint", "Mpx/s", "GFLOP/s",
                          "/fp32 peak", "/bf16 peak"]))
     for name, g in data["groups"].items():
