@@ -1,11 +1,22 @@
-"""The forward pass jobs run (``Predictor.forward``) against the machine's float32 matmul peak.
+"""The forward pass jobs run, per engine x precision x batch size, against the machine's
+float32 and bf16 matmul peaks measured in the same run.
 
-The default model (10 -> 4x200 -> 5 MLP from :func:`s2dask.model.build_model`) in
-megapixels/s across batch sizes, with and without XLA (``jit_compile``), at 1 and 2
-backend threads, as 2 concurrent single-thread processes (what the default 2-worker
-LocalCluster does), and with oneDNN off. Each configuration runs in its own process
-(thread pools are fixed at start-up) that also measures numpy's matmul peak with the
-same threads; concurrent processes measure in synchronised windows and are summed.
+Engines: ``keras`` (:class:`s2dask.predict.Predictor`, XLA-compiled, float32) and
+``openvino`` (:class:`s2dask.engine.OpenVINOPredictor`, fp32 and bf16, the class and
+confidence computed in the graph). The default model (10 -> 4x200 -> 5 MLP from
+:func:`s2dask.model.build_model`) is timed on ``forward`` (probabilities) and on
+``block_outputs`` (what a job task runs: classes + confidence of a uint16 block).
+
+Rooflines, measured in every round next to the models, same processes and threads:
+- float32: numpy ``matmul`` of 4096^2 float32 matrices (the project's reference);
+- bf16: the best of OpenVINO's bf16 ``MatMul`` (1024^2, 4096^2, bf16 in and out: no
+  conversion pass) and TensorFlow's bf16 ``tf.matmul`` (2048^2, 4096^2), i.e. what the
+  machine's matrix units really give.
+
+Groups: 1 process x 1 thread, 2 processes x 1 thread (the default 2-worker cluster; the
+processes measure in synchronised windows and are summed), 1 process x 2 threads. A
+last section times start-up in fresh processes: import + convert (OpenVINO's converter
+on a tf.function, Keras' own exporter), and loading a stored IR without TensorFlow.
 
 FLOP count: 2 x multiply-adds = 2*(10*200 + 3*200*200 + 200*5) = 246000 per pixel.
 
@@ -41,141 +52,123 @@ def _wait(t: float) -> bool:
     return not late
 
 
-def _rate(fn, units: float, seconds: float, repeat: int) -> dict:
-    """Run ``fn`` for ``seconds`` split in ``repeat`` parts; units/s best and median."""
-    rates = []
-    part = seconds / repeat
-    for _ in range(repeat):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= part:
-                break
-        rates.append(units * n / dt)
-    return {"best": max(rates), "median": float(np.median(rates))}
+def _rate(fn, units: float, seconds: float) -> float:
+    """units/s of ``fn`` run repeatedly for at least ``seconds``."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return units * n / dt
+
+
+def _peaks(threads: int, quick: bool) -> dict:
+    """name -> (fn, flop per call): the float32 and bf16 matmul references."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    n = 512 if quick else 4096
+    a = rng.standard_normal((n, n), dtype="float32")
+    c = np.empty_like(a)
+    peaks = {"numpy fp32": ((lambda: np.matmul(a, a, out=c)), 2.0 * n**3, "fp32")}
+    core = ov.Core()
+    for m in ((512,) if quick else (1024, 4096)):
+        p = ops.parameter([m, m], ov.Type.bf16)
+        w = ops.convert(ops.constant(rng.standard_normal((m, m), dtype="float32")), ov.Type.bf16)
+        cm = core.compile_model(ov.Model([ops.matmul(p, w, False, False)], [p]), "CPU",
+                                {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
+                                 "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                                 "ENABLE_CPU_PINNING": False})
+        req = cm.create_infer_request()
+        req.set_input_tensor(ov.Tensor(ov.Type.bf16, ov.Shape([m, m])))
+        req.infer()
+        peaks[f"openvino bf16 {m}"] = (req.infer, 2.0 * m**3, "bf16")
+    if "tensorflow" in sys.modules:  # the Keras engine is loaded: TF's bf16 matmul too
+        import tensorflow as tf
+
+        for m in ((512,) if quick else (2048, 4096)):
+            x = tf.cast(tf.random.normal((m, m)), tf.bfloat16)
+            f = tf.function(lambda x: tf.matmul(x, x))
+            f(x)
+            peaks[f"tensorflow bf16 {m}"] = ((lambda f=f, x=x: f(x).numpy()), 2.0 * m**3, "bf16")
+    return peaks
+
+
+def _predictors(spec: dict, bundle) -> dict:
+    from s2dask.engine import OpenVINOPredictor, convert
+
+    out, ovm = {}, None
+    for it in spec["items"]:
+        key = (it["engine"], it["precision"], it["batch_size"], it.get("hint", "LATENCY"))
+        if key in out:
+            continue
+        if it["engine"] == "keras":
+            out[key] = bundle.predictor(batch_size=it["batch_size"])
+            continue
+        if ovm is None:
+            ovm = convert(bundle.keras_model())
+        out[key] = OpenVINOPredictor(ovm, bundle.contract, precision=it["precision"],
+                                     batch_size=it["batch_size"], threads=spec["threads"], hint=key[3])
+    return out
 
 
 def child(spec: dict) -> dict:
-    """Measure the spec's items in time slots starting at ``spec['start_at']``."""
+    """Measure the spec's items and peaks in time slots starting at a common time."""
     threads = spec["threads"]
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads, user_api="blas")
     from s2dask.backend import configure_threads
 
-    configure_threads(threads)  # the job path: intra-op = threads, inter-op = 1
-    import tensorflow as tf
-
+    configure_threads(threads)  # TF: intra-op = threads, inter-op = 1 (the job path)
     from s2dask.model import load_model
-    from s2dask.backend import compile_forward
-    from s2dask.predict import Predictor, block_outputs
+    from s2dask.predict import block_outputs
 
     bundle = load_model(spec["model"])
-    model = bundle.keras_model()
+    preds = _predictors(spec, bundle)
     rng = np.random.default_rng(0)
-    preds = {}
-    for it in spec["items"]:
-        key = (it["batch_size"], it["jit"])
-        if key not in preds:
-            p = Predictor(model, bundle.contract, batch_size=it["batch_size"])
-            p._forward = compile_forward(model, p.batch_size, p.n_bands, jit_compile=it["jit"])
-            preds[key] = p
     pixels = spec["pixels"]
     x = rng.uniform(100, 4000, size=(pixels, 10)).astype("float32")
     block = rng.integers(100, 4000, size=(10, 512, 512), dtype="uint16")
     for p in preds.values():  # compile and warm before the first slot
-        p.forward(x)
-    n = spec["matmul_n"]
-    a = rng.standard_normal((n, n), dtype="float32")
-    cc = np.empty_like(a)
-    np.matmul(a, a, out=cc)
+        p.forward(x[: 2 * p.batch_size])
+        block_outputs(p, block[:, :64])
+    peaks = _peaks(threads, spec["quick"])
     print("READY", flush=True)  # the parent answers with the common start time
     start_at = float(sys.stdin.readline())
-    out = {"threads": threads, "pid": os.getpid(),
-           "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-           "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(1)"), "items": []}
-    # round robin: every item (and the matmul) once per round, best over the rounds, so a
-    # burst of load from other processes on a shared machine hits all of them alike
-    slot, t0, rounds = spec["slot_s"], start_at, spec["repeat"]
+    slot, k, secs = spec["slot_s"], 0, spec["seconds"]
     fwd = {i: [] for i in range(len(spec["items"]))}
-    late = {i: False for i in range(len(spec["items"]))}
-    mm, mm_late = [], False
-    k = 0
-    for _ in range(rounds):
+    pk = {name: [] for name in peaks}
+    late = False
+    for _ in range(spec["repeat"]):  # round robin: a burst of load hits every item alike
         for i, it in enumerate(spec["items"]):
-            late[i] |= not _wait(t0 + k * slot)
+            late |= not _wait(start_at + k * slot)
             k += 1
-            p = preds[(it["batch_size"], it["jit"])]
+            p = preds[(it["engine"], it["precision"], it["batch_size"], it.get("hint", "LATENCY"))]
             if it.get("what") == "block_outputs":
-                fn, units = (lambda p=p: block_outputs(p, block)), block.shape[1] * block.shape[2]
+                fwd[i].append(_rate(lambda p=p: block_outputs(p, block), block[0].size, secs))
             else:
-                fn, units = (lambda p=p: p.forward(x)), pixels
-            fwd[i].append(_rate(fn, units, spec["seconds"], 1)["best"])
-        mm_late |= not _wait(t0 + k * slot)
-        k += spec["matmul_slots"]
-        mm.append(_rate(lambda: np.matmul(a, a, out=cc), 2.0 * n**3, spec["matmul_seconds"], 1)["best"])
-    for i, it in enumerate(spec["items"]):
-        out["items"].append({**it, "px_s": {"best": max(fwd[i]), "median": float(np.median(fwd[i])),
-                                            "rounds": fwd[i]}, "on_time": not late[i]})
-    out["matmul"] = {"n": n, "flop_s": {"best": max(mm), "median": float(np.median(mm)), "rounds": mm},
-                     "on_time": not mm_late}
-    if spec.get("layers"):
-        out["layers"] = layers(model, spec["layers"], x, spec)
-    return out
-
-
-def layers(model, batch_size: int, x: np.ndarray, spec: dict) -> dict:
-    """Where the time goes: each part of the model compiled alone, and numpy's own
-    ``(B,200)@(200,200)`` (the shape that holds 97.6% of the FLOPs)."""
-    import tensorflow as tf
-
-    lay = {l.name: l for l in model.layers}
-    hidden = [l for l in model.layers if l.name.startswith("dense_")]
-    parts = {
-        "normalise": ([lay["normalise"]], 10, 0),
-        "dense_0 (K=10)": ([hidden[0]], 10, 2 * 10 * 200),
-        "dense_1..3 (200x200)": (hidden[1:], 200, 2 * 3 * 200 * 200),
-        "classes (N=5) + softmax": ([lay["classes"]], 200, 2 * 200 * 5),
-    }
-    rng = np.random.default_rng(0)
-    res = {}
-    for jit in (False, True):
-        for name, (ls, k, flop) in parts.items():
-            spec_in = tf.TensorSpec((batch_size, k), tf.float32)
-
-            def f(z, ls=ls):
-                for l in ls:
-                    z = l(z, training=False)
-                return z
-
-            fn = tf.function(f, input_signature=[spec_in], jit_compile=jit).get_concrete_function()
-            z = tf.constant(rng.uniform(0, 1, size=(batch_size, k)).astype("float32"))
-            fn(z)
-            r = _rate(lambda: fn(z).numpy(), batch_size, spec["seconds"] / 2, spec["repeat"])
-            res[f"{name} jit={jit}"] = {"px_s": r, "flop_per_px": flop,
-                                        "s_per_mpx": 1e6 / r["best"]}
-    a = rng.standard_normal((batch_size, 200), dtype="float32")
-    w = rng.standard_normal((200, 200), dtype="float32")
-    o = np.empty((batch_size, 200), dtype="float32")
-    r = _rate(lambda: np.matmul(a, w, out=o), batch_size, spec["seconds"] / 2, spec["repeat"])
-    res["numpy (B,200)@(200,200)"] = {"px_s": r, "flop_per_px": 2 * 200 * 200,
-                                      "flop_s": r["best"] * 2 * 200 * 200}
-    return res
+                fwd[i].append(_rate(lambda p=p: p.forward(x), pixels, secs))
+        for name, (fn, flop, _) in peaks.items():
+            late |= not _wait(start_at + k * slot)
+            k += 1
+            pk[name].append(_rate(fn, flop, secs))
+    return {"threads": threads, "pid": os.getpid(), "on_time": not late,
+            "items": [{**it, "px_s": max(fwd[i]), "rounds": fwd[i]} for i, it in enumerate(spec["items"])],
+            "peaks": {n: {"flop_s": max(v), "rounds": v, "precision": peaks[n][2]} for n, v in pk.items()}}
 
 
 # ------------------------------------------------------------------ the parent
 
 
-def run_group(specs: list[dict], envs: list[dict]) -> list[dict]:
+def run_group(specs: list[dict]) -> list[dict]:
     """Start the children; once all are compiled and warm, they measure in the same slots."""
-    procs = []
-    for spec, env in zip(specs, envs):
-        e = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
-        procs.append(subprocess.Popen([sys.executable, __file__, "--_child", json.dumps(spec)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=e))
+    procs = [subprocess.Popen([sys.executable, __file__, "--_child", json.dumps(s)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+             for s in specs]
     for pr in procs:
         line = pr.stdout.readline()
         if line.strip() != "READY":
@@ -191,12 +184,91 @@ def run_group(specs: list[dict], envs: list[dict]) -> list[dict]:
         if pr.returncode != 0:
             raise RuntimeError(f"child failed ({pr.returncode}):\n{se[-3000:]}")
         outs.append(json.loads(so.strip().splitlines()[-1]))
-    for o in outs:
-        late = [i for i in o["items"] if not i["on_time"]]
-        if late:
-            print(f"warning: pid {o['pid']} started {len(late)} slot(s) late",
-                  file=sys.stderr)
+    if not all(o["on_time"] for o in outs):
+        print("warning: some slots started late (machine busy)", file=sys.stderr)
     return outs
+
+
+def summarise(outs: list[dict]) -> dict:
+    """Concurrent processes (same windows) summed; ratios against the same group's peaks."""
+    peaks = {n: sum(o["peaks"][n]["flop_s"] for o in outs) for n in outs[0]["peaks"]}
+    fp32 = peaks["numpy fp32"]
+    bf16_name = max((n for n in peaks if outs[0]["peaks"][n]["precision"] == "bf16"), key=peaks.get)
+    bf16 = peaks[bf16_name]
+    items = []
+    for i, it in enumerate(outs[0]["items"]):
+        px = sum(o["items"][i]["px_s"] for o in outs)
+        items.append({**it, "mpx_s": px / 1e6, "gflop_s": px * FPP / 1e9, "vs_fp32_peak": px * FPP / fp32,
+                      "vs_bf16_peak": px * FPP / bf16,
+                      "per_process_rounds": [o["items"][i]["rounds"] for o in outs]})
+    return {"processes": len(outs), "threads": outs[0]["threads"], "statistic": "best of rounds",
+            "peaks_gflop_s": {n: v / 1e9 for n, v in peaks.items()}, "fp32_peak_gflop_s": fp32 / 1e9,
+            "bf16_peak_gflop_s": bf16 / 1e9, "bf16_peak_from": bf16_name,
+            "on_time": all(o["on_time"] for o in outs), "items": items}
+
+
+# ------------------------------------------------------------------ start-up and conversion
+
+_STARTUP = {
+    "convert: openvino.convert_model(tf.function)": """
+import keras, tensorflow as tf, openvino as ov
+m = keras.saving.load_model(MODEL + '/model.keras', compile=False)
+t1 = time.perf_counter()
+f = tf.function(lambda x: m(x, training=False), input_signature=[tf.TensorSpec((None, 10), tf.float32)])
+ov.Core().compile_model(ov.convert_model(f.get_concrete_function()), 'CPU')
+""",
+    "convert: keras model.export(format='openvino') (s2dask.engine.convert)": """
+import keras
+from s2dask import engine as E
+m = keras.saving.load_model(MODEL + '/model.keras', compile=False)
+t1 = time.perf_counter()
+E.OpenVINOPredictor(E.convert(m), json.load(open(MODEL + '/model.json')), precision='bf16')
+""",
+    "stored IR: s2dask.engine.load_ir (no TensorFlow)": """
+from s2dask import engine as E
+c = json.load(open(IR_MODEL + '/model.json'))
+t1 = time.perf_counter()
+E.OpenVINOPredictor(E.load_ir(IR_MODEL, contract=c), c, precision='bf16')
+""",
+    "keras engine: Predictor (XLA compile)": """
+from s2dask.model import load_model
+b = load_model(MODEL)
+t1 = time.perf_counter()
+b.predictor(batch_size=8192)
+""",
+}
+
+
+def startup(model: str, ir_model: str) -> dict:
+    """Each way of getting a compiled predictor, timed in a fresh process."""
+    out = {}
+    for name, body in _STARTUP.items():
+        code = ("import time, json, sys\nt0 = time.perf_counter()\n"
+                f"MODEL, IR_MODEL = {model!r}, {ir_model!r}\n{body}\n"
+                "t2 = time.perf_counter()\n"
+                "print(json.dumps({'total_s': t2 - t0, 'convert_compile_s': t2 - t1, "
+                "'tensorflow_imported': 'tensorflow' in sys.modules}))\n")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if res.returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{res.stderr[-2000:]}")
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def ir_bundle(model: str) -> str:
+    """A copy of the benchmark bundle with the IR stored in it (cached)."""
+    from s2dask.engine import export_ir
+
+    out = C.scratch() / (Path(model).name + "-ir")
+    if not (out / "model.xml").is_file():
+        tmp = C.scratch() / f".ir-{os.getpid()}"
+        tmp.mkdir(exist_ok=True)
+        for f in Path(model).iterdir():
+            (tmp / f.name).write_bytes(f.read_bytes())
+        export_ir(tmp)
+        os.replace(tmp, out)
+    return str(out)
 
 
 def main(argv=None) -> int:
@@ -204,132 +276,84 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes, short windows (smoke test)")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/forward.json)")
     p.add_argument("--seconds", type=float, default=0.4, help="measuring window per item and round")
+    p.add_argument("--repeat", type=int, default=3, help="rounds (best of them is reported)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._child:
         print(json.dumps(child(json.loads(a._child)), default=C._json_default))
         return 0
 
+    from s2dask.engine import DEFAULT_OPENVINO_BATCH_SIZE, resolve
     from s2dask.predict import DEFAULT_BATCH_SIZE
 
     model = str(C.model_bundle())
+    default = resolve()
+    ovb = DEFAULT_OPENVINO_BATCH_SIZE
     if a.quick:
-        sizes, seconds, repeat, mm_n, mm_s = [4096], 0.3, 2, 512, 0.3
-        pixels = 8192
+        sizes, seconds, repeat, pixels = [1024], 0.2, 1, 8192
+        items = [{"engine": "keras", "precision": "fp32", "batch_size": 1024}] + \
+                [{"engine": "openvino", "precision": pr, "batch_size": 1024} for pr in ("fp32", "bf16")]
     else:
-        sizes, seconds, repeat, mm_n, mm_s = ([2048, 4096, 8192, 16384, 32768, 65536],
-                                              a.seconds, 5, 4096, 0.5)
-        pixels = 131072
-    slot = seconds + 0.25  # a window plus the overrun of its last call
-    base = {"model": model, "seconds": seconds, "repeat": repeat, "matmul_n": mm_n,
-            "matmul_seconds": mm_s, "matmul_slots": 1 if a.quick else 5, "slot_s": slot}
-
-    def items(bss, jits=(False, True)):
-        return [{"batch_size": b, "jit": j} for j in jits for b in bss]
-
-    two = [b for b in sizes if b in (4096, 16384, 65536)] or sizes
-    groups = {  # name: (list of (threads, env), items, layers)
-        "1 process x 2 threads": ([(2, {})], items(sizes), None),
-        "1 process x 1 thread": ([(1, {})], items(sizes), None),
-        "2 processes x 1 thread": ([(1, {}), (1, {})], items(sizes), None),
-        "1 process x 2 threads, oneDNN off": ([(2, {"TF_ENABLE_ONEDNN_OPTS": "0"})], items(two), None),
-        "2 processes x 1 thread, oneDNN off": ([(1, {"TF_ENABLE_ONEDNN_OPTS": "0"})] * 2, items(two), None),
-    }
+        sizes, seconds, repeat, pixels = [1024, 2048, 4096, 8192], a.seconds, a.repeat, 65536
+        items = [{"engine": "keras", "precision": "fp32", "batch_size": DEFAULT_BATCH_SIZE}]
+        items += [{"engine": "openvino", "precision": pr, "batch_size": b}
+                  for pr in ("fp32", "bf16") for b in sizes]
+        items += [{"engine": "openvino", "precision": pr, "batch_size": ovb, "hint": "THROUGHPUT"}
+                  for pr in ("fp32", "bf16")]
+        items += [{"engine": e, "precision": pr, "batch_size": b, "what": "block_outputs"}
+                  for e, pr, b in (("keras", "fp32", DEFAULT_BATCH_SIZE), ("openvino", "fp32", ovb),
+                                   ("openvino", "bf16", ovb))]
+    base = {"model": model, "seconds": seconds, "repeat": repeat, "slot_s": seconds + 0.25,
+            "pixels": pixels, "quick": a.quick, "items": items}
+    groups = {"1 process x 1 thread": [1], "2 processes x 1 thread": [1, 1], "1 process x 2 threads": [2]}
     if a.quick:
-        groups = {"2 processes x 1 thread": ([(1, {}), (1, {})], items(sizes, (False,)), None)}
+        groups = {"1 process x 1 thread": [1]}
     data = C.header("forward", {"flop_per_pixel": FPP, "pixels_per_call": pixels, "seconds": seconds,
-                                "repeat": repeat, "matmul_n": mm_n, "batch_sizes": sizes,
-                                "default_batch_size": DEFAULT_BATCH_SIZE, "model": "10->4x200->5 MLP"})
-    data["groups"] = {}
-    rows = []
-    for name, (procs, its, _) in groups.items():
-        specs = [{**base, "threads": t, "items": its + ([{"batch_size": DEFAULT_BATCH_SIZE, "jit": j,
-                                                          "what": "block_outputs"}
-                                                         for j in (False, True)] if not a.quick else []),
-                  "pixels": max(pixels, 2 * max(b["batch_size"] for b in its))} for t, _ in procs]
-        if name == "1 process x 1 thread" and not a.quick:
-            specs[0]["layers"] = DEFAULT_BATCH_SIZE
+                                "repeat": repeat, "batch_sizes": sizes, "model": "10->4x200->5 MLP",
+                                "keras_batch_size": DEFAULT_BATCH_SIZE, "openvino_batch_size": ovb,
+                                "default_choice": default.record()})
+    import openvino
+
+    data["versions"]["openvino"] = openvino.__version__
+    data["groups"], rows = {}, []
+    for name, threads in groups.items():
         print(f"running {name} ...", file=sys.stderr)
-        outs = run_group(specs, [e for _, e in procs])
-        g = summarise(outs)
+        g = summarise(run_group([{**base, "threads": t} for t in threads]))
         data["groups"][name] = g
         for r in g["items"]:
-            rows.append((name, r.get("what", "forward"), r["batch_size"], r["jit"], r["mpx_s"],
-                         r["gflop_s"], r["vs_matmul"]))
-    # the answer for jobs: the best (batch, jit) of 2 single-thread processes
-    best = {}
-    for name, g in data["groups"].items():
-        fw = [r for r in g["items"] if r.get("what", "forward") == "forward"]
-        b = max(fw, key=lambda r: r["mpx_s"])
-        best[name] = {"batch_size": b["batch_size"], "jit": b["jit"], "mpx_s": b["mpx_s"],
-                      "vs_matmul": b["vs_matmul"], "matmul_gflop_s": g["matmul_gflop_s"]}
-    data["best"] = best
-    peak2 = data["groups"].get("1 process x 2 threads", {}).get("matmul_gflop_s")
-    if peak2 and "2 processes x 1 thread" in data["groups"]:
-        g = data["groups"]["2 processes x 1 thread"]
-        data["best"]["2 processes x 1 thread vs 2-thread numpy peak"] = max(
-            r["gflop_s"] for r in g["items"] if r.get("what", "forward") == "forward") / peak2
-    path = C.write_json(data, a.json, "forward-quick.json" if a.quick else "forward.json")
-    print(C.table(rows, ["config", "path", "batch", "jit", "Mpx/s", "GFLOP/s", "/matmul"]))
-    for name, g in data["groups"].items():
-        print(f"{name}: numpy matmul {g['matmul_gflop_s']:.0f} GFLOP/s (n={mm_n})")
-    for name, g in data["groups"].items():
-        if g.get("layers"):
-            print(f"layer split ({name}, batch {DEFAULT_BATCH_SIZE}):")
-            print(C.table([(k, v["s_per_mpx"] if "s_per_mpx" in v else "", v["px_s"]["best"] / 1e6)
-                           for k, v in g["layers"].items()], ["part", "s/Mpx", "Mpx/s"]))
+            rows.append((name, r["engine"], r["precision"], r.get("what", "forward"), r["batch_size"],
+                         r.get("hint", "LATENCY") if r["engine"] == "openvino" else "XLA",
+                         r["mpx_s"], r["gflop_s"], r["vs_fp32_peak"], r["vs_bf16_peak"]))
+    data["best"] = best(data, default)
     if not a.quick:
-        plot(data, C.plot_path(path))
+        data["startup"] = startup(model, ir_bundle(model))
+    C.write_json(data, a.json, "forward-quick.json" if a.quick else "forward.json")
+    print(C.table(rows, ["config", "engine", "prec", "path", "batch", "hint", "Mpx/s", "GFLOP/s",
+                         "/fp32 peak", "/bf16 peak"]))
+    for name, g in data["groups"].items():
+        print(f"{name}: peaks " + ", ".join(f"{k} {v:.0f}" for k, v in g["peaks_gflop_s"].items())
+              + " GFLOP/s")
+    for name, b in data["best"].items():
+        print(f"best default-engine forward, {name}: {b}")
+    for name, s in data.get("startup", {}).items():
+        print(f"start-up, {name}: {s}")
     return 0
 
 
-def summarise(outs: list[dict]) -> dict:
-    """Best over the rounds of each process; concurrent processes (same windows) summed."""
-    pick = "best"
-    mm = sum(o["matmul"]["flop_s"][pick] for o in outs)
-    items = []
-    for i, it in enumerate(outs[0]["items"]):
-        px = sum(o["items"][i]["px_s"][pick] for o in outs)
-        items.append({k: v for k, v in it.items() if k not in ("px_s", "on_time")} |
-                     {"mpx_s": px / 1e6, "gflop_s": px * FPP / 1e9, "vs_matmul": px * FPP / mm,
-                      "per_process_px_s": [o["items"][i]["px_s"] for o in outs],
-                      "on_time": all(o["items"][i]["on_time"] for o in outs)})
-    g = {"processes": len(outs), "threads": outs[0]["threads"], "statistic": pick,
-         "onednn": outs[0]["onednn"], "tf_intra_op": outs[0]["tf_intra_op"],
-         "matmul_gflop_s": mm / 1e9, "matmul_per_process": [o["matmul"] for o in outs],
-         "items": items}
-    if outs[0].get("layers"):
-        g["layers"] = outs[0]["layers"]
-    return g
-
-
-def plot(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+def best(data: dict, default) -> dict:
+    """Per group: the best forward of the default engine/precision, and its ratios."""
+    out = {}
     for name, g in data["groups"].items():
-        for jit, ls in ((False, "--"), (True, "-")):
-            pts = sorted((r["batch_size"], r["vs_matmul"]) for r in g["items"]
-                         if r["jit"] == jit and r.get("what", "forward") == "forward")
-            if pts:
-                ax.plot(*zip(*pts), ls, marker="o", label=f"{name}, {'XLA' if jit else 'no XLA'}")
-    ax.axhline(0.85, color="grey", lw=0.8)
-    ax.text(2048, 0.86, "target 85%", fontsize=8, color="grey")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (pixels per forward call)")
-    ax.set_ylabel("model FLOP/s / numpy matmul FLOP/s\n(same processes and threads)")
-    top = max([r["vs_matmul"] for g in data["groups"].values() for r in g["items"]] + [1.0])
-    ax.set_ylim(0, top + 0.1)
-    ax.set_title(f"forward pass vs matmul peak - {data['machine']['cpu']}, "
-                 f"{data['machine']['cores_usable']} cores", fontsize=9)
-    ax.legend(fontsize=6.5, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"wrote {path}")
+        fw = [r for r in g["items"] if r.get("what", "forward") == "forward"
+              and r["engine"] == default.engine and r["precision"] == default.precision]
+        if not fw:
+            continue
+        b = max(fw, key=lambda r: r["mpx_s"])
+        out[name] = {"engine": default.engine, "precision": default.precision,
+                     "batch_size": b["batch_size"], "hint": b.get("hint", "LATENCY"),
+                     "mpx_s": round(b["mpx_s"], 3), "vs_fp32_peak": round(b["vs_fp32_peak"], 3),
+                     "vs_bf16_peak": round(b["vs_bf16_peak"], 3)}
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,463 @@
+"""Inference engines: which one runs a bundle's forward pass, in which precision, and the
+OpenVINO one itself (bf16 on the CPU's matrix units).
+
+Three pieces, usable on their own:
+
+- :func:`resolve` turns the user's ``engine`` / ``precision`` / ``device`` options into a
+  frozen :class:`EngineChoice` (what runs, and why). ``auto`` is OpenVINO on CPU workers,
+  bfloat16 where the CPU has bf16 matrix instructions (AMX / AVX512_BF16, as OpenVINO
+  reports them), float32 elsewhere, and Keras on GPU workers.
+- :func:`convert` (from :mod:`s2dask.openvino_ir`, re-exported here) turns any Keras 3
+  model of a bundle into an OpenVINO model (Keras' own ``model.export(format="openvino")``:
+  generic over layers and over the TensorFlow, JAX and torch backends); :func:`export_ir`
+  stores that IR in the bundle (``model.xml`` /
+  ``model.bin`` beside ``model.keras``, their sha256 in ``model.json``) so that workers can
+  load it with :func:`load_ir` without importing a deep-learning backend at all.
+- :class:`OpenVINOPredictor` has the interface of :class:`s2dask.predict.Predictor`
+  (``forward``, ``valid_mask``, ``predict_proba``, ``predict_classes``, ``predict_rows``
+  and the attributes :func:`s2dask.predict.block_outputs` reads), so every prediction path
+  takes either. The compiled graph ends in the outputs the job writes: the class value
+  (argmax mapped through the class table) and the confidence (max probability in uint8
+  percent, rounded like ``predict.py`` does), the probabilities only when asked. Every call
+  is padded to one fixed batch shape, so a pixel's result does not depend on the chunking.
+
+:func:`get_openvino_predictor` caches compiled predictors per process by
+``(sha256, precision, batch_size, threads)``; that is the call a worker makes.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ModelError, ParameterError
+from .model import OUTPUT_NODATA
+from .openvino_ir import contract_field as _get
+from .openvino_ir import convert, core, export_ir, ir_from_bytes, load_ir
+
+__all__ = [
+    "ENGINES",
+    "PRECISIONS",
+    "DEVICES",
+    "DEFAULT_OPENVINO_BATCH_SIZE",
+    "EngineChoice",
+    "resolve",
+    "cpu_has_bf16",
+    "convert",
+    "export_ir",
+    "load_ir",
+    "ir_from_bytes",
+    "OpenVINOPredictor",
+    "get_openvino_predictor",
+    "build_counts",
+]
+
+ENGINES = ("auto", "keras", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("cpu", "gpu")
+
+#: pixels per OpenVINO call: activations of a batch (2048 x 200 x 2-4 B) stay in L2;
+#: measured best (or within noise of the best) for bf16 and fp32 (benchmarks/forward.py)
+DEFAULT_OPENVINO_BATCH_SIZE = 2048
+#: OpenVINO's performance hint; with one stream and a fixed thread count LATENCY and
+#: THROUGHPUT compile the same graph (benchmarks/forward.py measures both)
+PERFORMANCE_HINT = "LATENCY"
+
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+# ---------------------------------------------------------------- engine and precision
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine, precision and device a predictor runs with, and why."""
+
+    engine: str
+    """``"keras"`` or ``"openvino"``."""
+    precision: str
+    """``"fp32"`` or ``"bf16"`` (the arithmetic of the matmuls; outputs are float32)."""
+    device: str
+    """``"cpu"`` or ``"gpu"``."""
+    reason: str
+    """One line: why ``auto`` chose this, or ``"asked for"``."""
+
+    def record(self) -> dict[str, str]:
+        """A JSON-ready dict (what ``job.json`` stores per worker)."""
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> tuple[bool, str]:
+    """Whether this CPU has bf16 matrix instructions, and who said so.
+
+    OpenVINO's own ``OPTIMIZATION_CAPABILITIES`` of the CPU device is asked first (it is
+    what decides whether its bf16 kernels run); without OpenVINO, the ``amx_bf16`` /
+    ``avx512_bf16`` flags of ``/proc/cpuinfo``.
+    """
+    try:
+        caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in caps, "OpenVINO CPU OPTIMIZATION_CAPABILITIES"
+    except Exception:  # no openvino, or no CPU plugin: fall back on the kernel's flags
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False, "no OpenVINO and no /proc/cpuinfo"
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    found = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    return bool(found), f"/proc/cpuinfo flags {','.join(found) or 'without amx_bf16/avx512_bf16'}"
+
+
+def _openvino_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("openvino") is not None
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise ParameterError(f"{name} {value!r} is not one of {', '.join(allowed)}: "
+                             f"give --{name} {'|'.join(allowed)}")
+    return value.lower()
+
+
+def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", *,
+            bf16: bool | None = None) -> EngineChoice:
+    """Resolve the engine and precision options for a worker of ``device``.
+
+    Parameters
+    ----------
+    engine
+        ``"auto"`` (OpenVINO on CPU, Keras on GPU), ``"keras"`` or ``"openvino"``.
+    precision
+        ``"auto"`` (bf16 where the CPU has bf16 matrix instructions and the engine is
+        OpenVINO, else fp32), ``"fp32"`` or ``"bf16"``.
+    device
+        ``"cpu"`` or ``"gpu"``: what the worker computes on.
+    bf16
+        Whether the CPU has bf16 matrix instructions; ``None``: ask this machine
+        (:func:`cpu_has_bf16`). A client resolving for remote workers leaves ``auto`` to
+        them, or passes what they reported.
+
+    Returns
+    -------
+    EngineChoice
+
+    Raises
+    ------
+    ParameterError
+        For an unknown value, or a combination that cannot run (OpenVINO on a GPU
+        worker, bf16 with the Keras engine, bf16 on a CPU without bf16 instructions).
+    """
+    engine = _check_choice("engine", engine, ENGINES)
+    precision = _check_choice("precision", precision, PRECISIONS)
+    device = _check_choice("device", device, DEVICES)
+    if device == "gpu":
+        if engine == "openvino":
+            raise ParameterError("engine 'openvino' runs on CPU workers only: use --engine keras "
+                                 "(or auto) on GPU workers")
+        if precision == "bf16":
+            raise ParameterError("precision 'bf16' needs the OpenVINO engine on a CPU worker: use "
+                                 "--precision fp32 (or auto) on GPU workers")
+        why = "auto: Keras on GPU workers" if engine == "auto" else "asked for"
+        return EngineChoice("keras", "fp32", "gpu", why)
+    if engine == "keras":
+        if precision == "bf16":
+            raise ParameterError("precision 'bf16' needs --engine openvino (or auto): the Keras "
+                                 "engine runs fp32 only")
+        return EngineChoice("keras", "fp32", "cpu", "asked for")
+    if engine == "auto" and not _openvino_available():
+        if precision == "bf16":
+            raise ParameterError("precision 'bf16' needs OpenVINO, which is not installed: "
+                                 "pip install openvino, or give --precision fp32")
+        return EngineChoice("keras", "fp32", "cpu", "auto: openvino is not installed")
+    engine_why = "auto: OpenVINO on CPU workers" if engine == "auto" else "asked for"
+    if bf16 is None:
+        bf16, source = cpu_has_bf16()
+    else:
+        source = "given by the caller"
+    if precision == "bf16" and not bf16:
+        raise ParameterError(f"precision 'bf16' needs a CPU with bf16 matrix instructions (AMX or "
+                             f"AVX512_BF16) and this one has none ({source}): give --precision fp32 or auto")
+    if precision == "auto":
+        precision = "bf16" if bf16 else "fp32"
+        why = f"{engine_why}; {precision} because bf16 matrix instructions are " \
+              f"{'present' if bf16 else 'absent'} ({source})"
+    else:
+        why = engine_why if engine == "auto" else "asked for"
+    return EngineChoice("openvino", precision, "cpu", why)
+
+
+# ---------------------------------------------------------------- the predictor
+
+
+def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n_bands: int):
+    """A copy of ``model`` at a fixed batch shape whose outputs are what ``kind`` needs.
+
+    ``rows``: class value (u8) and confidence (u8 percent); ``full``: those plus
+    probabilities in u8 percent and float32.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    model = model.clone()
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(f"the OpenVINO engine takes a model of one input and one output, this one "
+                         f"has {len(model.inputs)} and {len(model.outputs)}: use --engine keras")
+    model.reshape({model.inputs[0]: ov.PartialShape([batch_size, n_bands])})
+    probs = model.get_results()[0].input_value(0)
+    top = ops.topk(probs, ops.constant(np.int64(1)), axis=1, mode="max", sort="none",
+                   index_element_type="i32")
+    axis1 = ops.constant(np.array([1], dtype=np.int64))
+    best = ops.squeeze(top.output(1), axis1)
+    classes = ops.gather(ops.constant(class_values.astype(np.uint8)), best, ops.constant(np.int64(0)))
+
+    def percent(p):  # predict.py: clip(rint(p * 100.0), 0, 100).astype(uint8)
+        scaled = ops.multiply(p, ops.constant(np.float32(100.0)))
+        return ops.convert(ops.clamp(ops.round(scaled, "half_to_even"), 0.0, 100.0), "u8")
+
+    outs = [classes.output(0), percent(ops.squeeze(top.output(0), axis1)).output(0)]
+    if kind == "full":
+        outs += [percent(probs).output(0), probs]
+    return ov.Model(outs, model.get_parameters(), f"s2dask-{kind}")
+
+
+class OpenVINOPredictor:
+    """A bundle's forward pass compiled by OpenVINO, with :class:`s2dask.predict.Predictor`'s interface.
+
+    Parameters
+    ----------
+    model
+        An ``openvino.Model`` taking ``(N, bands)`` raw float32 values and returning
+        ``(N, classes)`` probabilities (from :func:`convert` or :func:`load_ir`).
+    contract
+        The bundle's contract (bands, classes, input nodata).
+    precision
+        ``"fp32"`` or ``"bf16"`` (``INFERENCE_PRECISION_HINT``).
+    batch_size
+        Pixels per call; every call is padded to it.
+    threads
+        ``INFERENCE_NUM_THREADS``: the cores this predictor may use (1 in a
+        single-threaded worker).
+    hint
+        ``PERFORMANCE_HINT`` (``"LATENCY"`` or ``"THROUGHPUT"``; one stream either way).
+    """
+
+    def __init__(self, model, contract, *, precision: str = "fp32",
+                 batch_size: int = DEFAULT_OPENVINO_BATCH_SIZE, threads: int = 1,
+                 hint: str = PERFORMANCE_HINT):
+        if precision not in _OV_PRECISION:
+            raise ParameterError(f"precision {precision!r} is not one of fp32, bf16: resolve() it first")
+        classes = _get(contract, "classes")
+        self.contract = contract
+        self.precision = precision
+        self.batch_size = int(batch_size)
+        self.threads = max(1, int(threads))
+        self.hint = hint
+        #: where the OpenVINO model came from: "ir" (stored / shipped IR) or "converted"
+        self.source = "ir"
+        self.n_bands = len(_get(contract, "bands"))
+        self.n_classes = len(classes)
+        self.class_values = np.array([_get(c, "value") for c in classes], dtype="uint8")
+        self.input_nodata = _get(contract, "input_nodata")
+        self._model = model
+        self._compiled: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        n_out = model.outputs[0].get_partial_shape()[-1]
+        if n_out.is_static and n_out.get_length() != self.n_classes:
+            raise ModelError(f"the model has {n_out.get_length()} outputs but its contract names "
+                             f"{self.n_classes} classes")
+        self._compile("rows")  # now, not in the first task
+
+    @property
+    def engine(self) -> str:
+        return "openvino"
+
+    def record(self) -> dict:
+        """What a job record stores about this predictor (per worker)."""
+        import openvino as ov
+
+        return {"engine": "openvino", "precision": self.precision, "batch_size": self.batch_size,
+                "threads": self.threads, "hint": self.hint, "model_source": self.source,
+                "openvino": ov.__version__.split("-")[0]}
+
+    def config(self) -> dict:
+        """The compile properties (``PERFORMANCE_HINT``, threads, streams, precision)."""
+        return {"INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+                "INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
+                "PERFORMANCE_HINT": self.hint,
+                # several single-thread worker processes on one host: never pin them all
+                # to the same core
+                "ENABLE_CPU_PINNING": False}
+
+    def _compile(self, kind: str):
+        with self._lock:
+            compiled = self._compiled.get(kind)
+            if compiled is None:
+                model = _with_outputs(self._model, self.class_values, kind, self.batch_size, self.n_bands)
+                compiled = core().compile_model(model, "CPU", self.config())
+                self._compiled[kind] = compiled
+            return compiled
+
+    def _request(self, kind: str):
+        reqs = getattr(self._local, "requests", None)
+        if reqs is None:
+            reqs = self._local.requests = {}
+        req = reqs.get(kind)
+        if req is None:  # an infer request per thread: requests are not thread-safe
+            req = reqs[kind] = self._compile(kind).create_infer_request()
+        return req
+
+    def _batch_buffer(self) -> np.ndarray:
+        buf = getattr(self._local, "x", None)
+        if buf is None:
+            buf = self._local.x = np.zeros((self.batch_size, self.n_bands), dtype="float32")
+        return buf
+
+    def _run(self, kind: str, values: np.ndarray, outs: list[np.ndarray]) -> None:
+        """Fill ``outs`` (one array per graph output, first axis N) batch by batch."""
+        n, bs = values.shape[0], self.batch_size
+        req, buf = self._request(kind), self._batch_buffer()
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            m = stop - start
+            buf[:m] = values[start:stop]
+            if m < bs:
+                buf[m:] = 0.0
+            res = req.infer({0: buf}, share_inputs=True, share_outputs=True)
+            for i, out in enumerate(outs):
+                out[start:stop] = res[i][:m]
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, C)`` float32 for valid rows ``(N, bands)``; no nodata handling."""
+        n = values.shape[0]
+        outs = [np.empty(n, "uint8"), np.empty(n, "uint8"), np.empty((n, self.n_classes), "uint8"),
+                np.empty((n, self.n_classes), "float32")]
+        self._run("full", values, outs)
+        return outs[3]
+
+    def valid_mask(self, values: np.ndarray) -> np.ndarray:
+        """True for rows whose bands are all finite and none equals the input nodata."""
+        valid = np.ones(values.shape[0], dtype=bool)
+        if np.issubdtype(values.dtype, np.floating):
+            valid &= np.isfinite(values).all(axis=1)
+        if self.input_nodata is not None:
+            valid &= ~(values == self.input_nodata).any(axis=1)
+        return valid
+
+    def predict_proba(self, values: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, C)``; NaN rows where any band is nodata."""
+        valid = self.valid_mask(values)
+        out = np.full((values.shape[0], self.n_classes), np.nan, dtype="float32")
+        if valid.any():
+            out[valid] = self.forward(values[valid])
+        return out
+
+    def predict_classes(self, values: np.ndarray) -> np.ndarray:
+        """Class values (uint8); :data:`~s2dask.model.OUTPUT_NODATA` where any band is nodata."""
+        classes, _, _ = self.predict_rows(values, probabilities=False)
+        return classes
+
+    def predict_rows(self, values: np.ndarray, *, probabilities: bool = False):
+        """Classes, confidence (uint8 percent) and optionally probabilities (uint8 percent).
+
+        Returns
+        -------
+        classes : (N,) uint8, 255 where nodata
+        confidence : (N,) uint8, max probability in percent, 0 where nodata
+        probs : (N, C) uint8 percent (0 where nodata) or None
+        """
+        n = values.shape[0]
+        valid = self.valid_mask(values)
+        classes = np.full(n, OUTPUT_NODATA, dtype="uint8")
+        confidence = np.zeros(n, dtype="uint8")
+        probs = np.zeros((n, self.n_classes), dtype="uint8") if probabilities else None
+        kind = "full" if probabilities else "rows"
+        if valid.all():  # the common case: the graph writes straight into the outputs
+            outs = [classes, confidence] + ([probs, _Discard()] if probabilities else [])
+            self._run(kind, values, outs)
+        elif valid.any():
+            rows = values[valid]
+            m = rows.shape[0]
+            outs = [np.empty(m, "uint8"), np.empty(m, "uint8")]
+            if probabilities:
+                outs += [np.empty((m, self.n_classes), "uint8"), _Discard()]
+            self._run(kind, rows, outs)
+            classes[valid], confidence[valid] = outs[0], outs[1]
+            if probabilities:
+                probs[valid] = outs[2]
+        return classes, confidence, probs
+
+
+class _Discard:
+    """An output sink that drops what is written to it (the float probabilities)."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- the per-process cache
+
+_CACHE: dict[tuple[str, str, int, int], OpenVINOPredictor] = {}
+_BUILDS: dict[tuple[str, str, int, int], int] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def build_counts() -> dict[tuple[str, str, int, int], int]:
+    """How many times each ``(sha256, precision, batch, threads)`` was compiled here."""
+    return dict(_BUILDS)
+
+
+def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, precision: str,
+                           batch_size: int = DEFAULT_OPENVINO_BATCH_SIZE,
+                           threads: int = 1) -> OpenVINOPredictor:
+    """The process's compiled predictor for a model, built on first use.
+
+    Parameters
+    ----------
+    sha256
+        The bundle's ``model_sha256`` (the identity of the model).
+    contract
+        The bundle's contract.
+    load
+        Called once, on a cache miss: returns an ``openvino.Model`` (e.g.
+        ``lambda: load_ir(path)`` or ``lambda: ir_from_bytes(...)``, no backend import) or
+        a Keras model (then converted with :func:`convert`, which imports the backend).
+    precision
+        ``"fp32"`` or ``"bf16"`` (an :class:`EngineChoice`'s).
+    batch_size, threads
+        As for :class:`OpenVINOPredictor`.
+
+    Raises
+    ------
+    ModelError
+        If the model cannot be loaded or converted.
+    """
+    key = (sha256, precision, int(batch_size), max(1, int(threads)))
+    pred = _CACHE.get(key)
+    if pred is not None:
+        return pred
+    with _CACHE_LOCK:
+        pred = _CACHE.get(key)
+        if pred is None:
+            model = load()
+            source = "ir"
+            if not hasattr(model, "get_results"):  # a Keras model
+                model, source = convert(model), "converted"
+            pred = OpenVINOPredictor(model, contract, precision=precision, batch_size=key[2],
+                                     threads=key[3])
+            pred.source = source
+            _CACHE[key] = pred
+            _BUILDS[key] = _BUILDS.get(key, 0) + 1
+        return pred

@@ -1,0 +1,207 @@
+"""OpenVINO models of a bundle: conversion from Keras, and the IR stored in the bundle.
+
+:func:`convert` turns any Keras 3 model into an ``openvino.Model`` with Keras' own
+exporter (generic over layers and over the TensorFlow, JAX and torch backends; it needs
+the backend). :func:`export_ir` stores that IR beside ``model.keras`` (``model.xml`` /
+``model.bin``, their sha256 and the ``model.keras`` hash they came from under
+``"openvino_ir"`` in ``model.json``); :func:`load_ir` and :func:`ir_from_bytes` read it back
+with the hashes checked and without importing any deep-learning backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError, OutputExistsError
+from .model import sha256_file
+
+__all__ = ["IR_KEY", "IR_XML", "IR_BIN", "core", "convert", "ir_from_bytes", "export_ir", "load_ir",
+           "contract_field"]
+
+#: the key of the IR record in ``model.json``
+IR_KEY = "openvino_ir"
+IR_XML = "model.xml"
+IR_BIN = "model.bin"
+
+@functools.lru_cache(maxsize=1)
+def core():
+    """The process's ``openvino.Core`` (one per process)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def _require_openvino():
+    try:
+        import openvino as ov
+    except ImportError:  # pragma: no cover - openvino is a core dependency
+        raise ModelError("the OpenVINO engine needs openvino: pip install openvino, or give "
+                         "--engine keras") from None
+    return ov
+
+
+def convert(keras_model) -> Any:
+    """Convert a Keras 3 model into an ``openvino.Model`` (float32, dynamic batch).
+
+    Uses Keras' own exporter (``model.export(path, format="openvino")``), which traces
+    the model with its backend (TensorFlow, JAX or torch) and runs OpenVINO's converter:
+    any model the bundle accepts converts, not a hand-written copy of the MLP. It needs
+    the backend; a bundle with a stored IR (:func:`export_ir`) does not.
+
+    Raises
+    ------
+    ModelError
+        If the exporter fails on this model.
+    """
+    _require_openvino()
+    with tempfile.TemporaryDirectory(prefix="s2dask-ir-") as d:
+        xml = Path(d) / IR_XML
+        try:
+            keras_model.export(str(xml), format="openvino", verbose=False)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"the model does not convert to OpenVINO ({type(exc).__name__}: "
+                             f"{first}): use --engine keras") from None
+        return ir_from_bytes(xml.read_bytes(), xml.with_suffix(".bin").read_bytes())
+
+
+def ir_from_bytes(xml: bytes, weights: bytes, *, xml_sha256: str | None = None,
+                  bin_sha256: str | None = None, source: str = "the IR") -> Any:
+    """An ``openvino.Model`` from the IR's two files' bytes, their hashes checked when given.
+
+    What a worker calls with the bytes a model handle carried (no file, no backend).
+
+    Raises
+    ------
+    ModelError
+        If a hash does not match.
+    """
+    ov = _require_openvino()
+    for what, data, want in (("xml", xml, xml_sha256), ("bin", weights, bin_sha256)):
+        if want is not None:
+            got = hashlib.sha256(data).hexdigest()
+            if got != want:
+                raise ModelError(f"{source} ({what}) does not match the sha256 recorded in model.json "
+                                 f"({got[:12]}... != {want[:12]}...): the IR is corrupt or was "
+                                 "modified; rerun export_ir on the bundle")
+    tensor = ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy())
+    return core().read_model(model=xml, weights=tensor)
+
+
+def _contract_file(bundle_dir: Path) -> Path:
+    path = Path(bundle_dir) / "model.json"
+    if not path.is_file():
+        raise ModelError(f"{bundle_dir} has no model.json: give the MODEL_DIR written by 's2dask train'")
+    return path
+
+
+def export_ir(bundle_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
+    """Store the bundle's model as an OpenVINO IR beside ``model.keras``.
+
+    Writes ``model.xml`` and ``model.bin`` (float32 weights) and records their sha256,
+    the ``model.keras`` hash they were made from and the OpenVINO version under
+    ``"openvino_ir"`` in ``model.json``. Files are written under temporary names and
+    renamed; ``model.json`` last, so an interrupted export leaves the bundle as it was.
+
+    Parameters
+    ----------
+    bundle_dir
+        A bundle written by ``s2dask train`` / :func:`s2dask.model.save_bundle`.
+    overwrite
+        Replace an IR the bundle already records.
+
+    Returns
+    -------
+    dict
+        The ``"openvino_ir"`` record written to ``model.json``.
+
+    Raises
+    ------
+    ModelError
+        If the bundle is invalid or its model does not convert.
+    OutputExistsError
+        If the bundle has an IR already and ``overwrite`` is false.
+    """
+    from .model import load_model
+
+    ov = _require_openvino()
+    bundle = load_model(bundle_dir)  # checks the contract and model.keras' sha256
+    path = Path(bundle_dir)
+    cfile = _contract_file(path)
+    contract = json.loads(cfile.read_text())
+    if contract.get(IR_KEY) and not overwrite:
+        raise OutputExistsError(f"{path} already holds an OpenVINO IR ({IR_XML}): pass overwrite=True "
+                                "to replace it")
+    model = convert(bundle.keras_model())
+    tag = f".tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp_xml, tmp_bin = path / f"{IR_XML}{tag}.xml", path / f"{IR_XML}{tag}.bin"
+    try:
+        ov.serialize(model, str(tmp_xml), str(tmp_bin))
+        record = {"xml": IR_XML, "bin": IR_BIN, "xml_sha256": sha256_file(tmp_xml),
+                  "bin_sha256": sha256_file(tmp_bin), "model_sha256": bundle.sha256,
+                  "openvino": ov.__version__.split("-")[0], "precision": "fp32"}
+        os.replace(tmp_xml, path / IR_XML)
+        os.replace(tmp_bin, path / IR_BIN)
+    finally:
+        for p in (tmp_xml, tmp_bin):
+            p.unlink(missing_ok=True)
+    contract[IR_KEY] = record
+    tmp_json = cfile.with_name(f".{cfile.name}{tag}")
+    tmp_json.write_text(json.dumps(contract, indent=2) + "\n")
+    os.replace(tmp_json, cfile)
+    return record
+
+
+def load_ir(bundle_dir: str | os.PathLike, *, contract: dict | None = None) -> Any:
+    """The bundle's stored IR as an ``openvino.Model``, its hashes checked. No backend import.
+
+    Parameters
+    ----------
+    bundle_dir
+        The bundle directory.
+    contract
+        Its ``model.json`` as already read (default: read it).
+
+    Raises
+    ------
+    ModelError
+        If the bundle records no IR, a file is missing, a hash does not match, or the IR
+        was made from another ``model.keras`` than the one the contract names.
+    """
+    path = Path(bundle_dir)
+    if contract is None:
+        try:
+            contract = json.loads(_contract_file(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path}/model.json is not valid JSON ({exc}): re-create the bundle") from None
+    rec = contract.get(IR_KEY) if isinstance(contract, dict) else getattr(contract, IR_KEY, None)
+    if not rec:
+        raise ModelError(f"{path} holds no OpenVINO IR: run s2dask.engine.export_ir on it (or let "
+                         "workers convert model.keras)")
+    if rec.get("model_sha256") != contract_field(contract, "model_sha256"):
+        raise ModelError(f"{path}/{rec.get('xml', IR_XML)} was made from another model.keras than the "
+                         "bundle's: rerun export_ir with overwrite=True")
+    try:
+        xml = (path / rec["xml"]).read_bytes()
+        weights = (path / rec["bin"]).read_bytes()
+    except (OSError, KeyError) as exc:
+        raise ModelError(f"{path}: the OpenVINO IR named in model.json cannot be read ({exc}): "
+                         "rerun export_ir with overwrite=True") from None
+    return ir_from_bytes(xml, weights, xml_sha256=rec["xml_sha256"], bin_sha256=rec["bin_sha256"],
+                         source=str(path / rec["xml"]))
+
+
+def contract_field(contract, key: str, default=None):
+    """A contract field, whether the contract is ``model.json``'s dict or a record object."""
+    if isinstance(contract, dict):
+        return contract.get(key, default)
+    return getattr(contract, key, default)
