@@ -438,6 +438,7 @@ def sample(
                   "shape": [int(n) for n in da.shape]},
         "labels": report, "label_crs": report["crs"], "scene_crs": crs_text(da.rio.crs),
         "classes": _class_rows(lab, feat, pixels, nodata, kept, ~nodata),
+        "labels_outside_scene": report["features_outside_scene"],
         "nodata_pixels_left_out": int(nodata.sum()),
         "features_without_pixels": int(sum(len(p) == 0 for p in pixels)),
         "shared_pixels": _shared_pixels(flat[kept], lab.value[feat[kept]]),
