@@ -53,7 +53,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
             units=args.units, dropout=args.dropout, early_stopping=args.patience,
             class_weight=None if args.class_weight == "none" else args.class_weight,
-            overwrite=args.overwrite, verbose=0 if args.quiet else 1,
+            overwrite=args.overwrite, verbose=0 if args.quiet else 1, group_column=args.group_column,
         )
         return 0
 
@@ -67,13 +67,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("samples", metavar="SAMPLES", help="labelled table (.csv or .parquet)")
     p.add_argument("--out", "-o", required=True, metavar="MODEL_DIR", help="model directory to create")
-    p.add_argument("--label", default="Class_ID", help="class column (default Class_ID)")
+    p.add_argument("--label", default=None,
+                   help="class column (default: the one a table from 's2dask sample' names, else Class_ID)")
     p.add_argument("--bands", default=None,
                    help="comma-separated bands, aliases accepted (default the tutorial's 10)")
     p.add_argument("--classes", default=None, metavar="CLASS_TABLE.csv",
                    help="class table: value (or id/Class_ID), name, optional colour")
-    p.add_argument("--split", choices=("random", "pixel", "block"), default="random",
-                   help="train/val/test split (default random, the tutorial's)")
+    p.add_argument("--split", choices=("random", "pixel", "block", "group"), default="random",
+                   help="train/val/test split (default random, the tutorial's; group: whole "
+                   "labelled features on one side)")
+    p.add_argument("--group-column", default="feature_id", metavar="COL",
+                   help="groups for --split group (default feature_id, written by 's2dask sample')")
     p.add_argument("--block-size", type=float, default=250.0, metavar="M",
                    help="block side in metres for --split block (default 250)")
     p.add_argument("--seed", type=int, default=0, help="seed for split and training (default 0)")
@@ -112,9 +116,67 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="bundle written by 's2dask train'")
     p.add_argument("samples", metavar="SAMPLES", help="labelled table (.csv or .parquet)")
     p.add_argument("--out", "-o", default=None, metavar="metrics.json", help="write the metrics here")
-    p.add_argument("--label", default="Class_ID", help="class column (default Class_ID)")
+    p.add_argument("--label", default=None,
+                   help="class column (default: the one a table from 's2dask sample' names, else Class_ID)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing")
     p.set_defaults(handler=_cmd_evaluate)
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    def _cmd_sample(args: argparse.Namespace) -> int:
+        from .labels import format_summary, sample
+
+        client = cluster = None
+        if args.scheduler or args.scheduler_file:
+            from .cluster import connect
+
+            client, cluster = connect(args.scheduler, scheduler_file=args.scheduler_file)
+        try:
+            result = sample(
+                args.scene, args.labels, out=args.out, label=args.label, name_column=args.name_column,
+                bands=_band_list(args.bands), per_feature=args.per_feature, buffer=args.buffer,
+                all_touched=args.all_touched, seed=args.seed, labels_crs=args.labels_crs,
+                chunks=args.chunks, client=client, overwrite=args.overwrite,
+            )
+        finally:
+            if client is not None:
+                client.close()
+        print(format_summary(result.summary))
+        print(f"wrote {result.table} and {result.summary_path}")
+        return 0
+
+    p = sub.add_parser(
+        "sample",
+        help="labelled points/polygons + a scene -> a training table (Parquet or CSV)",
+        description="Read LABELS (GeoPackage, GeoJSON, Shapefile, FlatGeobuf in any CRS, or a CSV "
+        "of x,y points with --labels-crs), find the pixels of SCENE each feature labels (points: "
+        "the containing pixel; polygons: pixels whose centre is inside) and write one row per "
+        "feature and pixel: x, y, the bands, the label, feature_id and the scene id. Only the "
+        "chunks the labels touch are read, on Dask. A summary goes to SAMPLES.json.",
+    )
+    p.add_argument("scene", metavar="SCENE", help="GeoTIFF/COG, band folder, .SAFE product or Zarr store")
+    p.add_argument("labels", metavar="LABELS", help="vector file or CSV of x,y points")
+    p.add_argument("--out", "-o", required=True, metavar="SAMPLES.parquet|.csv", help="table to write")
+    p.add_argument("--label", default="Class_ID", metavar="COL",
+                   help="integer class column of the labels (default Class_ID)")
+    p.add_argument("--name-column", metavar="COL", help="class-name column to copy into the table")
+    p.add_argument("--bands", nargs="+", metavar="BAND", help="bands to sample, in order (default: all)")
+    p.add_argument("--per-feature", type=_positive_int, metavar="N",
+                   help="at most N pixels per feature, drawn with --seed")
+    p.add_argument("--buffer", type=float, metavar="METRES",
+                   help="buffer geometries first; negative shrinks polygons (keeps mixed edge pixels out)")
+    p.add_argument("--all-touched", action="store_true",
+                   help="every pixel a polygon touches, not only those whose centre is inside")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --per-feature draw (default 0)")
+    p.add_argument("--labels-crs", metavar="CRS",
+                   help="CRS of a CSV's x,y (or of a vector file declaring none), e.g. EPSG:32617")
+    p.add_argument("--chunks", type=_positive_int, default=1024, metavar="N",
+                   help="chunk edge of the scene reads (default 1024); each touched chunk is one task")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler")
+    where.add_argument("--scheduler-file", metavar="FILE", help="join the scheduler of this scheduler file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table and summary")
+    p.set_defaults(handler=_cmd_sample)
 
 
 # --------------------------------------------------------------------------- scenes
@@ -314,7 +376,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser and entry point
 
-_ADDERS = (_add_demo, _add_train, _add_evaluate, _add_grid_to_raster, _add_inspect, _add_classify)
+_ADDERS = (_add_demo, _add_train, _add_evaluate, _add_sample, _add_grid_to_raster, _add_inspect, _add_classify)
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -1,4 +1,4 @@
-"""Labelled pixel tables: read, validate, split (random / pixel / spatial block).
+"""Labelled pixel tables: read, validate, split (random / pixel / spatial block / group), folds.
 
 A table has one row per labelled point: band columns (any alias: ``B2`` or ``B02``),
 an integer label column, optionally ``x``/``y`` map coordinates and a class-name column.
@@ -9,8 +9,11 @@ Why three splits: the tutorial's points were rasterised from polygons on a 2.5 m
 so about 16 points share each 10 m pixel and its exact spectrum. A random split of points
 puts copies of one pixel on both sides, and test accuracy then partly measures memory.
 ``pixel`` keeps every pixel on one side; ``block`` keeps whole square map blocks on one
-side, which is closest to applying the model to a new area. :class:`Split` counts the
-leakage so the report can say how honest its figure is.
+side, which is closest to applying the model to a new area; ``group`` keeps whole labelled
+features (the ``feature_id`` of a table written by ``s2dask sample``) on one side, so the
+pixels of one polygon never sit on both sides. :class:`Split` counts the leakage so the
+report can say how honest its figure is. :func:`fold_indices` gives K disjoint test folds
+grouped the same ways, for cross-validation.
 """
 
 from __future__ import annotations
@@ -30,14 +33,21 @@ from .records import sha256_file
 __all__ = [
     "DEFAULT_FRACTIONS",
     "SPLIT_METHODS",
+    "TABLE_CONTRACT_KEY",
+    "Folds",
     "Samples",
     "Split",
+    "fold_indices",
     "read_class_table",
     "read_samples",
     "split_samples",
+    "table_contract",
 ]
 
-SPLIT_METHODS = ("random", "pixel", "block")
+SPLIT_METHODS = ("random", "pixel", "block", "group")
+#: Parquet schema-metadata key holding the contract of a table written by ``s2dask sample``
+#: (JSON: ``label``, ``name_column``, ``group_column``, ``bands``, ``scene_id``, ``crs``)
+TABLE_CONTRACT_KEY = b"s2dask"
 #: the tutorial's protocol: 75 % train, 12 % validation, 13 % test
 DEFAULT_FRACTIONS = (0.75, 0.12, 0.13)
 _SIDES = ("train", "val", "test")
@@ -67,6 +77,10 @@ class Samples:
         sha256 of the file's bytes (None for tables built in memory).
     label
         The label column's name.
+    groups
+        ``(N,)`` group of each row (e.g. the labelled feature it comes from), or None.
+    group_column
+        The column ``groups`` was read from.
     """
 
     X: np.ndarray
@@ -77,6 +91,8 @@ class Samples:
     source: str | None = None
     sha256: str | None = None
     label: str = "Class_ID"
+    groups: np.ndarray | None = None
+    group_column: str | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -94,7 +110,8 @@ class Samples:
     def subset(self, index: np.ndarray) -> Samples:
         """The rows in ``index`` (same bands and classes)."""
         return Samples(self.X[index], self.y[index], None if self.xy is None else self.xy[index],
-                       list(self.bands), list(self.classes), self.source, self.sha256, self.label)
+                       list(self.bands), list(self.classes), self.source, self.sha256, self.label,
+                       None if self.groups is None else self.groups[index], self.group_column)
 
 
 @dataclass
@@ -245,16 +262,44 @@ def read_class_table(path: str | os.PathLike) -> dict[int, dict]:
     return out
 
 
+def table_contract(path: str | os.PathLike) -> dict:
+    """The contract a Parquet table written by ``s2dask sample`` carries ({} for others).
+
+    Parameters
+    ----------
+    path
+        A samples table; only Parquet files carry a contract.
+
+    Returns
+    -------
+    dict
+        ``label``, ``name_column``, ``group_column``, ``bands``, ``scene_id``, ``crs`` ...
+        or an empty dict.
+    """
+    import json
+
+    if not Path(path).name.lower().endswith(_PARQUET_SUFFIXES) or not Path(path).is_file():
+        return {}
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(path).metadata or {}
+        return dict(json.loads(meta[TABLE_CONTRACT_KEY])) if TABLE_CONTRACT_KEY in meta else {}
+    except (OSError, ValueError, TypeError):  # unreadable: _read_table says why
+        return {}
+
+
 def read_samples(
     path: str | os.PathLike,
     *,
-    label: str = "Class_ID",
+    label: str | None = None,
     bands: Sequence[str] | str | None = None,
     name_column: str | None = "Description",
     x: str | None = "x",
     y: str | None = "y",
     class_table: str | os.PathLike | None = None,
     min_classes: int = 2,
+    group_column: str | None = "feature_id",
 ) -> Samples:
     """Read and validate a labelled table (CSV or Parquet).
 
@@ -263,13 +308,15 @@ def read_samples(
     path
         ``.csv`` (also ``.csv.gz``) or ``.parquet`` table, one row per labelled point.
     label
-        The integer class column (values 0..254).
+        The integer class column (values 0..254). Default: the column named by the table's
+        contract (a Parquet table written by ``s2dask sample``), else ``Class_ID``.
     bands
         Bands to use, any alias (``B2`` or ``B02``); default the tutorial's ten
         (:data:`s2dask.bands.DEFAULT_BANDS`).
     name_column
         Column holding a class's name (the most frequent name per value is used); ignored
-        when absent or when ``class_table`` is given.
+        when absent or when ``class_table`` is given. When it is absent, the name column
+        named by the table's contract is used.
     x, y
         Map coordinate columns (metres); the coordinates are kept when both exist.
     class_table
@@ -277,6 +324,10 @@ def read_samples(
         table must be listed.
     min_classes
         Refuse tables with fewer distinct classes (training needs 2).
+    group_column
+        Column of row groups for ``split_samples(method="group")`` (``feature_id``, the
+        labelled feature of each row in a table written by ``s2dask sample``); kept in
+        ``Samples.groups`` when present, ignored when absent.
 
     Returns
     -------
@@ -299,6 +350,11 @@ def read_samples(
     if len(df) == 0:
         raise SamplesError(f"samples file {path} has no rows: give a table with labelled points")
     want = canonical_bands(bands) if bands is not None else list(DEFAULT_BANDS)
+    contract = table_contract(path)
+    if label is None:
+        label = contract.get("label") or "Class_ID"
+    if contract.get("name_column") and name_column and _find_column(columns, name_column) is None:
+        name_column = contract["name_column"]
     label_col = _find_column(columns, label)
     if label_col is None:
         raise SamplesError(
@@ -355,9 +411,13 @@ def read_samples(
     for i, c in enumerate(classes):
         if not c.get("colour"):
             c["colour"] = DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+    gcol = _find_column(columns, group_column) if group_column else None
+    groups = df[gcol].to_numpy() if gcol else None
+    if groups is not None and df[gcol].isna().any():
+        raise SamplesError(f"{path}: group column {gcol!r} has missing values: fill them or drop those rows")
     return Samples(
         X=X.astype("float32"), y=yv, xy=xy, bands=want, classes=classes,
-        source=str(path), sha256=sha256_file(path), label=label_col,
+        source=str(path), sha256=sha256_file(path), label=label_col, groups=groups, group_column=gcol,
     )
 
 
@@ -372,7 +432,7 @@ def _pixel_keys(xy: np.ndarray, size: float) -> np.ndarray:
 
 
 def _assign_groups(groups: np.ndarray, y: np.ndarray, values: list[int],
-                   fractions: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+                   fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
     """Side (0 train, 1 val, 2 test) per row; each group goes wholly to one side.
 
     Groups are visited in random order and each goes to the side whose per-class shortfall,
@@ -423,6 +483,13 @@ def _explain(method: str, info: dict, *, pixel_size: float, block_size: float) -
             "spectrum in train), which makes the test accuracy optimistic; give x,y coordinates "
             "and use --split pixel or block for an honest estimate."
         )
+    if method == "group":
+        return (
+            f"group split on {info.get('group_column')!r}: all rows of a group (a labelled "
+            "feature: the pixels of one polygon) are on one side, so no feature has pixels on "
+            "both sides; neighbouring features are still spatially correlated (--split block "
+            "is stricter); stratified by class as far as the groups allow."
+        )
     if method == "pixel":
         return (
             f"pixel-grouped split: all points of a {pixel_size:g} m pixel are on one side, so "
@@ -446,6 +513,7 @@ def split_samples(
     seed: int = 0,
     pixel_size: float = 10.0,
     block_size: float = 250.0,
+    group_column: str | None = "feature_id",
 ) -> Split:
     """Split a table into train / validation / test rows.
 
@@ -458,6 +526,9 @@ def split_samples(
         ``train_test_split`` twice). ``"pixel"``: the same proportions, but all points of a
         ``pixel_size`` pixel stay on one side. ``"block"``: square ``block_size`` map blocks
         go wholly to one side, as stratified as the blocks allow, every class in train.
+        ``"group"``: the same with the table's groups (``Samples.groups``, read from
+        ``group_column``: the labelled feature of each row); the info counts groups per
+        side and class and warns about classes with too few groups for a test side.
     fractions
         Train, validation and test fractions (positive; normalised to sum to 1).
     seed
@@ -466,6 +537,9 @@ def split_samples(
         Pixel size in map units (metres) for the pixel split and the leakage count.
     block_size
         Block side in map units (metres) for the block split.
+    group_column
+        The group column the group split expects (``Samples.group_column``); None accepts
+        whatever column the groups were read from.
 
     Returns
     -------
@@ -521,10 +595,8 @@ def split_samples(
             ) from None
         group_count = None
     else:
-        size = pixel_size if method == "pixel" else block_size
-        groups = _pixel_keys(samples.xy, size)
+        groups, unit = _group_keys(samples, method, pixel_size, block_size, group_column)
         group_count = int(groups.max()) + 1
-        unit = "pixels" if method == "pixel" else f"{block_size:g} m blocks"
         if group_count < 3:
             raise SamplesError(
                 f"too few {unit} for a {method} split of {where}: the points fall in "
@@ -550,7 +622,51 @@ def split_samples(
     train, val, test = np.sort(train), np.sort(val), np.sort(test)
     info = _split_info(samples, method, fr, seed, train, val, test,
                        pixel_size=pixel_size, block_size=block_size, groups=group_count)
+    if method != "random":
+        _group_report(info, samples, groups, (train, val, test))
     return Split(train, val, test, info)
+
+
+def _group_keys(samples: Samples, method: str, pixel_size: float, block_size: float,
+                group_column: str | None) -> tuple[np.ndarray, str]:
+    """Group code (0..G-1) per row for the pixel, block or group method, and the unit's name."""
+    where = samples.source or "the samples"
+    if method == "pixel":
+        return _pixel_keys(samples.xy, pixel_size), "pixels"
+    if method == "block":
+        return _pixel_keys(samples.xy, block_size), f"{block_size:g} m blocks"
+    want = group_column or samples.group_column or "feature_id"
+    if samples.groups is None or (group_column and str(samples.group_column).lower() != group_column.lower()):
+        raise SamplesError(
+            f"--split group needs a group column {want!r} but {where} has none: sample the labels "
+            "with 's2dask sample' (it writes feature_id), name the column with --group-column, or "
+            "use --split block"
+        )
+    _, codes = np.unique(samples.groups.astype(str) if samples.groups.dtype == object else samples.groups,
+                         return_inverse=True)
+    return codes.reshape(-1), f"groups ({samples.group_column})"
+
+
+def _group_report(info: dict, samples: Samples, groups: np.ndarray, parts: Sequence[np.ndarray]) -> None:
+    """Groups per side and class, and warnings for classes with too few groups."""
+    if info["method"] == "group":
+        info["group_column"] = samples.group_column
+    names = {int(c["value"]): c["name"] for c in samples.classes}
+    info["groups_per_side"] = {
+        side: {str(v): int(len(np.unique(groups[p][samples.y[p] == v]))) for v in samples.class_values}
+        for side, p in zip(_SIDES, parts)
+    }
+    warnings = []
+    for v in samples.class_values:
+        n = int(len(np.unique(groups[samples.y == v])))
+        if n < len(parts):
+            warnings.append(f"class {v} ({names[v]}) falls in only {n} group(s): too few for a "
+                            f"train, a validation and a test side, so its test figures are "
+                            f"{'missing' if info['groups_per_side']['test'][str(v)] == 0 else 'from one group'}; "
+                            "label more features of it")
+    info["warnings"] = warnings
+    if warnings:
+        info["explanation"] += " Warning: " + " ".join(warnings)
 
 
 def _split_info(samples: Samples, method: str, fr, seed: int, train, val, test, *,
@@ -596,3 +712,158 @@ def _split_info(samples: Samples, method: str, fr, seed: int, train, val, test, 
         info["explanation"] += (f" Class(es) {', '.join(absent)} have no test samples, so the "
                                 "test figures say nothing about them.")
     return info
+
+
+# --------------------------------------------------------------------------- cross-validation folds
+
+
+@dataclass
+class Folds:
+    """K disjoint test folds for cross-validation: every row is in exactly one test fold.
+
+    Attributes
+    ----------
+    test
+        ``k`` sorted row-index arrays, the test rows of each fold.
+    info
+        JSON-ready: method, k, seed, rows / class counts / groups per class of each fold,
+        and ``warnings`` (classes in fewer groups than folds, classes absent from a fold's
+        training part).
+    groups
+        Group code per row (pixel, block or group; the row itself for ``random``).
+    y
+        Class value per row.
+    """
+
+    test: list[np.ndarray]
+    info: dict
+    groups: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.test)
+
+    def train(self, i: int) -> np.ndarray:
+        """Every row outside test fold ``i`` (sorted)."""
+        return np.setdiff1d(np.arange(len(self.y)), self.test[i], assume_unique=True)
+
+    def train_val(self, i: int, *, val_fraction: float = 0.15, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Split the rows outside fold ``i`` into train and validation (early stopping), with
+        the fold's own grouping, stratified, every class present in train kept in train."""
+        rest = self.train(i)
+        values = sorted(int(v) for v in np.unique(self.y[rest]))
+        side = _assign_groups(self.groups[rest], self.y[rest], values, (1 - val_fraction, val_fraction),
+                              np.random.default_rng(seed))
+        return rest[side == 0], rest[side == 1]
+
+
+def fold_indices(
+    samples: Samples,
+    *,
+    method: str = "group",
+    k: int = 5,
+    seed: int = 0,
+    pixel_size: float = 10.0,
+    block_size: float = 250.0,
+    group_column: str | None = "feature_id",
+) -> Folds:
+    """K disjoint test folds, grouped like :func:`split_samples` and stratified by class.
+
+    Parameters
+    ----------
+    samples
+        A table from :func:`read_samples`.
+    method
+        ``"random"`` (stratified K-fold of rows), ``"pixel"``, ``"block"`` or ``"group"``:
+        every pixel, block or group goes wholly to one fold. Groups are placed largest
+        first, each into the fold whose per-class shortfall (weighted by the group's class
+        mix) is largest, ties to the fold with fewest rows; so folds are stratified as far as
+        the groups allow.
+    k
+        Number of folds (>= 2).
+    seed
+        Seed of the order in which equal-sized groups are placed.
+    pixel_size, block_size, group_column
+        As for :func:`split_samples`.
+
+    Returns
+    -------
+    Folds
+
+    Raises
+    ------
+    SamplesError
+        If the method is unknown, ``k`` < 2, the table lacks coordinates or groups the
+        method needs, or there are fewer rows or groups than folds.
+    """
+    if method not in SPLIT_METHODS:
+        raise SamplesError(f"unknown fold method {method!r}: use one of {', '.join(SPLIT_METHODS)}")
+    if int(k) != k or k < 2:
+        raise SamplesError(f"cross-validation needs at least 2 folds, got --folds {k!r}")
+    where = samples.source or "the samples"
+    if method in ("pixel", "block") and samples.xy is None:
+        raise SamplesError(f"--folds with --split {method} needs x,y coordinates but {where} has none: "
+                           "add x and y columns or use --split random")
+    n, values = len(samples), samples.class_values
+    if method == "random":
+        groups, unit = np.arange(n), "rows"
+    else:
+        groups, unit = _group_keys(samples, method, pixel_size, block_size, group_column)
+    n_groups = int(groups.max()) + 1
+    if n_groups < k:
+        raise SamplesError(f"{where} has {n_groups} {unit}, fewer than the {k} folds asked for: "
+                           "use fewer --folds or a finer grouping")
+    rng = np.random.default_rng(seed)
+    fold = _fold_of_groups(groups, samples.y, values, k, rng)
+    test = [np.flatnonzero(fold == i) for i in range(k)]
+    empty = [i for i, t in enumerate(test) if not len(t)]
+    if empty:
+        raise SamplesError(f"the {unit} of {where} could not fill all {k} folds (fold(s) "
+                           f"{', '.join(map(str, empty))} empty): use fewer --folds")
+    return Folds(test, _fold_info(samples, method, k, seed, groups, test), groups, samples.y)
+
+
+def _fold_of_groups(groups: np.ndarray, y: np.ndarray, values: list[int], k: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Fold per row: groups largest first, each to the fold short of most of its classes."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    cls = np.searchsorted(np.asarray(values), y)
+    counts = np.zeros((len(uniq), len(values)))
+    np.add.at(counts, (inv.reshape(-1), cls), 1.0)
+    totals = np.maximum(counts.sum(axis=0), 1.0)
+    size = counts.sum(axis=1)
+    current = np.zeros((k, len(values)))
+    order = rng.permutation(len(uniq))
+    order = order[np.argsort(-size[order], kind="stable")]
+    side = np.empty(len(uniq), dtype="int64")
+    for g in order:
+        need = ((totals / k - current) / totals) @ (counts[g] / size[g])
+        rows_short = (size.sum() / k - current.sum(axis=1)) / size.sum()
+        s = int(np.argmax(need + 1e-6 * rows_short))
+        side[g] = s
+        current[s] += counts[g]
+    return side[inv.reshape(-1)]
+
+
+def _fold_info(samples: Samples, method: str, k: int, seed: int, groups: np.ndarray,
+               test: list[np.ndarray]) -> dict:
+    names = {int(c["value"]): c["name"] for c in samples.classes}
+    folds = []
+    for t in test:
+        folds.append({
+            "rows": int(len(t)),
+            "class_counts": {str(v): n for v, n in samples.class_counts(t).items()},
+            "groups_per_class": {str(v): int(len(np.unique(groups[t][samples.y[t] == v])))
+                                 for v in samples.class_values},
+        })
+    warnings = []
+    for v in samples.class_values:
+        held = [i for i, f in enumerate(folds) if f["class_counts"][str(v)]]
+        if len(held) < k:
+            warnings.append(f"class {v} ({names[v]}) is in only {len(held)} of the {k} test folds "
+                            "(too few groups): its per-class figures average over those folds only")
+        if len(held) == 1:
+            warnings.append(f"class {v} ({names[v]}) has no training rows when fold {held[0]} is the "
+                            "test fold: that fold's model cannot predict it")
+    return {"method": method, "k": int(k), "seed": int(seed), "groups": int(groups.max()) + 1,
+            "folds": folds, "warnings": warnings}

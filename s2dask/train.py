@@ -105,7 +105,8 @@ def _log(verbose: int, text: str) -> None:
         print(text, flush=True)
 
 
-def _resolve_samples(samples, *, label, bands, name_column, class_table, x, y) -> Samples:
+def _resolve_samples(samples, *, label, bands, name_column, class_table, x, y,
+                     group_column="feature_id") -> Samples:
     if isinstance(samples, Samples):
         if bands is None:
             return samples
@@ -116,16 +117,17 @@ def _resolve_samples(samples, *, label, bands, name_column, class_table, x, y) -
                                f"{', '.join(samples.bands)}): choose bands among those")
         cols = [samples.bands.index(b) for b in want]
         return Samples(samples.X[:, cols], samples.y, samples.xy, want, samples.classes,
-                       samples.source, samples.sha256, samples.label)
+                       samples.source, samples.sha256, samples.label, samples.groups,
+                       samples.group_column)
     return read_samples(samples, label=label, bands=bands, name_column=name_column,
-                        class_table=class_table, x=x, y=y)
+                        class_table=class_table, x=x, y=y, group_column=group_column)
 
 
 def train(
     samples: str | os.PathLike | Samples,
     out_dir: str | os.PathLike,
     *,
-    label: str = "Class_ID",
+    label: str | None = None,
     bands: Sequence[str] | str | None = None,
     name_column: str | None = "Description",
     class_table: str | os.PathLike | None = None,
@@ -149,6 +151,7 @@ def train(
     input_nodata: float | None = 0,
     overwrite: bool = False,
     verbose: int = 1,
+    group_column: str = "feature_id",
 ) -> dict:
     """Train the tutorial's MLP on a labelled table and write a model bundle.
 
@@ -163,10 +166,12 @@ def train(
     out_dir
         The model directory to create.
     label, bands, name_column, class_table, x, y
-        Passed to :func:`~s2dask.samples.read_samples`.
+        Passed to :func:`~s2dask.samples.read_samples` (``label`` None: the column a table
+        written by ``s2dask sample`` names, else ``Class_ID``).
     split
-        ``"random"`` (the tutorial's, leaky on point data), ``"pixel"`` or ``"block"``;
-        see :func:`~s2dask.samples.split_samples`.
+        ``"random"`` (the tutorial's, leaky on point data), ``"pixel"``, ``"block"`` or
+        ``"group"`` (whole labelled features, ``group_column``); see
+        :func:`~s2dask.samples.split_samples`.
     fractions
         Train / validation / test fractions (default 0.75 / 0.12 / 0.13).
     seed
@@ -190,6 +195,8 @@ def train(
         Replace an existing ``out_dir`` (only after the new bundle is complete).
     verbose
         0 silent, 1 a line per epoch and the test report.
+    group_column
+        Column of groups for ``split="group"`` (``feature_id`` in tables from ``s2dask sample``).
 
     Returns
     -------
@@ -217,9 +224,9 @@ def train(
                   optimizer=optimizer, learning_rate=learning_rate, early_stopping=early_stopping,
                   class_weight=class_weight, l1=l1, l2=l2)
     data = _resolve_samples(samples, label=label, bands=bands, name_column=name_column,
-                            class_table=class_table, x=x, y=y)
+                            class_table=class_table, x=x, y=y, group_column=group_column)
     parts = split_samples(data, method=split, fractions=fractions, seed=seed,
-                          pixel_size=pixel_size, block_size=block_size)
+                          pixel_size=pixel_size, block_size=block_size, group_column=group_column)
     names = ", ".join(f"{c['value']}={c['name']}" for c in data.classes)
     _log(verbose, f"samples: {data.source or 'in memory'}: {len(data)} rows, bands "
                   f"{','.join(data.bands)}, classes {names}")
@@ -330,7 +337,7 @@ def evaluate(
     samples: str | os.PathLike,
     *,
     out: str | os.PathLike | None = None,
-    label: str = "Class_ID",
+    label: str | None = None,
     verbose: int = 1,
 ) -> dict:
     """Apply a model bundle to a labelled table and report the same metrics as training.
@@ -344,7 +351,7 @@ def evaluate(
     out
         Optional JSON file to write the metrics to.
     label
-        The label column.
+        The label column (None: the one a table from ``s2dask sample`` names, else ``Class_ID``).
     verbose
         0 silent, 1 print the report.
 
