@@ -165,11 +165,16 @@ def configure_threads(tf_threads: int) -> int:
 def worker_devices() -> dict:
     """The deep-learning backend of this process and the accelerators it sees.
 
+    A process that has not imported Keras (an OpenVINO worker) imports nothing to answer:
+    ``{"backend": None, "gpus": [], "tf_threads": None}``.
+
     Raises
     ------
     ModelError
         If Keras or its backend is not installed.
     """
+    if "keras" not in sys.modules:
+        return {"backend": None, "gpus": [], "tf_threads": None}
     backend = require_keras().backend.backend()
     gpus: list[str] = []
     try:

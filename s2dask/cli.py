@@ -299,7 +299,14 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="threads per worker of the embedded cluster (default 1)")
     p.add_argument("--gpu", action="store_true",
                    help="embedded cluster of one worker per GPU (needs the gpu extra: dask-cuda)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="pixels per forward call")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N",
+                   help="pixels per forward call (default: the engine's, Keras 8192, OpenVINO 2048)")
+    p.add_argument("--engine", choices=("auto", "keras", "openvino"), default="auto",
+                   help="inference engine (default auto, chosen on each worker: OpenVINO on CPU "
+                   "workers, Keras on GPU workers)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="arithmetic of the forward pass (default auto: bf16 where OpenVINO runs on a "
+                   "CPU with bf16 matrix units, else fp32)")
     p.add_argument("--overview-resampling", choices=("mode", "nearest"), default="mode",
                    help="COG overview resampling (default mode)")
     state = p.add_mutually_exclusive_group()
@@ -313,18 +320,34 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from .cluster import make_security
-    from .job import classify
+    from .model import load_model
+    from .startup import ClusterStart
+    from .storage import check_output_location
 
     security = make_security(ca_file=args.tls_ca_file, cert=args.tls_cert, key=args.tls_key)
-    results = classify(
-        args.scenes if len(args.scenes) > 1 else args.scenes[0], args.model, args.out,
-        chunks=args.chunks, probabilities=args.probabilities, scheduler=args.scheduler,
-        scheduler_file=args.scheduler_file, security=security, workers=args.workers,
-        threads_per_worker=args.threads_per_worker, gpu=args.gpu, overwrite=args.overwrite,
-        resume=args.resume, batch_size=args.batch_size, connect_timeout=args.timeout,
-        overview_resampling=args.overview_resampling,
-        progress=False if args.quiet else None,
-    )
+    check_output_location(args.out)
+    load_model(args.model, check_keras=False)  # a bad bundle fails before any cluster starts
+    # the cluster starts (and gets the model) while this process imports the job's libraries
+    # and checks the scenes; the job takes it over
+    delivery = {"engine": args.engine, "precision": args.precision, "batch_size": args.batch_size,
+                "tf_threads": None}
+    starter = ClusterStart(args.model, delivery=delivery, scheduler=args.scheduler,
+                           scheduler_file=args.scheduler_file, security=security, timeout=args.timeout,
+                           workers=args.workers, threads_per_worker=args.threads_per_worker, gpu=args.gpu)
+    try:
+        from .job import classify
+
+        results = classify(
+            args.scenes if len(args.scenes) > 1 else args.scenes[0], args.model, args.out,
+            client=starter, chunks=args.chunks, probabilities=args.probabilities,
+            scheduler=args.scheduler, scheduler_file=args.scheduler_file, security=security,
+            workers=args.workers, threads_per_worker=args.threads_per_worker, gpu=args.gpu,
+            overwrite=args.overwrite, resume=args.resume, batch_size=args.batch_size,
+            connect_timeout=args.timeout, overview_resampling=args.overview_resampling,
+            engine=args.engine, precision=args.precision, progress=False if args.quiet else None,
+        )
+    finally:
+        starter.close()  # only if the job did not take it over (it failed before)
     failed = 0
     for r in results:
         if r.status == "complete":
@@ -340,9 +363,16 @@ def _job_line(record: dict) -> str:
     tp = record["throughput_mpx_s"]["end_to_end"]
     top = sorted(st["classes"], key=lambda c: -c["pixels"])[:3]
     cls = ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in top)
-    return (f"{record['output']['dir']}: {st['pixels'] / 1e6:.2f} Mpx in "
+    line = (f"{record['output']['dir']}: {st['pixels'] / 1e6:.2f} Mpx in "
             f"{record['timings_s']['total']:.1f} s ({tp:.2f} Mpx/s); {cls}; "
             f"nodata {st['nodata_pixels']} px")
+    from .engine import engine_line
+
+    engines = engine_line((record.get("engine") or {}).get("workers") or {})
+    first = (record["timings_s"].get("startup") or {}).get("first_chunk")
+    return "\n".join([line] + ([f"  engine: {engines}" + (f"; first chunk at {first:.1f} s"
+                                                             if first is not None else "")]
+                                if engines else []))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -28,6 +28,7 @@ Three pieces, usable on their own:
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,18 +36,23 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .contract import OUTPUT_NODATA
 from .errors import ModelError, ParameterError
-from .model import OUTPUT_NODATA
 from .openvino_ir import contract_field as _get
 from .openvino_ir import convert, core, export_ir, ir_from_bytes, load_ir
+from .predict import DEFAULT_BATCH_SIZE as DEFAULT_KERAS_BATCH_SIZE
 
 __all__ = [
     "ENGINES",
     "PRECISIONS",
     "DEVICES",
     "DEFAULT_OPENVINO_BATCH_SIZE",
+    "DEFAULT_KERAS_BATCH_SIZE",
     "EngineChoice",
+    "check_options",
     "resolve",
+    "detect_device",
+    "default_batch_size",
     "cpu_has_bf16",
     "convert",
     "export_ir",
@@ -55,6 +61,9 @@ __all__ = [
     "OpenVINOPredictor",
     "get_openvino_predictor",
     "build_counts",
+    "build_predictor",
+    "describe",
+    "engine_line",
 ]
 
 ENGINES = ("auto", "keras", "openvino")
@@ -129,6 +138,51 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
         raise ParameterError(f"{name} {value!r} is not one of {', '.join(allowed)}: "
                              f"give --{name} {'|'.join(allowed)}")
     return value.lower()
+
+
+def check_options(engine: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """Check the names of the ``engine`` and ``precision`` options (what a client can check
+    before its workers resolve ``auto``); return them lower-cased.
+
+    Raises
+    ------
+    ParameterError
+        For a value that is not one of :data:`ENGINES` / :data:`PRECISIONS`, or bf16 with
+        the Keras engine.
+    """
+    engine = _check_choice("engine", engine, ENGINES)
+    precision = _check_choice("precision", precision, PRECISIONS)
+    if engine == "keras" and precision == "bf16":
+        raise ParameterError("precision 'bf16' needs --engine openvino (or auto): the Keras "
+                             "engine runs fp32 only")
+    return engine, precision
+
+
+def detect_device() -> str:
+    """``"gpu"`` when this process sees an NVIDIA GPU, else ``"cpu"``; imports no backend.
+
+    A GPU is seen when the driver lists one (``/proc/driver/nvidia/gpus`` or
+    ``/dev/nvidia<N>``) and ``CUDA_VISIBLE_DEVICES`` does not hide them all (``""`` or
+    ``-1``; dask-cuda sets it per worker). ``S2DASK_DEVICE=cpu|gpu`` overrides.
+    """
+    forced = os.environ.get("S2DASK_DEVICE", "").strip().lower()
+    if forced in DEVICES:
+        return forced
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return "cpu"
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        if gpus.is_dir() and any(gpus.iterdir()):
+            return "gpu"
+    except OSError:
+        pass
+    return "gpu" if any(Path("/dev").glob("nvidia[0-9]*")) else "cpu"
+
+
+def default_batch_size(engine: str) -> int:
+    """Pixels per forward call of an engine when none is given (Keras 8192, OpenVINO 2048)."""
+    return DEFAULT_OPENVINO_BATCH_SIZE if engine == "openvino" else DEFAULT_KERAS_BATCH_SIZE
 
 
 def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", *,
@@ -461,3 +515,72 @@ def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, pr
             _CACHE[key] = pred
             _BUILDS[key] = _BUILDS.get(key, 0) + 1
         return pred
+
+
+# ---------------------------------------------------------------- either engine
+
+
+def build_predictor(choice: EngineChoice, *, sha256: str, contract, keras_model: Callable[[], Any],
+                    ir: Callable[[], Any] | None = None, batch_size: int | None = None,
+                    threads: int | None = None):
+    """The predictor of a resolved :class:`EngineChoice` (what workers and bundles call).
+
+    Parameters
+    ----------
+    choice
+        From :func:`resolve`.
+    sha256, contract
+        The bundle's model hash and contract.
+    keras_model
+        Returns the Keras model (deserialised in safe mode); called only by the Keras
+        engine, or by OpenVINO when there is no stored IR (then converted, once per
+        process).
+    ir
+        Returns the bundle's stored IR as an ``openvino.Model`` (no backend import), or
+        ``None`` when the bundle has none.
+    batch_size
+        Pixels per call; ``None``: :func:`default_batch_size` of the engine.
+    threads
+        Threads of one forward pass (OpenVINO's ``INFERENCE_NUM_THREADS``; ``None``: 1).
+        The Keras engine's threads are the backend's (``configure_threads``).
+
+    Returns
+    -------
+    s2dask.predict.Predictor or OpenVINOPredictor
+        Either has ``record()``: engine, precision, batch size, threads, model source.
+
+    Raises
+    ------
+    ModelError
+        If the model cannot be loaded, converted or compiled.
+    """
+    bs = int(batch_size or default_batch_size(choice.engine))
+    if choice.engine == "keras":
+        from .predict import Predictor
+
+        pred = Predictor(keras_model(), contract, batch_size=bs)
+        pred.threads = threads
+        return pred
+    return get_openvino_predictor(sha256, contract, ir or keras_model, precision=choice.precision,
+                                  batch_size=bs, threads=threads or 1)
+
+
+def describe(choice: EngineChoice, predictor) -> dict:
+    """One worker's engine record for ``job.json``: the choice and what the predictor runs with."""
+    return {**choice.record(), **predictor.record()}
+
+
+def engine_line(workers: dict) -> str:
+    """One line about what the workers of a job ran: ``{worker: describe(...)}`` grouped.
+
+    E.g. ``openvino bf16 on cpu, batch 2048, 1 thread, IR (2 workers)``.
+    """
+    groups: dict[str, int] = {}
+    for rec in workers.values():
+        threads = rec.get("threads")
+        text = (f"{rec.get('engine')} {rec.get('precision')} on {rec.get('device', '?')}, "
+                f"batch {rec.get('batch_size')}"
+                + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+                + {"ir": ", IR", "converted": ", converted"}.get(rec.get("model_source"), ""))
+        groups[text] = groups.get(text, 0) + 1
+    return "; ".join(f"{text} ({n} worker{'s' if n != 1 else ''})" for text, n in groups.items())

@@ -39,18 +39,20 @@ import dask.array as da
 import numpy as np
 from distributed import as_completed
 
-from .cluster import cluster_summary, connect, host_thread_counts
+from .cluster import cluster_summary, connect
 from .contract import OUTPUT_NODATA
+from .engine import check_options
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
 from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger
 from .model import ModelBundle, library_versions, load_model
-from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
 from .scene import open_scene
 from .scene.graph import chunk_pair
+from .startup import (ClusterStart, Timeline, connect_options, deliver_model, delivery_options,
+                      startup_timings)
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
-from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
+from .worker import predict_and_store, write_rasters
 from .write import layout_zarr
 
 __all__ = ["classify", "JobOptions", "JobResult", "scene_output_dir"]
@@ -83,10 +85,14 @@ class JobOptions:
     overwrite: bool = False
     #: finish an interrupted job: only chunks without a marker are computed
     resume: bool = False
-    #: pixels per forward call (``None``: :data:`s2dask.predict.DEFAULT_BATCH_SIZE`)
+    #: pixels per forward call (``None``: the engine's default, Keras 8192, OpenVINO 2048)
     batch_size: int | None = None
-    #: backend threads per task (``None``: the cores divided by the Dask threads per host)
+    #: threads of a task's forward pass (``None``: the cores / the Dask threads per host)
     tf_threads: int | None = None
+    #: ``auto|keras|openvino`` (auto, on each worker: OpenVINO on CPU, Keras on GPU)
+    engine: str = "auto"
+    #: ``auto|fp32|bf16`` (auto: bf16 where OpenVINO runs on a CPU with bf16 matrix units)
+    precision: str = "auto"
     #: write the COG (and the quick-look)
     cog: bool = True
     #: draw the quick-look PNG
@@ -116,6 +122,9 @@ class JobOptions:
             raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
+        engine, precision = check_options(self.engine, self.precision)
+        object.__setattr__(self, "engine", engine)
+        object.__setattr__(self, "precision", precision)
 
     @classmethod
     def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":
@@ -172,7 +181,9 @@ class _Run:
     cluster: dict
     t_open: float
     show: bool | None
-    batch_size: int
+    batch_size: int | None
+    engine: dict = dataclasses.field(default_factory=dict)  # {worker: engine record}
+    timeline: Timeline | None = None
 
 
 def _now() -> str:
@@ -209,12 +220,14 @@ def classify(
     client
         An existing ``distributed.Client`` to use as is. Without one, the cluster named by
         ``scheduler``/``scheduler_file`` is joined, or an embedded LocalCluster is started
-        (through :func:`s2dask.cluster.connect`) and closed at the end.
+        (through :func:`s2dask.cluster.connect`) while the scenes are checked, and closed
+        at the end. A :class:`s2dask.startup.ClusterStart` begun earlier (the CLI's) is
+        taken over and closed at the end (its caller closes it if this raises first).
     options
         A :class:`JobOptions`.
     **keywords
         Fields of :class:`JobOptions` (``chunks``, ``probabilities``, ``overwrite``,
-        ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
+        ``resume``, ``batch_size``, ``tf_threads``, ``engine``, ``precision``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
         ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``),
         replacing those of ``options``.
@@ -254,8 +267,17 @@ def classify(
     # the archive is checked here (safe mode, sizes) without importing a backend; each
     # worker deserialises it once, in safe mode, when the model plugin reaches it
     bundle = load_model(model, check_keras=False)
+    if client is None:  # the cluster starts, and gets the model, while the scenes are checked
+        client = ClusterStart(model, delivery=delivery_options(opts), timeline=Timeline("call"),
+                              **connect_options(opts))
+        try:
+            return classify(scenes, model, out, client=client, options=opts)
+        finally:
+            client.close()  # nothing left to close once the job took it over
     errors: dict[str, S2DaskError] = {}
     prepared = _prepare(paths, bundle, out=out, options=opts, errors=errors)
+    if isinstance(client, ClusterStart):
+        client.timeline.mark("scenes_checked")
     if single and errors:
         raise next(iter(errors.values()))
     t_open = time.perf_counter() - t_start
@@ -278,14 +300,13 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
              client, single: bool, t_open: float) -> dict[str, JobResult]:
     """Connect (unless given a client), deliver the model, run every scene; close what we opened."""
     results: dict[str, JobResult] = {}
-    own_cluster = None
-    if client is None:
-        client, own_cluster = connect(options.scheduler, scheduler_file=options.scheduler_file,
-                                      security=options.security, timeout=options.connect_timeout,
-                                      workers=options.workers,
-                                      threads_per_worker=options.threads_per_worker, gpu=options.gpu)
+    own_cluster, starter = None, client if isinstance(client, ClusterStart) else None
+    if starter is not None:
+        client, own_cluster = starter.result()
+    elif client is None:
+        client, own_cluster = connect(**connect_options(options))
     try:
-        run = _start(client, bundle, out=out, options=options, t_open=t_open)
+        run = _start(client, bundle, out=out, options=options, t_open=t_open, starter=starter)
         for job in prepared:
             try:
                 results[job.source] = _run_one(job, run)
@@ -300,23 +321,24 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
     return results
 
 
-def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t_open: float) -> _Run:
+def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t_open: float,
+           starter: ClusterStart | None = None) -> _Run:
     """Deliver the model to every worker, describe the cluster, create the output folder."""
     show = sys.stderr.isatty() if options.progress is None else options.progress
     if getattr(client, "dashboard_link", None) and show is not False:
         print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
-    bs = int(options.batch_size or DEFAULT_BATCH_SIZE)
-    plugin = ModelPlugin(bundle.handle(), batch_size=bs, tf_threads=options.tf_threads,
-                         host_threads=host_thread_counts(client))
-    client.register_plugin(plugin)  # a model the workers cannot build fails here
-    ref = ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), bs)
+    want = delivery_options(options)
+    delivery = starter.delivered(bundle.sha256, want) if starter is not None else None
+    delivery = delivery or deliver_model(client, bundle, **want)
+    ref, bs = delivery.ref, options.batch_size or delivery.batch_size
     summary = cluster_summary(client)
     try:  # nothing is created before the model has reached the workers
         out.makedirs()
     except OSError as exc:
         raise StorageError(f"cannot create output directory {out.url}: {exc.strerror}; "
                            "check permissions or choose another --out") from None
-    return _Run(out, bundle, client, ref, options, summary, t_open, show, bs)
+    return _Run(out, bundle, client, ref, options, summary, t_open, show, bs, delivery.engines,
+                starter.timeline if starter is not None else None)
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -427,12 +449,14 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
             "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
             "probabilities": opts.probabilities, "batch_size": run.batch_size})
     blocks = _prediction_graph(job, run, store=store, markers=markers)
+    t_submit = time.time()
     done, totals, t_predict, computed = _compute(job, run, blocks, markers=markers)
     t_w0 = time.perf_counter()
     cog_report = _finish(job, run, store=store) if opts.cog else {}
     t_write = time.perf_counter() - t_w0
     timings = {"open": run.t_open, "predict": t_predict, "write": t_write,
-               "total": time.perf_counter() - t0 + run.t_open}
+               "total": time.perf_counter() - t0 + run.t_open,
+               **startup_timings(run.timeline, run.client, t_submit)}
     record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
                      cog_report=cog_report, timings=timings)
     atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
@@ -559,6 +583,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                        "batch_size": run.batch_size,
                        "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},
         "cluster": run.cluster,
+        "engine": {"asked": delivery_options(opts), "workers": run.engine},
         "statistics": {"pixels": ny * nx, "nodata_pixels": int(totals[OUTPUT_NODATA]),
                        "classified_pixels": int(totals[:OUTPUT_NODATA].sum()),
                        "pixel_area_m2": px_area_m2, "classes": per_class},

@@ -42,7 +42,7 @@ from .contract import (
     normalise_classes,
 )
 from .errors import ModelError
-from .predict import DEFAULT_BATCH_SIZE, Predictor
+from .openvino_ir import ir_from_bytes, ir_record, read_ir
 from .records import sha256_file
 from .storage import atomic_write_json
 
@@ -217,6 +217,16 @@ class ModelHandle:
     payload: bytes = field(repr=False)
     contract: InputContract = field(repr=False)
     source: str = ""  # where the bytes came from, for messages
+    #: the bundle's stored OpenVINO IR, ``(xml, bin)`` bytes (about 0.5 MB), when it has one
+    ir: tuple[bytes, bytes] | None = field(default=None, repr=False)
+
+    def ir_model(self):
+        """The stored IR as an ``openvino.Model`` (hashes checked), or ``None``; no backend import."""
+        if self.ir is None:
+            return None
+        rec = ir_record(self.contract) or {}
+        return ir_from_bytes(*self.ir, xml_sha256=rec.get("xml_sha256"), bin_sha256=rec.get("bin_sha256"),
+                             source=f"{self.source or 'the model'} (OpenVINO IR)")
 
     def build(self):
         """Deserialise the Keras model (safe mode) from the bytes."""
@@ -303,7 +313,7 @@ class ModelBundle:
         self.path = Path(path)
         self.contract = contract
         self._keras = None
-        self._predictors: dict[int, Any] = {}
+        self._predictors: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
     # -- the contract
@@ -352,20 +362,55 @@ class ModelBundle:
             raise ModelError(
                 f"{self.model_file} changed since it was loaded (sha256 mismatch): reload the bundle"
             )
-        return ModelHandle(self.sha256, payload, self.contract, str(self.model_file))
+        return ModelHandle(self.sha256, payload, self.contract, str(self.model_file),
+                           ir=read_ir(self.path, self.contract))
 
-    def predictor(self, *, batch_size: int | None = None):
-        """The compiled, fixed-batch forward pass used by every prediction path."""
-        bs = int(batch_size or DEFAULT_BATCH_SIZE)
+    @property
+    def has_ir(self) -> bool:
+        """Whether the bundle stores an OpenVINO IR (``model.xml``/``model.bin``)."""
+        return ir_record(self.contract) is not None
+
+    def predictor(self, *, batch_size: int | None = None, engine: str = "auto", precision: str = "auto",
+                  threads: int | None = None):
+        """The compiled, fixed-batch forward pass used by every prediction path.
+
+        ``engine`` and ``precision`` are resolved here, as a job's workers resolve them
+        (:func:`s2dask.engine.resolve` for this process's device), so the default
+        in-process prediction equals the default job's, pixel for pixel.
+
+        Parameters
+        ----------
+        batch_size
+            Pixels per call (``None``: the engine's default, Keras 8192, OpenVINO 2048).
+        engine, precision
+            ``auto|keras|openvino`` and ``auto|fp32|bf16``.
+        threads
+            OpenVINO threads (``None``: all cores); Keras uses its backend's.
+
+        Raises
+        ------
+        ParameterError
+            If ``engine``/``precision`` is unknown or cannot run here.
+        ModelError
+            If the model cannot be loaded, converted or compiled.
+        """
+        from .engine import build_predictor, detect_device, resolve
+
+        choice = resolve(engine, precision, detect_device())
+        key = (choice.engine, choice.precision, batch_size, threads)
         with self._lock:
-            pred = self._predictors.get(bs)
+            pred = self._predictors.get(key)
         if pred is None:
-            pred = Predictor(self.keras_model(), self.contract, batch_size=bs)
+            pred = build_predictor(
+                choice, sha256=self.sha256, contract=self.contract, keras_model=self.keras_model,
+                ir=(lambda: ir_from_bytes(*read_ir(self.path, self.contract))) if self.has_ir else None,
+                batch_size=batch_size, threads=threads or os.cpu_count() or 1)
             with self._lock:
-                self._predictors[bs] = pred
+                self._predictors[key] = pred
         return pred
 
-    def predict_proba(self, values: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+    def predict_proba(self, values: np.ndarray, *, batch_size: int | None = None, engine: str = "auto",
+                      precision: str = "auto") -> np.ndarray:
         """Class probabilities, ``(N, n_classes)`` float32, for raw band values ``(N, bands)``.
 
         Rows with the input nodata value in any band get NaN probabilities.
@@ -375,11 +420,25 @@ class ModelBundle:
         ModelError
             If ``values`` does not have one column per contract band.
         """
-        return self.predictor(batch_size=batch_size).predict_proba(self._check(values))
+        pred = self.predictor(batch_size=batch_size, engine=engine, precision=precision)
+        return pred.predict_proba(self._check(values))
 
-    def predict(self, values: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
-        """Class values (uint8, the contract's values; 255 where any band is nodata)."""
-        return self.predictor(batch_size=batch_size).predict_classes(self._check(values))
+    def predict(self, values: np.ndarray, *, batch_size: int | None = None, engine: str = "auto",
+                precision: str = "auto") -> np.ndarray:
+        """Class values (uint8, the contract's values; 255 where any band is nodata).
+
+        ``engine``/``precision``/``batch_size`` as for :meth:`predictor` (default: what a
+        job's workers on this machine run).
+
+        Raises
+        ------
+        ModelError
+            If ``values`` does not have one column per contract band.
+        ParameterError
+            If ``engine``/``precision`` is unknown or cannot run here.
+        """
+        pred = self.predictor(batch_size=batch_size, engine=engine, precision=precision)
+        return pred.predict_classes(self._check(values))
 
     def _check(self, values) -> np.ndarray:
         values = np.asarray(values)
@@ -423,8 +482,9 @@ def load_model(model_dir: str | os.PathLike, *, check_keras: bool = True) -> Mod
     ------
     ModelError
         If the directory, ``model.json`` or ``model.keras`` is missing, the contract is
-        incomplete, the sha256 does not match (a tampered or corrupt bundle), or the
-        model needs unsafe deserialisation.
+        incomplete, the sha256 does not match (a tampered or corrupt bundle), a stored
+        OpenVINO IR does not match its recorded hashes, or the model needs unsafe
+        deserialisation.
     """
     path = Path(model_dir)
     if not path.is_dir():
@@ -449,6 +509,7 @@ def load_model(model_dir: str | os.PathLike, *, check_keras: bool = True) -> Mod
             f"({actual[:12]}... != {contract.model_sha256[:12]}...): the bundle is corrupt or "
             "was modified; re-train or restore it"
         )
+    read_ir(path, contract)  # a stored IR must match its recorded hashes and this model.keras
     bundle = ModelBundle(path, contract)
     shape = inspect_archive(mpath)
     contract.check_model_size(shape["n_inputs"], shape["n_outputs"], where=mpath,

@@ -15,17 +15,17 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ModelError, OutputExistsError
-from .model import sha256_file
+from .records import sha256_file
+from .storage import atomic_write_bytes, atomic_write_json
 
 __all__ = ["IR_KEY", "IR_XML", "IR_BIN", "core", "convert", "ir_from_bytes", "export_ir", "load_ir",
-           "contract_field"]
+           "read_ir", "ir_record", "contract_field"]
 
 #: the key of the IR record in ``model.json``
 IR_KEY = "openvino_ir"
@@ -62,6 +62,11 @@ def convert(keras_model) -> Any:
     ModelError
         If the exporter fails on this model.
     """
+    return ir_from_bytes(*_export_bytes(keras_model))
+
+
+def _export_bytes(keras_model) -> tuple[bytes, bytes]:
+    """The IR (xml, bin) bytes of a Keras model, from Keras' OpenVINO exporter."""
     _require_openvino()
     with tempfile.TemporaryDirectory(prefix="s2dask-ir-") as d:
         xml = Path(d) / IR_XML
@@ -71,7 +76,7 @@ def convert(keras_model) -> Any:
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise ModelError(f"the model does not convert to OpenVINO ({type(exc).__name__}: "
                              f"{first}): use --engine keras") from None
-        return ir_from_bytes(xml.read_bytes(), xml.with_suffix(".bin").read_bytes())
+        return xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
 
 
 def ir_from_bytes(xml: bytes, weights: bytes, *, xml_sha256: str | None = None,
@@ -104,13 +109,13 @@ def _contract_file(bundle_dir: Path) -> Path:
     return path
 
 
-def export_ir(bundle_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
+def export_ir(bundle_dir: str | os.PathLike, *, overwrite: bool = False, keras_model=None) -> dict:
     """Store the bundle's model as an OpenVINO IR beside ``model.keras``.
 
     Writes ``model.xml`` and ``model.bin`` (float32 weights) and records their sha256,
     the ``model.keras`` hash they were made from and the OpenVINO version under
-    ``"openvino_ir"`` in ``model.json``. Files are written under temporary names and
-    renamed; ``model.json`` last, so an interrupted export leaves the bundle as it was.
+    ``"openvino_ir"`` in ``model.json``. Each file is written atomically, ``model.json``
+    last, so an interrupted export leaves a bundle whose contract records no (new) IR.
 
     Parameters
     ----------
@@ -118,6 +123,9 @@ def export_ir(bundle_dir: str | os.PathLike, *, overwrite: bool = False) -> dict
         A bundle written by ``s2dask train`` / :func:`s2dask.model.save_bundle`.
     overwrite
         Replace an IR the bundle already records.
+    keras_model
+        The bundle's Keras model when the caller has it in memory (training does); else
+        ``model.keras`` is loaded (safe mode).
 
     Returns
     -------
@@ -131,37 +139,92 @@ def export_ir(bundle_dir: str | os.PathLike, *, overwrite: bool = False) -> dict
     OutputExistsError
         If the bundle has an IR already and ``overwrite`` is false.
     """
-    from .model import load_model
+    from .backend import load_keras_model
+    from .contract import InputContract
 
     ov = _require_openvino()
-    bundle = load_model(bundle_dir)  # checks the contract and model.keras' sha256
     path = Path(bundle_dir)
     cfile = _contract_file(path)
-    contract = json.loads(cfile.read_text())
+    try:
+        contract = json.loads(cfile.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfile} is not valid JSON ({exc}): re-create the bundle") from None
+    checked = InputContract.from_dict(contract, where=cfile)
     if contract.get(IR_KEY) and not overwrite:
         raise OutputExistsError(f"{path} already holds an OpenVINO IR ({IR_XML}): pass overwrite=True "
                                 "to replace it")
-    model = convert(bundle.keras_model())
-    tag = f".tmp-{os.getpid()}-{threading.get_ident()}"
-    tmp_xml, tmp_bin = path / f"{IR_XML}{tag}.xml", path / f"{IR_XML}{tag}.bin"
-    try:
-        ov.serialize(model, str(tmp_xml), str(tmp_bin))
-        record = {"xml": IR_XML, "bin": IR_BIN, "xml_sha256": sha256_file(tmp_xml),
-                  "bin_sha256": sha256_file(tmp_bin), "model_sha256": bundle.sha256,
-                  "openvino": ov.__version__.split("-")[0], "precision": "fp32"}
-        os.replace(tmp_xml, path / IR_XML)
-        os.replace(tmp_bin, path / IR_BIN)
-    finally:
-        for p in (tmp_xml, tmp_bin):
-            p.unlink(missing_ok=True)
+    keras_file = path / checked.model_file
+    if not keras_file.is_file() or sha256_file(keras_file) != checked.model_sha256:
+        raise ModelError(f"{keras_file} is missing or does not match the sha256 in model.json: "
+                         "export the IR of an intact bundle")
+    keras_model = keras_model if keras_model is not None else load_keras_model(keras_file)
+    checked.check_model_size(keras_model.input_shape[-1], keras_model.output_shape[-1], where=keras_file)
+    xml, weights = _export_bytes(keras_model)
+    ir_from_bytes(xml, weights)  # OpenVINO reads it back before it is published
+    record = {"xml": IR_XML, "bin": IR_BIN, "xml_sha256": hashlib.sha256(xml).hexdigest(),
+              "bin_sha256": hashlib.sha256(weights).hexdigest(), "model_sha256": checked.model_sha256,
+              "openvino": ov.__version__.split("-")[0], "precision": "fp32"}
+    atomic_write_bytes(path / IR_BIN, weights)
+    atomic_write_bytes(path / IR_XML, xml)
     contract[IR_KEY] = record
-    tmp_json = cfile.with_name(f".{cfile.name}{tag}")
-    tmp_json.write_text(json.dumps(contract, indent=2) + "\n")
-    os.replace(tmp_json, cfile)
+    atomic_write_json(cfile, contract)  # last: until then the bundle records no (new) IR
     return record
 
 
-def load_ir(bundle_dir: str | os.PathLike, *, contract: dict | None = None) -> Any:
+def ir_record(contract) -> dict | None:
+    """The ``"openvino_ir"`` record of a contract (``model.json``'s dict or an ``InputContract``)."""
+    rec = contract_field(contract, IR_KEY)
+    return dict(rec) if rec else None
+
+
+def read_ir(bundle_dir: str | os.PathLike, contract) -> tuple[bytes, bytes] | None:
+    """The bytes of the bundle's stored IR (xml, bin), checked against ``model.json``; no OpenVINO import.
+
+    What :func:`s2dask.model.load_model` runs on a bundle that records an IR, so a corrupt
+    or stale IR is refused on load, before any worker sees it.
+
+    Parameters
+    ----------
+    bundle_dir
+        The bundle directory.
+    contract
+        Its ``model.json`` (dict or ``InputContract``).
+
+    Returns
+    -------
+    tuple of bytes, or None
+        ``None`` when the bundle records no IR.
+
+    Raises
+    ------
+    ModelError
+        If a file is missing, a hash does not match, or the IR was made from another
+        ``model.keras`` than the one the contract names.
+    """
+    path = Path(bundle_dir)
+    rec = ir_record(contract)
+    if not rec:
+        return None
+    if rec.get("model_sha256") != contract_field(contract, "model_sha256"):
+        raise ModelError(f"{path}/{rec.get('xml', IR_XML)} was made from another model.keras than the "
+                         "bundle's: rerun export_ir with overwrite=True")
+    try:
+        xml = (path / rec["xml"]).read_bytes()
+        weights = (path / rec["bin"]).read_bytes()
+        want = {"xml": rec["xml_sha256"], "bin": rec["bin_sha256"]}
+    except (OSError, KeyError) as exc:
+        raise ModelError(f"{path}: the OpenVINO IR named in model.json cannot be read ({exc}): "
+                         "rerun export_ir with overwrite=True") from None
+    for what, data in (("xml", xml), ("bin", weights)):
+        got = hashlib.sha256(data).hexdigest()
+        if got != want[what]:
+            raise ModelError(f"{path / rec['xml']} ({what}) does not match the sha256 recorded in "
+                             f"model.json ({got[:12]}... != {want[what][:12]}...): the IR is corrupt or "
+                             "was modified; rerun export_ir with overwrite=True")
+    return xml, weights
+
+
+def load_ir(bundle_dir: str | os.PathLike, *, contract=None) -> Any:
     """The bundle's stored IR as an ``openvino.Model``, its hashes checked. No backend import.
 
     Parameters
@@ -169,7 +232,7 @@ def load_ir(bundle_dir: str | os.PathLike, *, contract: dict | None = None) -> A
     bundle_dir
         The bundle directory.
     contract
-        Its ``model.json`` as already read (default: read it).
+        Its ``model.json`` as already read (dict or ``InputContract``; default: read it).
 
     Raises
     ------
@@ -183,25 +246,18 @@ def load_ir(bundle_dir: str | os.PathLike, *, contract: dict | None = None) -> A
             contract = json.loads(_contract_file(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelError(f"{path}/model.json is not valid JSON ({exc}): re-create the bundle") from None
-    rec = contract.get(IR_KEY) if isinstance(contract, dict) else getattr(contract, IR_KEY, None)
-    if not rec:
+    ir = read_ir(path, contract)
+    if ir is None:
         raise ModelError(f"{path} holds no OpenVINO IR: run s2dask.engine.export_ir on it (or let "
                          "workers convert model.keras)")
-    if rec.get("model_sha256") != contract_field(contract, "model_sha256"):
-        raise ModelError(f"{path}/{rec.get('xml', IR_XML)} was made from another model.keras than the "
-                         "bundle's: rerun export_ir with overwrite=True")
-    try:
-        xml = (path / rec["xml"]).read_bytes()
-        weights = (path / rec["bin"]).read_bytes()
-    except (OSError, KeyError) as exc:
-        raise ModelError(f"{path}: the OpenVINO IR named in model.json cannot be read ({exc}): "
-                         "rerun export_ir with overwrite=True") from None
-    return ir_from_bytes(xml, weights, xml_sha256=rec["xml_sha256"], bin_sha256=rec["bin_sha256"],
-                         source=str(path / rec["xml"]))
+    return ir_from_bytes(*ir)
 
 
 def contract_field(contract, key: str, default=None):
-    """A contract field, whether the contract is ``model.json``'s dict or a record object."""
+    """A contract field, whether the contract is ``model.json``'s dict or an ``InputContract``
+    (whose untyped keys, such as ``"openvino_ir"``, are in its ``extra``)."""
     if isinstance(contract, dict):
         return contract.get(key, default)
-    return getattr(contract, key, default)
+    if hasattr(contract, key):
+        return getattr(contract, key)
+    return (getattr(contract, "extra", None) or {}).get(key, default)

@@ -9,6 +9,7 @@ identical whatever the chunking.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Mapping
 
@@ -55,8 +56,21 @@ class Predictor:
         self.n_classes = len(contract.classes)
         self.class_values = np.array(contract.class_values, dtype="uint8")
         self.input_nodata = contract.input_nodata
+        #: threads of a forward pass when the caller set them (the backend's), for records
+        self.threads: int | None = None
         self._forward = compile_forward(model, self.batch_size, self.n_bands)
         self._buffer = threading.local()
+
+    @property
+    def engine(self) -> str:
+        return "keras"
+
+    def record(self) -> dict:
+        """What a job record stores about this predictor (per worker)."""
+        keras = sys.modules.get("keras")
+        return {"engine": "keras", "precision": "fp32", "batch_size": self.batch_size,
+                "threads": self.threads, "model_source": "keras",
+                "backend": keras.backend.backend() if keras else None}
 
     def _batch_buffer(self) -> np.ndarray:
         buf = getattr(self._buffer, "x", None)

@@ -23,6 +23,7 @@ from .bands import canonical_bands
 from .errors import ModelError, OutputExistsError, SamplesError
 from .metrics import classification_metrics, format_report, plot_confusion, plot_history
 from .model import build_model, load_model, save_bundle
+from .openvino_ir import export_ir
 from .samples import (
     DEFAULT_FRACTIONS,
     SPLIT_METHODS,
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+#: how training and evaluate score a bundle: float32 Keras, the reference every engine and
+#: precision is compared against (jobs default to engine/precision "auto")
+SCORING = {"engine": "keras", "precision": "fp32"}
 
 #: Defaults, measured on the Buffalo table (random split, 2 CPU cores): Adam at 1e-3 with
 #: batches of 64 converges in about 90 epochs (under a minute) to a test OA above 0.99;
@@ -155,8 +159,8 @@ def train(
 ) -> dict:
     """Train the tutorial's MLP on a labelled table and write a model bundle.
 
-    The bundle (``model.keras``, ``model.json``, ``metrics.json``, ``training.png``,
-    ``confusion.png``) is built in a temporary directory next to ``out_dir`` and renamed
+    The bundle (``model.keras``, ``model.json``, the OpenVINO IR ``model.xml``/``model.bin``,
+    ``metrics.json``, ``training.png``, ``confusion.png``) is built in a temporary directory next to ``out_dir`` and renamed
     into place only when complete; on failure nothing is left behind.
 
     Parameters
@@ -307,9 +311,15 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
     }
     save_bundle(model, tmp, bands=data.bands, classes=data.classes, input_nodata=input_nodata,
                 extra=extra)
-    # score through the bundle's own prediction path, as a job would
+    # the OpenVINO IR beside model.keras: CPU workers then load it without TensorFlow
+    try:
+        export_ir(tmp, keras_model=model)
+    except ModelError as exc:  # the bundle still works: workers use Keras or convert it
+        _log(verbose, f"no OpenVINO IR in the bundle: {exc}")
+    # score through the bundle's own prediction path, in float32 (the reference precision:
+    # metrics do not depend on whether the machine has bf16 matrix units)
     bundle = load_model(tmp)
-    pred = bundle.predict(data.X[parts.test])
+    pred = bundle.predict(data.X[parts.test], **SCORING)
     metrics = classification_metrics(data.y[parts.test], pred, bundle.classes)
     metrics = {
         "evaluated_on": "test split",
@@ -372,7 +382,7 @@ def evaluate(
     bundle = load_model(model_dir)
     data = read_samples(samples, label=label, bands=bundle.bands, name_column=None, x=None, y=None,
                         min_classes=1)
-    pred = bundle.predict(data.X)
+    pred = bundle.predict(data.X, **SCORING)
     metrics = classification_metrics(data.y, pred, bundle.classes)
     metrics = {
         "evaluated_on": "table",

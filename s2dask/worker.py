@@ -2,9 +2,10 @@
 
 The model reaches workers through :class:`ModelPlugin`, a ``WorkerPlugin`` registered by
 the client: the scheduler hands it to every worker, including workers that join or are
-restarted later, and each worker process builds the Keras model once and caches it by
-its sha256 (:func:`get_predictor`). Tasks carry only a :class:`ModelRef` (hash, path,
-batch size), so the model is never pickled into a task graph.
+restarted later, and each worker process resolves the engine (OpenVINO on CPU workers,
+Keras on GPU workers), builds its predictor once and caches it (:func:`get_predictor`).
+Tasks carry only a :class:`ModelRef` (hash, path, batch size, engine and precision as
+asked), so the model is never pickled into a task graph.
 
 The task functions of a job live here too: :func:`predict_and_store` (one chunk:
 predict, write its Zarr region, leave its ledger marker) and :func:`write_rasters` (the
@@ -24,29 +25,44 @@ import numpy as np
 
 from .backend import configure_threads
 from .contract import ClassInfo
+from .engine import EngineChoice, build_predictor, describe, detect_device, resolve
 from .errors import ModelError
 from .ledger import N_COUNTS, write_marker
 from .model import ModelHandle, check_model_shape, load_model
-from .predict import Predictor, block_outputs
+from .predict import block_outputs
 from .storage import Location, put_file
 from .write import validate_cog, write_cog, write_quicklook, write_region
 
-__all__ = ["ModelRef", "ModelPlugin", "get_predictor", "predict_and_store", "write_rasters"]
+__all__ = ["ModelRef", "ModelPlugin", "get_predictor", "engine_record", "predict_and_store",
+           "write_rasters"]
 
 # ---------------------------------------------------------------- the per-process model cache
 
-_CACHE: dict[tuple[str, int], Any] = {}
+_CACHE: dict[tuple, Any] = {}
+_CHOICES: dict[tuple, EngineChoice] = {}
 _BUILDS: collections.Counter = collections.Counter()
 _CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """The small identifier of a model that tasks carry (never the model itself)."""
+    """The small identifier of a model that tasks carry (never the model itself).
+
+    ``engine`` and ``precision`` are the options as asked (``auto`` included): each worker
+    resolves them for itself, so a GPU worker and a CPU worker of one cluster may differ.
+    ``batch_size`` ``None`` is the resolved engine's default.
+    """
 
     sha256: str
     path: str
-    batch_size: int
+    batch_size: int | None = None
+    engine: str = "auto"
+    precision: str = "auto"
+
+    @property
+    def key(self) -> tuple:
+        """The predictor cache key of this reference in a worker process."""
+        return (self.sha256, self.engine, self.precision, int(self.batch_size or 0))
 
 
 def build_counts() -> dict[str, int]:
@@ -54,23 +70,22 @@ def build_counts() -> dict[str, int]:
     return dict(_BUILDS)
 
 
-def _install(sha256: str, batch_size: int, build: Callable[[], Predictor]) -> Predictor:
-    key = (sha256, int(batch_size))
+def _install(key: tuple, build: Callable[[], tuple[EngineChoice, Any]]) -> Any:
     with _CACHE_LOCK:
         pred = _CACHE.get(key)
         if pred is None:
-            pred = build()
-            _CACHE[key] = pred
-            _BUILDS[sha256] += 1
+            choice, pred = build()
+            _CACHE[key], _CHOICES[key] = pred, choice
+            _BUILDS[key[0]] += 1
         return pred
 
 
-def get_predictor(ref: ModelRef) -> Predictor:
+def get_predictor(ref: ModelRef) -> Any:
     """The cached predictor of ``ref`` in this process, built on first use.
 
     On a worker with :class:`ModelPlugin` the model is already there. Elsewhere (the
     threaded scheduler, a worker that missed the plugin) it is loaded once from
-    ``ref.path`` and its sha256 checked.
+    ``ref.path`` and its sha256 checked; ``engine``/``precision`` are resolved here.
 
     Parameters
     ----------
@@ -82,18 +97,26 @@ def get_predictor(ref: ModelRef) -> Predictor:
     ModelError
         If the model file at ``ref.path`` no longer matches ``ref.sha256``.
     """
-    key = (ref.sha256, int(ref.batch_size))
-    pred = _CACHE.get(key)
+    pred = _CACHE.get(ref.key)
     if pred is not None:
         return pred
 
-    def build() -> Predictor:
-        bundle = load_model(ref.path)
+    def build() -> tuple[EngineChoice, Any]:
+        bundle = load_model(ref.path, check_keras=False)
         if bundle.sha256 != ref.sha256:
             raise ModelError(f"model at {ref.path} changed during the job (sha256 differs): rerun")
-        return bundle.predictor(batch_size=ref.batch_size)
+        choice = resolve(ref.engine, ref.precision, detect_device())
+        return choice, bundle.predictor(batch_size=ref.batch_size, engine=ref.engine,
+                                        precision=ref.precision)
 
-    return _install(ref.sha256, ref.batch_size, build)
+    return _install(ref.key, build)
+
+
+def engine_record(ref: ModelRef) -> dict | None:
+    """This worker's engine record for ``ref`` (engine, precision, device, batch size, threads,
+    model source), or ``None`` if it has not built it; run with ``client.run``."""
+    pred, choice = _CACHE.get(ref.key), _CHOICES.get(ref.key)
+    return describe(choice, pred) if pred is not None and choice is not None else None
 
 
 try:  # distributed is a core dependency; keep import errors readable anyway
@@ -105,29 +128,40 @@ except ImportError:  # pragma: no cover
 class ModelPlugin(WorkerPlugin):
     """Deliver a model handle to every worker once; build it once per worker process.
 
+    Each worker resolves ``engine``/``precision`` for itself (:func:`s2dask.engine.resolve`
+    with its own device): OpenVINO on CPU workers, from the bundle's stored IR when the
+    handle carries one (no deep-learning backend is imported then), else converted from
+    the Keras model once; Keras on GPU workers.
+
     Parameters
     ----------
     handle
-        :class:`s2dask.model.ModelHandle` (bytes + sha256 + contract).
+        :class:`s2dask.model.ModelHandle` (bytes + sha256 + contract [+ IR]).
     batch_size
-        The forward pass's fixed batch size.
+        The forward pass's fixed batch size (``None``: the resolved engine's default).
     tf_threads
-        Backend threads per task. ``None``: the worker's cores divided by the Dask
-        threads of all workers on its host (``host_threads``), at least 1.
+        Threads per task of the forward pass (the backend's, or OpenVINO's). ``None``: the
+        worker's cores divided by the Dask threads of all workers on its host
+        (``host_threads``), at least 1.
     host_threads
         ``{host: total Dask threads on that host}`` measured by the client when it
         registers the plugin; workers that join later fall back to their own count.
+    engine, precision
+        ``auto|keras|openvino`` and ``auto|fp32|bf16``, as asked.
     """
 
     idempotent = False
 
-    def __init__(self, handle: ModelHandle, *, batch_size: int, tf_threads: int | None = None,
-                 host_threads: dict[str, int] | None = None):
+    def __init__(self, handle: ModelHandle, *, batch_size: int | None = None, tf_threads: int | None = None,
+                 host_threads: dict[str, int] | None = None, engine: str = "auto",
+                 precision: str = "auto"):
         self.handle = handle
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size else None
         self.tf_threads = tf_threads
         self.host_threads = dict(host_threads or {})
-        self.name = f"s2dask-model-{handle.sha256[:16]}-{self.batch_size}"
+        self.engine, self.precision = engine, precision
+        self.ref_key = ModelRef(handle.sha256, "", self.batch_size, engine, precision).key
+        self.name = f"s2dask-model-{handle.sha256[:16]}-{engine}-{precision}-{self.batch_size or 'auto'}"
 
     def _threads_for(self, worker) -> int:
         if self.tf_threads:
@@ -142,14 +176,23 @@ class ModelPlugin(WorkerPlugin):
         return max(1, CPU_COUNT // max(1, dask_threads))
 
     def setup(self, worker) -> None:
-        configure_threads(self._threads_for(worker))
+        threads = self._threads_for(worker)
 
-        def build() -> Predictor:
+        def keras_model():
             model = self.handle.build()
             check_model_shape(model, self.handle.contract, where=f"model {self.handle.sha256[:12]}")
-            return Predictor(model, self.handle.contract, batch_size=self.batch_size)
+            return model
 
-        _install(self.handle.sha256, self.batch_size, build)
+        def build() -> tuple[EngineChoice, Any]:
+            choice = resolve(self.engine, self.precision, detect_device())
+            if choice.engine == "keras":  # OpenVINO takes its threads per compiled model
+                configure_threads(threads)
+            return choice, build_predictor(
+                choice, sha256=self.handle.sha256, contract=self.handle.contract,
+                keras_model=keras_model, ir=self.handle.ir_model if self.handle.ir else None,
+                batch_size=self.batch_size, threads=threads)
+
+        _install(self.ref_key, build)
 
 
 # ---------------------------------------------------------------- the job's tasks

@@ -112,7 +112,7 @@ def test_resolve_errors_are_one_line(kwargs, words):
 
 
 def test_fp32_equals_keras(bundle, ov_model, block):
-    keras_pred = bundle.predictor(batch_size=1024)
+    keras_pred = bundle.predictor(batch_size=1024, engine="keras")
     ov_pred = E.OpenVINOPredictor(ov_model, bundle.contract, precision="fp32", batch_size=1024)
     ref = block_outputs(keras_pred, block, probabilities=True)
     out = block_outputs(ov_pred, block, probabilities=True)

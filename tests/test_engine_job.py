@@ -1,0 +1,171 @@
+"""Engines in the product: classify == load_model(...).predict per engine and precision, the
+IR in the bundle (no TensorFlow on OpenVINO workers), job.json's engine records, start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import TUTORIAL_BANDS, sample_data_dir
+
+from s2dask import engine as E
+from s2dask.errors import ModelError, ParameterError
+from s2dask.job import classify
+from s2dask.model import build_model, load_model, save_bundle
+from s2dask.scene import open_scene
+
+CLASSES = [{"value": v, "name": f"c{v}"} for v in (1, 2, 3, 4, 5)]
+HAS_BF16 = E.cpu_has_bf16()[0]
+
+
+def _bundle(path: Path, *, ir: bool, units=(32, 32), mean=2000.0, variance=1.0e6) -> Path:
+    """A bundle of seeded weights (no training: deterministic and fast), with or without its IR."""
+    model = build_model(10, len(CLASSES), mean=np.full(10, mean), variance=np.full(10, variance),
+                        units=units, dropout=(0.0,) * len(units), seed=7)
+    path.mkdir(parents=True)
+    save_bundle(model, path, bands=TUTORIAL_BANDS, classes=CLASSES)
+    if ir:
+        E.export_ir(path, keras_model=model)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ir_bundle(tmp_path_factory) -> Path:
+    return _bundle(tmp_path_factory.mktemp("ir") / "bundle", ir=True)
+
+
+def _pixels(scene_path: Path, bands) -> tuple[np.ndarray, tuple[int, int]]:
+    arr = open_scene(scene_path, bands=bands).values  # small test scenes only
+    return arr.reshape(arr.shape[0], -1).T, arr.shape[1:]
+
+
+def _classes(res) -> np.ndarray:
+    return xr.open_zarr(Path(res.out) / "classes.zarr")["classes"].values
+
+
+def test_default_job_equals_default_prediction(synth_dir, ir_bundle, cluster_client, tmp_path):
+    scene = synth_dir / "scene.tif"
+    [res] = classify(scene, ir_bundle, tmp_path / "out", chunks=100, client=cluster_client,
+                     cog=False, progress=False)
+    bundle = load_model(ir_bundle, check_keras=False)
+    rows, shape = _pixels(scene, bundle.bands)
+    np.testing.assert_array_equal(_classes(res), bundle.predict(rows).reshape(shape))
+    # what ran, per worker: auto resolved on each worker as it is in this process
+    want = E.resolve()
+    record = json.loads((Path(res.out) / "job.json").read_text())
+    assert record["engine"]["asked"] == {"engine": "auto", "precision": "auto", "batch_size": None,
+                                         "tf_threads": None}
+    workers = record["engine"]["workers"]
+    assert len(workers) == 2
+    for rec in workers.values():
+        assert (rec["engine"], rec["precision"], rec["device"]) == (want.engine, want.precision, "cpu")
+        assert rec["batch_size"] == 2048 and rec["model_source"] == "ir" and rec["threads"] >= 1
+    assert record["parameters"]["batch_size"] == 2048
+
+
+@pytest.mark.parametrize("engine, precision", [
+    ("keras", "fp32"), ("openvino", "fp32"),
+    pytest.param("openvino", "bf16", marks=pytest.mark.skipif(not HAS_BF16, reason="no bf16 matrix units")),
+])
+def test_classify_equals_predict_per_engine(synth_dir, ir_bundle, cluster_client, tmp_path, engine,
+                                            precision):
+    scene = synth_dir / "scene.tif"
+    [res] = classify(scene, ir_bundle, tmp_path / "out", chunks=(128, 96), client=cluster_client,
+                     cog=False, progress=False, engine=engine, precision=precision)
+    bundle = load_model(ir_bundle, check_keras=False)
+    rows, shape = _pixels(scene, bundle.bands)
+    expected = bundle.predict(rows, engine=engine, precision=precision).reshape(shape)
+    np.testing.assert_array_equal(_classes(res), expected)
+    workers = res.record["engine"]["workers"].values()
+    assert {(r["engine"], r["precision"]) for r in workers} == {(engine, precision)}
+    assert {r["batch_size"] for r in workers} == {8192 if engine == "keras" else 2048}
+
+
+def test_openvino_workers_import_no_tensorflow(synth_dir, ir_bundle, tmp_path):
+    """A fresh worker that runs a job with a stored IR never imports TensorFlow or Keras."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="2GiB") as cluster, Client(cluster, set_as_default=False) as client:
+        [res] = classify(synth_dir / "scene.tif", ir_bundle, tmp_path / "out", client=client,
+                         engine="openvino", cog=False, progress=False)
+        loaded = client.run(lambda: sorted(m for m in ("tensorflow", "keras", "jax", "torch")
+                                           if m in sys.modules))
+    assert list(loaded.values()) == [[]]
+    [rec] = res.record["engine"]["workers"].values()
+    assert rec["model_source"] == "ir" and rec["engine"] == "openvino"
+
+
+def test_bundle_without_ir_is_converted_once(synth_dir, tiny_model, cluster_client, tmp_path):
+    from s2dask.worker import build_counts
+
+    for i in range(2):
+        [res] = classify(synth_dir / "scene.tif", tiny_model, tmp_path / f"out{i}", chunks=100,
+                         client=cluster_client, engine="openvino", precision="fp32", cog=False,
+                         progress=False)
+        assert {r["model_source"] for r in res.record["engine"]["workers"].values()} == {"converted"}
+    sha = load_model(tiny_model, check_keras=False).sha256
+    assert all(c.get(sha) == 1 for c in cluster_client.run(build_counts).values())
+
+
+def test_ir_is_checked_on_load(ir_bundle, tmp_path):
+    import shutil
+
+    d = Path(shutil.copytree(ir_bundle, tmp_path / "b"))
+    assert load_model(d, check_keras=False).has_ir
+    weights = bytearray((d / "model.bin").read_bytes())
+    weights[64] ^= 0xFF
+    (d / "model.bin").write_bytes(bytes(weights))
+    with pytest.raises(ModelError) as exc:
+        load_model(d, check_keras=False)
+    text = str(exc.value)
+    assert "\n" not in text and "does not match the sha256" in text and "export_ir" in text
+
+
+def test_bad_engine_options_are_refused_before_anything_runs(synth_dir, ir_bundle, tmp_path):
+    with pytest.raises(ParameterError) as exc:
+        classify(synth_dir / "scene.tif", ir_bundle, tmp_path / "out", engine="tensorrt")
+    assert "auto, keras, openvino" in str(exc.value)
+    with pytest.raises(ParameterError) as exc:
+        classify(synth_dir / "scene.tif", ir_bundle, tmp_path / "out", engine="keras", precision="bf16")
+    assert "--engine openvino" in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prints_the_engine_and_records_startup(synth_dir, ir_bundle, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "s2dask.cli", "classify", str(synth_dir / "scene.tif"),
+                           "--model", str(ir_bundle), "--out", str(out), "--workers", "1",
+                           "--engine", "openvino", "--precision", "fp32", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "engine: openvino fp32 on cpu, batch 2048" in proc.stdout and "IR (1 worker)" in proc.stdout
+    startup = json.loads((out / "scene" / "job.json").read_text())["timings_s"]["startup"]
+    assert startup["since"] == "process start"
+    assert 0 < startup["cluster_up"] <= startup["model_delivered"] <= startup["first_chunk"]
+    assert startup["scenes_checked"] <= startup["first_chunk"]
+
+
+@pytest.mark.skipif(sample_data_dir() is None, reason="Buffalo sample data not found: set S2DASK_SAMPLE_DATA")
+def test_fp32_engines_agree_on_buffalo(tmp_path):
+    """Keras and OpenVINO in float32 give the same class map on the real Buffalo scene."""
+    import pandas as pd
+
+    from s2dask.grid import grid_to_raster
+
+    grid = sample_data_dir() / "grid_data.csv"
+    scene = grid_to_raster(grid, tmp_path / "buffalo.tif", crs="EPSG:32617")
+    table = pd.read_csv(grid)[TUTORIAL_BANDS].to_numpy("float64")
+    bundle_dir = _bundle(tmp_path / "bundle", ir=True, units=(200, 200, 200, 200),
+                         mean=table.mean(), variance=table.var())
+    bundle = load_model(bundle_dir)
+    rows, _ = _pixels(scene, bundle.bands)
+    keras = bundle.predict(rows, engine="keras")
+    ov = bundle.predict(rows, engine="openvino", precision="fp32")
+    assert (keras != 255).sum() >= 35_000
+    np.testing.assert_array_equal(ov, keras)
