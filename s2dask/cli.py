@@ -337,6 +337,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     try:
         from .job import classify
 
+        starter.timeline.mark("imports")
         results = classify(
             args.scenes if len(args.scenes) > 1 else args.scenes[0], args.model, args.out,
             client=starter, chunks=args.chunks, probabilities=args.probabilities,
