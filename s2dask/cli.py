@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
+from .cli_maps import add_classify_options, add_subcommands
 from .errors import S2DaskError
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -285,6 +286,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    "4 such chunks); memory per task scales with it")
     p.add_argument("--probabilities", action="store_true",
                    help="also write per-class probabilities (uint8 percent) to the Zarr store")
+    add_classify_options(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler (tcp:// or tls://)")
     where.add_argument("--scheduler-file", metavar="FILE", help="join the scheduler of this scheduler file")
@@ -323,7 +325,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker, gpu=args.gpu, overwrite=args.overwrite,
         resume=args.resume, batch_size=args.batch_size, connect_timeout=args.timeout,
         overview_resampling=args.overview_resampling,
-        progress=False if args.quiet else None,
+        progress=False if args.quiet else None, uncertainty=args.uncertainty, smooth=args.smooth,
     )
     failed = 0
     for r in results:
@@ -395,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _ADDERS:
         add(sub)
+    add_subcommands(sub)
     return parser
 
 

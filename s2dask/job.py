@@ -42,14 +42,19 @@ from distributed import as_completed
 from .cluster import cluster_summary, connect, host_thread_counts
 from .contract import OUTPUT_NODATA
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
+from .halo import halo_array
 from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger
 from .model import ModelBundle, library_versions, load_model
+from .outputs import cog_layers, map_spec, zarr_layers
+from .outputs import record as maps_record
 from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
 from .scene import open_scene
 from .scene.graph import chunk_pair
+from .smooth import check_window
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
+from .uncertainty import parse_kinds
 from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
 from .write import layout_zarr
 
@@ -108,8 +113,15 @@ class JobOptions:
     gpu: bool = False
     #: seconds to wait for a scheduler
     connect_timeout: float = 20.0
+    #: uncertainty layers to write, from ``entropy``, ``margin``, ``least`` (or ``"entropy,margin"``)
+    uncertainty: tuple[str, ...] = ()
+    #: smooth the class probabilities over an N x N window (odd) before choosing the class
+    smooth: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "uncertainty", parse_kinds(self.uncertainty))
+        if self.smooth is not None:
+            object.__setattr__(self, "smooth", check_window(self.smooth))
         if self.chunks is not None:
             object.__setattr__(self, "chunks", chunk_pair(self.chunks, error=ParameterError))
         if self.batch_size is not None and int(self.batch_size) <= 0:
@@ -216,7 +228,8 @@ def classify(
         Fields of :class:`JobOptions` (``chunks``, ``probabilities``, ``overwrite``,
         ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
-        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``),
+        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
+        ``uncertainty``, ``smooth``),
         replacing those of ``options``.
 
     Returns
@@ -404,7 +417,8 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
     if partial.exists():
         if options.resume:
             want = {"model_sha256": bundle.sha256, "chunks": list(scene_chunks),
-                    "scene": _scene_identity(scene)}
+                    "scene": _scene_identity(scene), "uncertainty": list(options.uncertainty),
+                    "smooth": options.smooth}
             done = check_resumable(partial, partial.join("chunks"), want)
         elif not options.overwrite:
             raise OutputExistsError(
@@ -425,7 +439,8 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
     if job.resume_from == 0:
         _layout_output(job, run, store=store, markers=markers, params={
             "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
-            "probabilities": opts.probabilities, "batch_size": run.batch_size})
+            "probabilities": opts.probabilities, "batch_size": run.batch_size,
+            "uncertainty": list(opts.uncertainty), "smooth": opts.smooth})
     blocks = _prediction_graph(job, run, store=store, markers=markers)
     done, totals, t_predict, computed = _compute(job, run, blocks, markers=markers)
     t_w0 = time.perf_counter()
@@ -457,7 +472,8 @@ def _layout_output(job: _SceneJob, run: _Run, *, store: Location, markers: Locat
         job.partial.rm()
         markers.makedirs()
         layout_zarr(store, scene=job.scene, chunks=job.chunks, classes=classes,
-                    probabilities=run.options.probabilities, attrs=attrs)
+                    probabilities=run.options.probabilities, attrs=attrs,
+                    layers=zarr_layers(run.options.uncertainty))
         atomic_write_json(job.partial.join(PARAMS_FILE), params, default=json_text_default)
     except OSError as exc:
         raise StorageError(f"cannot write output {job.partial}: {exc.strerror or exc}; check free "
@@ -471,12 +487,16 @@ def _prediction_graph(job: _SceneJob, run: _Run, *, store: Location, markers: Lo
     """
     data = job.scene.data
     target = da.core.normalize_chunks((data.shape[0], *job.chunks), data.shape)
-    if data.chunks != target:  # every task must own whole Zarr chunks
+    maps = map_spec(uncertainty=run.options.uncertainty, smooth=run.options.smooth,
+                    chunks=job.chunks, shape=data.shape[1:])
+    if maps is not None and maps.halo:  # each task reads its chunk plus a halo
+        data = halo_array(data, chunks=job.chunks, halo=maps.halo, fill=job.scene.attrs.get("nodata", 0))
+    elif data.chunks != target:  # every task must own whole Zarr chunks
         data = data.rechunk(target)
     nyb, nxb = len(data.chunks[1]), len(data.chunks[2])
     counts = da.map_blocks(
         predict_and_store, data, ref=run.ref, store=store, markers=markers,
-        probabilities=run.options.probabilities, dtype="int64",
+        probabilities=run.options.probabilities, maps=maps, dtype="int64",
         chunks=((1,), (1,) * nyb, (1,) * nxb, (N_COUNTS,)), new_axis=3,
         meta=np.empty((0, 0, 0, 0), dtype="int64"),
         name=f"s2dask-predict-{job.scene_id}-{uuid.uuid4().hex[:8]}",
@@ -516,7 +536,8 @@ def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
         crs=scene.rio.crs.to_wkt(), transform=scene.rio.transform(),
         overview_resampling=opts.overview_resampling, quicklook=opts.quicklook,
         title=f"{job.scene_id} - s2dask classes",
-        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256}, pure=False)
+        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256},
+        layers=cog_layers(opts.uncertainty), pure=False)
     try:
         report = fut.result()
     except S2DaskError:
@@ -545,6 +566,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                           "pixels": n, "fraction": n / (ny * nx),
                           "hectares": (n * px_area_m2 / 1e4) if metres else None})
     total_t, t_predict = timings["total"], timings["predict"]
+    maps_params, maps_outputs = maps_record(opts.uncertainty, opts.smooth, cog=opts.cog)
     return {
         "status": "complete",
         "created": _now(),
@@ -552,12 +574,13 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
         "output": {"dir": str(job.final), "zarr": "classes.zarr",
                    "cog": "classes.tif" if opts.cog else None,
                    "quicklook": "quicklook.png" if (opts.cog and opts.quicklook) else None,
-                   "cog_validation": cog_report},
+                   "cog_validation": cog_report, **maps_outputs},
         "model": {"path": str(bundle.path), "sha256": bundle.sha256,
                   "contract": bundle.contract.to_dict()},
         "parameters": {"chunks": [cy, cx], "probabilities": opts.probabilities,
                        "batch_size": run.batch_size,
-                       "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},
+                       "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed,
+                       **maps_params},
         "cluster": run.cluster,
         "statistics": {"pixels": ny * nx, "nodata_pixels": int(totals[OUTPUT_NODATA]),
                        "classified_pixels": int(totals[:OUTPUT_NODATA].sum()),

@@ -27,9 +27,10 @@ from .contract import ClassInfo
 from .errors import ModelError
 from .ledger import N_COUNTS, write_marker
 from .model import ModelHandle, check_model_shape, load_model
+from .outputs import MapSpec
 from .predict import Predictor, block_outputs
 from .storage import Location, put_file
-from .write import validate_cog, write_cog, write_quicklook, write_region
+from .write import validate_cog, write_cog, write_layers, write_quicklook, write_region
 
 __all__ = ["ModelRef", "ModelPlugin", "get_predictor", "predict_and_store", "write_rasters"]
 
@@ -156,7 +157,7 @@ class ModelPlugin(WorkerPlugin):
 
 
 def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, markers: Location,
-                      probabilities: bool, block_info=None) -> np.ndarray:
+                      probabilities: bool, block_info=None, maps: MapSpec | None = None) -> np.ndarray:
     """One prediction task: predict a ``(band, y, x)`` block, write it, return class counts.
 
     The model comes from the worker's cache (put there by :class:`ModelPlugin`); only
@@ -175,6 +176,10 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
         Also write the per-class probabilities.
     block_info
         Dask's description of the block (its position in the scene).
+    maps
+        Uncertainty layers and smoothing (:class:`s2dask.outputs.MapSpec`); with
+        ``maps.smooth > 1`` the block is the chunk plus a halo (:func:`s2dask.halo.halo_array`)
+        and only the chunk is written.
 
     Returns
     -------
@@ -183,9 +188,15 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     """
     where = block_info[0]["array-location"]
     iy, ix = block_info[0]["chunk-location"][1:]
+    if maps is not None:
+        where = maps.location(iy, ix)  # the chunk itself, without its halo
     ys, xs = slice(*where[1]), slice(*where[2])
     predictor = get_predictor(ref)
-    out = block_outputs(predictor, block, probabilities=probabilities)
+    if maps is None:
+        out = block_outputs(predictor, block, probabilities=probabilities)
+    else:
+        out, layers = maps.outputs(predictor, block, chunk=(iy, ix), probabilities=probabilities)
+        write_layers(store, layers, y=ys, x=xs)
     write_region(store, out, y=ys, x=xs, probabilities=probabilities)
     counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
     write_marker(markers, (iy, ix), where[1], where[2], counts)
@@ -194,7 +205,7 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
 
 def write_rasters(store: Location, partial: Location, *, classes: Sequence[ClassInfo], crs: str,
                   transform, overview_resampling: str, quicklook: bool, title: str,
-                  tags: dict) -> dict:
+                  tags: dict, layers: dict[str, str] | None = None) -> dict:
     """Stream the COG from the Zarr, validate it, draw the quicklook (a worker task).
 
     Written in a local temporary folder (inside the partial output when it is local) and
@@ -212,6 +223,9 @@ def write_rasters(store: Location, partial: Location, *, classes: Sequence[Class
         Also draw ``quicklook.png``.
     title, tags
         The quick-look's title; GeoTIFF metadata of the COG.
+    layers
+        More COGs: ``{Zarr array name: file name}`` (uncertainty layers; overviews by
+        ``average``, or ``nearest`` when that is the overview resampling).
 
     Returns
     -------
@@ -229,6 +243,12 @@ def write_rasters(store: Location, partial: Location, *, classes: Sequence[Class
         write_cog(store, cog_path, classes=classes, crs=crs, transform=transform,
                   overview_resampling=overview_resampling, tags=tags)
         valid, errors, warnings = validate_cog(cog_path)
+        for name, filename in (layers or {}).items():
+            path = os.path.join(tmp, filename)
+            write_cog(store, path, classes=classes, crs=crs, transform=transform, tags=tags, layer=name,
+                      overview_resampling="nearest" if overview_resampling == "nearest" else "average")
+            ok, errs, warns = validate_cog(path)
+            valid, errors, warnings = valid and ok, [*errors, *errs], [*warnings, *warns]
         if quicklook:
             write_quicklook(cog_path, os.path.join(tmp, "quicklook.png"), classes=classes, title=title)
         for name in os.listdir(tmp):

@@ -27,8 +27,8 @@ from .contract import OUTPUT_NODATA, ClassInfo, class_infos
 from .errors import StorageError
 from .storage import Location, as_location, open_array, staged_file
 
-__all__ = ["layout_zarr", "write_region", "write_cog", "validate_cog", "write_quicklook",
-           "colour_table"]
+__all__ = ["layout_zarr", "write_region", "write_layers", "write_cog", "validate_cog",
+           "write_quicklook", "colour_table"]
 
 CLASSES = "classes"
 CONFIDENCE = "confidence"
@@ -56,7 +56,7 @@ def colour_table(classes: Classes, nodata: int = OUTPUT_NODATA) -> dict[int, tup
 
 def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chunks: tuple[int, int],
                 classes: Classes, probabilities: bool, attrs: dict,
-                storage_options: dict | None = None) -> None:
+                storage_options: dict | None = None, layers: Mapping[str, dict] | None = None) -> None:
     """Create the output Zarr v3 group: coordinates, ``spatial_ref`` and empty arrays.
 
     Parameters
@@ -77,6 +77,9 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
         The group's attributes.
     storage_options
         fsspec options of a store given as a URL (default: from the environment).
+    layers
+        More ``(y, x)`` uint8 arrays (uncertainty layers): ``{name: attrs}``, filled with
+        ``attrs["nodata"]`` (default 255) until written; chunked like ``classes``.
 
     Raises
     ------
@@ -104,6 +107,10 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
             {"long_name": "class probability", "units": "percent"},
         )
         coords["class"] = np.array([c.value for c in classes], dtype="uint8")
+    for name, layer_attrs in (layers or {}).items():
+        fill = int(layer_attrs.get("nodata", OUTPUT_NODATA))
+        data_vars[name] = (("y", "x"), da.full((ny, nx), fill, dtype="uint8", chunks=(cy, cx)),
+                           dict(layer_attrs))
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds = ds.rio.write_crs(scene.rio.crs)
     ds = ds.rio.write_transform(scene.rio.transform())
@@ -112,6 +119,7 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
     encoding = {CLASSES: {"chunks": (cy, cx)}, CONFIDENCE: {"chunks": (cy, cx)}}
     if probabilities:
         encoding[PROBABILITIES] = {"chunks": (n_cls, cy, cx)}
+    encoding.update({name: {"chunks": (cy, cx)} for name in (layers or {})})
     import zarr
 
     with warnings.catch_warnings():
@@ -156,9 +164,24 @@ def write_region(store: Location | str | os.PathLike, outputs: np.ndarray, *, y:
         open_array(loc, PROBABILITIES)[:, y, x] = outputs[2:]
 
 
+def write_layers(store: Location | str | os.PathLike, layers: Mapping[str, np.ndarray], *, y: slice,
+                 x: slice, storage_options: dict | None = None) -> None:
+    """Write one block's ``{name: (y, x) array}`` layers into the Zarr arrays of those names.
+
+    Raises
+    ------
+    OSError
+        If the store cannot be written (disk full, permission denied).
+    """
+    loc = as_location(store, storage_options)
+    for name, block in layers.items():
+        open_array(loc, name)[y, x] = block
+
+
 def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, classes: Classes,
               crs: Any, transform: Any, storage_options: dict | None = None,
-              overview_resampling: str = "mode", tags: dict | None = None) -> str:
+              overview_resampling: str = "mode", tags: dict | None = None,
+              layer: str = CLASSES) -> str:
     """Stream the Zarr class map into a Cloud-Optimized GeoTIFF at ``dst`` (a local path).
 
     The map is read one Zarr chunk at a time into a tiled, DEFLATE-compressed GeoTIFF,
@@ -179,9 +202,13 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
     storage_options
         fsspec options of a store given as a URL (default: from the environment).
     overview_resampling
-        ``"mode"`` or ``"nearest"``.
+        ``"mode"`` or ``"nearest"`` (``"average"`` for a continuous layer).
     tags
         More GeoTIFF metadata.
+    layer
+        The Zarr array to write (default ``classes``). Another layer (an uncertainty layer)
+        gets its own nodata (its ``nodata`` attribute, default 255) and description (its
+        ``long_name``), and neither the colour table nor the class names.
 
     Returns
     -------
@@ -193,7 +220,9 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
     StorageError
         If GDAL cannot write the file (disk full, permission denied).
     """
-    arr = open_array(as_location(store, storage_options), CLASSES)
+    arr = open_array(as_location(store, storage_options), layer)
+    is_classes = layer == CLASSES
+    nodata = 255 if is_classes else int(arr.attrs.get("nodata", 255))
     ny, nx = arr.shape
     cy, cx = arr.chunks
     dst = Path(dst)
@@ -204,7 +233,7 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
         with tempfile.TemporaryDirectory(prefix=".cog-", dir=dst.parent) as tmp:
             stage = Path(tmp) / "stage.tif"
             profile = dict(driver="GTiff", width=nx, height=ny, count=1, dtype="uint8",
-                           crs=crs, transform=transform, nodata=255, tiled=True,
+                           crs=crs, transform=transform, nodata=nodata, tiled=True,
                            blockxsize=512, blockysize=512, compress="DEFLATE", predictor=1,
                            bigtiff="IF_SAFER", sparse_ok=False)
             with rasterio.open(stage, "w", **profile) as out:
@@ -213,10 +242,15 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
                         block = arr[y0:y0 + cy, x0:x0 + cx]
                         out.write(block, 1, window=((y0, y0 + block.shape[0]),
                                                     (x0, x0 + block.shape[1])))
-                out.write_colormap(1, table)
-                out.set_band_description(1, "land-cover class")
-                out.update_tags(CLASS_NAMES=json.dumps(names), **(tags or {}))
-                out.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
+                if is_classes:
+                    out.write_colormap(1, table)
+                    out.set_band_description(1, "land-cover class")
+                    out.update_tags(CLASS_NAMES=json.dumps(names), **(tags or {}))
+                    out.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
+                else:
+                    out.set_band_description(1, str(arr.attrs.get("long_name", layer)))
+                    out.update_tags(**(tags or {}))
+                    out.update_tags(1, **{str(k).upper(): str(v) for k, v in arr.attrs.items()})
             with staged_file(dst) as part:
                 rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
                                      OVERVIEW_RESAMPLING=overview_resampling.upper(),
