@@ -225,3 +225,48 @@ def test_suggest_design_assess_commands_on_a_job(scene_dir, cluster_client, tmp_
     # bad input: a label column that is not there -> one line, exit 2, nothing written
     assert main(["assess", str(out), str(ref), "--label", "nope", "--out", str(tmp_path / "b.json")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "b.json").exists()
+
+
+def _bench():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "maps_buffalo.py"
+    spec = importlib.util.spec_from_file_location("maps_buffalo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_buffalo_smoothing_accuracy_and_design_assess_end_to_end(cluster_client, tmp_path, capsys):
+    """A bundle from `s2dask train --split pixel` (3 epochs), maps plain / --smooth 3 / 5 scored on the
+    labelled pixels, then design -> labels from the labelled points -> assess (README: the same with
+    the defaults, benchmarks/maps_buffalo.py)."""
+    data = sample_data_dir()
+    if data is None:
+        pytest.skip("S2DASK_SAMPLE_DATA is not set (or has no buffalo/): the Buffalo test needs the sample data")
+    bench = _bench()
+    scene, bundle = tmp_path / "buffalo.tif", tmp_path / "bundle"
+    assert main(["grid-to-raster", str(data / "grid_data.csv"), str(scene), "--crs", "EPSG:32617"]) == 0
+    assert main(["train", str(data / "point_data.csv"), "--out", str(bundle), "--split", "pixel",
+                 "--epochs", "3", "--quiet"]) == 0
+    acc = {}
+    for size in (None, 3, 5):
+        [res] = classify(scene, bundle, tmp_path / f"s{size}", chunks=64, client=cluster_client, smooth=size,
+                         uncertainty="entropy" if size is None else (), progress=False)
+        assert res.status == "complete", res.error
+        if size is None:
+            pixels = bench.labelled_pixels(data / "point_data.csv", Path(res.out))
+        acc[size or 1] = bench.pixel_accuracy(Path(res.out), pixels)
+    print("\nwindow  accuracy on the labelled pixels: " + ", ".join(f"{k}: {v:.3f}" for k, v in acc.items()))
+    assert len(pixels[0]) > 1500 and all(0.5 < a <= 1 for a in acc.values())
+    plain = tmp_path / "sNone" / "buffalo"
+    assert main(["design", str(plain), "--n", "3000", "--min-per-class", "300", "--out", str(tmp_path / "d.gpkg")]) == 0
+    labelled, drawn = bench.label_design(tmp_path / "d.gpkg", pixels, tmp_path / "labelled.gpkg", plain)
+    assert 100 < labelled < drawn
+    capsys.readouterr()
+    assert main(["assess", str(plain), str(tmp_path / "labelled.gpkg"), "--label", "reference",
+                 "--out", str(tmp_path / "assessment.json")]) == 0
+    assert "without a label" in capsys.readouterr().out
+    report = json.loads((tmp_path / "assessment.json").read_text())
+    assert 0.5 < report["overall_accuracy"] <= 1 and report["total_mapped_ha"] == pytest.approx(357.0)
+    assert sum(c["estimated_ha"] for c in report["classes"]) == pytest.approx(357.0)
