@@ -238,7 +238,7 @@ def _bench():
 
 
 def test_buffalo_smoothing_accuracy_and_design_assess_end_to_end(cluster_client, tmp_path, capsys):
-    """A bundle from `s2dask train --split pixel` (3 epochs), maps plain / --smooth 3 / 5 scored on the
+    """A bundle from `s2dask train --split pixel` (10 epochs, small), maps plain / --smooth 3 / 5 scored on the
     labelled pixels, then design -> labels from the labelled points -> assess (README: the same with
     the defaults, benchmarks/maps_buffalo.py)."""
     data = sample_data_dir()
@@ -248,7 +248,7 @@ def test_buffalo_smoothing_accuracy_and_design_assess_end_to_end(cluster_client,
     scene, bundle = tmp_path / "buffalo.tif", tmp_path / "bundle"
     assert main(["grid-to-raster", str(data / "grid_data.csv"), str(scene), "--crs", "EPSG:32617"]) == 0
     assert main(["train", str(data / "point_data.csv"), "--out", str(bundle), "--split", "pixel",
-                 "--epochs", "3", "--quiet"]) == 0
+                 "--epochs", "10", "--units", "64,64", "--dropout", "0,0", "--batch-size", "128", "--quiet"]) == 0
     acc = {}
     for size in (None, 3, 5):
         [res] = classify(scene, bundle, tmp_path / f"s{size}", chunks=64, client=cluster_client, smooth=size,
