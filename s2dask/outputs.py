@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .halo import chunk_halo, inside
+from .mask import NODATA as NODATA_CODE
 from .smooth import Halo, check_window, smooth_block
 from .uncertainty import cog_name, compute_layers, layer_attrs, layer_name, parse_kinds
 
@@ -84,6 +85,22 @@ class MapSpec:
         x0 = rx0 - h.pad[1][0] + self.halo
         ys, xs = h.inner
         return [(0, 0), (y0, y0 + ys.stop - ys.start), (x0, x0 + xs.stop - xs.start)]
+
+    def codes(self, mask: Any, block: np.ndarray, *, chunk: tuple[int, int]) -> np.ndarray:
+        """Mask codes of the whole block (chunk + halo); the padding outside the scene is nodata.
+
+        ``mask`` is a :class:`s2dask.mask.ChunkMask`: it reads the scene part of the block's
+        window (never outside the scene).
+        """
+        h = self.chunk_halo(*chunk)
+        (t, b), (l, r) = h.pad
+        _, ny, nx = block.shape
+        codes = mask.codes(block[:, t:ny - b, l:nx - r], h.read[0], h.read[2])
+        return np.pad(codes, h.pad, constant_values=NODATA_CODE)
+
+    def inner(self, layer: np.ndarray, *, chunk: tuple[int, int]) -> np.ndarray:
+        """The chunk's own part of a ``(y, x)`` layer of the block (the block itself without halo)."""
+        return layer[self.chunk_halo(*chunk).inner]
 
     def outputs(self, predictor: Any, block: np.ndarray, *, chunk: tuple[int, int],
                 probabilities: bool, valid: np.ndarray | None = None) -> tuple[np.ndarray, dict]:

@@ -163,7 +163,7 @@ def test_layer_cog_has_overviews(tmp_path):
     import dask.array as da
     import rioxarray  # noqa: F401
 
-    from s2dask.write import layout_zarr, validate_cog, write_cog, write_layers
+    from s2dask.write import layout_zarr, validate_cog, write_cog, write_layer
 
     ny, nx = 1100, 1050
     scene = xr.DataArray(da.zeros((1, ny, nx), dtype="uint16", chunks=(1, 512, 512)), dims=("band", "y", "x"),
@@ -174,7 +174,7 @@ def test_layer_cog_has_overviews(tmp_path):
                 attrs={}, layers={"uncertainty_entropy": {"nodata": 255, "long_name": "entropy"}})
     values = (np.arange(ny * nx) % 101).astype("uint8").reshape(ny, nx)
     values[:10] = 255
-    write_layers(store, {"uncertainty_entropy": values}, y=slice(0, ny), x=slice(0, nx))
+    write_layer(store, "uncertainty_entropy", values, y=slice(0, ny), x=slice(0, nx))
     cog = write_cog(store, tmp_path / "u.tif", classes=[], crs=scene.rio.crs, transform=scene.rio.transform(),
                     layer="uncertainty_entropy", overview_resampling="average")
     with rasterio.open(cog) as src:
@@ -270,3 +270,30 @@ def test_buffalo_smoothing_accuracy_and_design_assess_end_to_end(cluster_client,
     report = json.loads((tmp_path / "assessment.json").read_text())
     assert 0.5 < report["overall_accuracy"] <= 1 and report["total_mapped_ha"] == pytest.approx(357.0)
     assert sum(c["estimated_ha"] for c in report["classes"]) == pytest.approx(357.0)
+
+
+def test_smoothing_with_a_mask_file_is_seamless_and_skips_masked_pixels(scene_dir, cluster_client, one_worker,
+                                                                        tmp_path):
+    with rasterio.open(scene_dir / "scene.tif") as src:
+        profile = dict(src.profile, count=1, dtype="uint8", nodata=None)
+    mask = np.zeros(SHAPE, dtype="uint8")
+    mask[90:110, 40:90] = 1  # across the chunk edge at 64
+    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
+        dst.write(mask, 1)
+    opts = dict(smooth=3, uncertainty="least", mask=str(tmp_path / "mask.tif"))
+    _, a = _job(scene_dir / "scene.tif", scene_dir, tmp_path / "a", cluster_client, chunks=64, **opts)
+    _, b = _job(scene_dir / "scene.tif", scene_dir, tmp_path / "b", one_worker, chunks=4096, **opts)
+    for name in ("classes", "confidence", "uncertainty_least", "mask"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    classes = a["classes"].values
+    assert (classes[90:110, 40:90] == 255).all() and (a["mask"].values[90:110, 40:90] != 0).all()
+    # the masked block is not smoothed into: its neighbours equal a scene where it is nodata
+    with rasterio.open(scene_dir / "scene.tif") as src:
+        data, prof = src.read(), src.profile
+    data[:, 90:110, 40:90] = 0
+    with rasterio.open(tmp_path / "holed.tif", "w", **prof) as dst:
+        dst.write(data)
+    _, c = _job(tmp_path / "holed.tif", scene_dir, tmp_path / "c", one_worker, chunks=4096, smooth=3,
+                uncertainty="least")
+    np.testing.assert_array_equal(classes, c["classes"].values)
+    np.testing.assert_array_equal(a["uncertainty_least"].values, c["uncertainty_least"].values)
