@@ -44,6 +44,7 @@ from .contract import OUTPUT_NODATA
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
 from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger
 from .model import ModelBundle, library_versions, load_model
+from .pipeline import run_pipelined
 from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
@@ -286,13 +287,18 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
                                       threads_per_worker=options.threads_per_worker, gpu=options.gpu)
     try:
         run = _start(client, bundle, out=out, options=options, t_open=t_open)
-        for job in prepared:
-            try:
-                results[job.source] = _run_one(job, run)
-            except S2DaskError as exc:
-                if single:
-                    raise
-                results[job.source] = _failed(job.source, exc)
+
+        def failed(job: _SceneJob, exc: S2DaskError) -> None:
+            if single:
+                raise exc
+            results[job.source] = _failed(job.source, exc)
+
+        def finish(flight: _Flight) -> None:
+            results[flight.job.source] = _conclude(flight, run)
+
+        # the next scene's chunks run while the previous scene is finished (s2dask.pipeline)
+        run_pipelined(prepared, submit=lambda job, prev: _submit(job, run, prev), finish=finish,
+                      cancel=lambda flight: client.cancel(flight.futures), failed=failed)
     finally:
         if own_cluster is not None:
             client.close()
@@ -416,8 +422,25 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
 # ------------------------------------------------------------------------------ one scene
 
 
-def _run_one(job: _SceneJob, run: _Run) -> JobResult:
-    """Lay out, predict, finish, record and commit one scene."""
+@dataclass
+class _Flight:
+    """A scene whose chunk tasks are on the cluster (submitted, not yet finished)."""
+
+    job: _SceneJob
+    store: Location
+    markers: Location
+    ident: dict
+    grid: tuple[int, int]  # chunks along y, x
+    done: set[str]  # chunks finished before (resume)
+    totals: np.ndarray
+    futures: list
+    t_submit: float
+    previous: "_Flight | None"  # the scene whose chunks run before these
+    t_chunks_done: float = 0.0
+
+
+def _submit(job: _SceneJob, run: _Run, previous: _Flight | None) -> _Flight:
+    """Lay out the output, build the graph, submit the chunks not in the ledger."""
     t0 = time.perf_counter()
     store, markers = job.partial.join("classes.zarr"), job.partial.join("chunks")
     opts = run.options
@@ -427,7 +450,21 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
             "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
             "probabilities": opts.probabilities, "batch_size": run.batch_size})
     blocks = _prediction_graph(job, run, store=store, markers=markers)
-    done, totals, t_predict, computed = _compute(job, run, blocks, markers=markers)
+    nyb, nxb = blocks.shape
+    done, totals = read_ledger(markers)
+    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
+    futures = run.client.compute(todo) if todo else []
+    return _Flight(job, store, markers, ident, (nyb, nxb), done, totals, futures, t0, previous)
+
+
+def _conclude(flight: _Flight, run: _Run) -> JobResult:
+    """Wait for a scene's chunks, then finish, record and commit it."""
+    job, store, opts, ident = flight.job, flight.store, run.options, flight.ident
+    # its chunks could start once the previous scene's were done (both are queued at once)
+    prev, flight.previous = flight.previous, None
+    t0 = max(flight.t_submit, prev.t_chunks_done if prev else 0.0)
+    done, totals, t_predict, computed = _compute(flight, run, t0)
+    flight.futures, flight.t_chunks_done = [], time.perf_counter()
     t_w0 = time.perf_counter()
     cog_report = _finish(job, run, store=store) if opts.cog else {}
     t_write = time.perf_counter() - t_w0
@@ -484,18 +521,14 @@ def _prediction_graph(job: _SceneJob, run: _Run, *, store: Location, markers: Lo
     return counts.to_delayed(optimize_graph=True).reshape(nyb, nxb)
 
 
-def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
-             markers: Location) -> tuple[set[str], np.ndarray, float, bool]:
-    """Run the chunks not in the ledger; ``(done before, class totals, seconds, any run)``."""
-    nyb, nxb = blocks.shape
-    done, totals = read_ledger(markers)
-    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
+def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarray, float, bool]:
+    """Wait for a flight's chunks; ``(done before, class totals, seconds since t0, any run)``."""
+    job, done, totals, futures = flight.job, flight.done, flight.totals, flight.futures
+    nyb, nxb = flight.grid
     bar = Progress(nyb * nxb, job.scene_id, bool(run.show))
     bar.update(len(done))
-    t0 = time.perf_counter()
-    if todo:
+    if futures:
         client = run.client
-        futures = client.compute(todo)
         try:
             for fut in as_completed(futures, loop=client.loop):
                 if fut.status == "error":
@@ -505,7 +538,7 @@ def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
         except BaseException:
             client.cancel(futures)
             raise
-    return done, totals, time.perf_counter() - t0, bool(todo)
+    return done, totals, time.perf_counter() - t0, bool(futures)
 
 
 def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
@@ -516,7 +549,8 @@ def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
         crs=scene.rio.crs.to_wkt(), transform=scene.rio.transform(),
         overview_resampling=opts.overview_resampling, quicklook=opts.quicklook,
         title=f"{job.scene_id} - s2dask classes",
-        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256}, pure=False)
+        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256}, pure=False,
+        priority=10)  # before the next scene's queued chunks (s2dask.pipeline)
     try:
         report = fut.result()
     except S2DaskError:
