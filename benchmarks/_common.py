@@ -243,3 +243,36 @@ def scene(size: int, seed: int = 0) -> Path:
 
 def plot_path(json_path: Path) -> Path:
     return json_path.with_suffix(".png")
+
+
+# ------------------------------------------------------------------ engine pass-through
+
+
+def job_engine_keywords(engine: str | None, precision: str | None) -> dict:
+    """``engine=``/``precision=`` for ``classify`` where this s2dask's job takes them.
+
+    Before the engine wiring (issue 13) lands the job runs Keras and has no such option:
+    then only ``None``/``"auto"`` are accepted (the default path is measured either way).
+    """
+    import dataclasses
+
+    from s2dask.job import JobOptions
+
+    fields = {f.name for f in dataclasses.fields(JobOptions)}
+    if "engine" in fields:
+        return {k: v for k, v in (("engine", engine), ("precision", precision)) if v}
+    if (engine or "auto") != "auto" or (precision or "auto") != "auto":
+        raise SystemExit("this s2dask's job has no engine/precision option yet: run without "
+                         "--engine/--precision (the job uses its default, Keras)")
+    return {}
+
+
+def cli_engine_args(engine: str | None, precision: str | None) -> list[str]:
+    """``--engine``/``--precision`` for ``s2dask classify`` where the CLI takes them."""
+    kw = job_engine_keywords(engine, precision)
+    return [a for k, v in kw.items() for a in (f"--{k}", str(v))]
+
+
+def add_engine_args(parser) -> None:
+    parser.add_argument("--engine", default=None, help="classify --engine (default: the job's default)")
+    parser.add_argument("--precision", default=None, help="classify --precision (default: the job's)")
