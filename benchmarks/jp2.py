@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     client = Client(cluster, set_as_default=False)
     try:
         client.wait_for_workers(workers)
+        run_job(client, C.scene(256), model, chunks=128, gdal_threads=1, engine_kw=engine_kw,
+                label="warm-up")  # model built on every worker before anything is timed
         data["jobs"] = [run_job(client, safe, model, chunks=c, gdal_threads=1, engine_kw=engine_kw,
                                 label=f"c{c}-g1") for c in chunk_list]
         best_c = max(data["jobs"], key=lambda r: r["throughput_mpx_s"]["end_to_end"])["chunks"]
