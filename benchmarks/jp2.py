@@ -168,8 +168,6 @@ def run_job(client, safe: Path, model: Path, *, chunks: int, gdal_threads: int, 
 
 
 def main(argv=None) -> int:
-    from distributed import Client, LocalCluster
-
     from s2dask.cluster import local_cluster_size
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -180,6 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="threads per worker")
     p.add_argument("--quick", action="store_true", help="a 512^2 product (smoke test)")
     p.add_argument("--json", default=None)
+    p.add_argument("--profile-only", action="store_true", help="no jobs: the decode share only")
     C.add_engine_args(p)
     a = p.parse_args(argv)
     size, chunk_list = (512, [256]) if a.quick else (a.size, a.chunks)
@@ -202,6 +201,20 @@ def main(argv=None) -> int:
     data["profile_cog_reference"] = profile_chunks(C.scene(size), model, chunks=pc,
                                                    n_chunks=a.profile_chunks, gdal_threads=1,
                                                    engine_kw=engine_kw)
+    name = "jp2-quick.json" if a.quick else f"jp2-{size}.json"
+    data["jobs"] = []
+    C.write_json(data, a.json, name)  # a long run leaves the profile behind
+    if not a.profile_only:
+        _jobs(data, safe, model, workers=workers, threads=threads, chunk_list=chunk_list,
+              gdal_sweep=gdal_sweep, engine_kw=engine_kw, write=lambda: C.write_json(data, a.json, name))
+    _print(data, size, workers, threads, cores)
+    return 0
+
+
+def _jobs(data: dict, safe: Path, model: Path, *, workers: int, threads: int, chunk_list: list,
+          gdal_sweep: list, engine_kw: dict, write) -> None:
+    from distributed import Client, LocalCluster
+
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                            dashboard_address=":0")
     client = Client(cluster, set_as_default=False)
@@ -209,16 +222,22 @@ def main(argv=None) -> int:
         client.wait_for_workers(workers)
         run_job(client, C.scene(256), model, chunks=128, gdal_threads=1, engine_kw=engine_kw,
                 label="warm-up")  # model built on every worker before anything is timed
-        data["jobs"] = [run_job(client, safe, model, chunks=c, gdal_threads=1, engine_kw=engine_kw,
-                                label=f"c{c}-g1") for c in chunk_list]
+        for c in chunk_list:
+            data["jobs"].append(run_job(client, safe, model, chunks=c, gdal_threads=1,
+                                        engine_kw=engine_kw, label=f"c{c}-g1"))
+            write()
         best_c = max(data["jobs"], key=lambda r: r["throughput_mpx_s"]["end_to_end"])["chunks"]
-        data["jobs"] += [run_job(client, safe, model, chunks=best_c, gdal_threads=g,
-                                 engine_kw=engine_kw, label=f"c{best_c}-g{g}")
-                         for g in gdal_sweep if g != 1]
+        for g in gdal_sweep:
+            if g != 1:
+                data["jobs"].append(run_job(client, safe, model, chunks=best_c, gdal_threads=g,
+                                            engine_kw=engine_kw, label=f"c{best_c}-g{g}"))
+                write()
     finally:
         client.close()
         cluster.close()
-    C.write_json(data, a.json, "jp2-quick.json" if a.quick else f"jp2-{size}.json")
+
+
+def _print(data: dict, size: int, workers: int, threads: int, cores: int) -> None:
     print(f"SAFE-like product {size}^2 (10 m), {data['product_mb']:.0f} MB of JP2; "
           f"{workers} worker(s) x {threads} thread(s) on {cores} cores; load at start "
           f"{data['machine']['load_avg_at_start'][0]:.2f}")
@@ -233,7 +252,6 @@ def main(argv=None) -> int:
                     r["throughput_mpx_s"]["end_to_end"], r["timings_s"]["predict"], r["wall_s"])
                    for r in data["jobs"]],
                   ["job", "chunks", "aligned", "gdal thr", "e2e Mpx/s", "predict s", "wall s"]))
-    return 0
 
 
 if __name__ == "__main__":
