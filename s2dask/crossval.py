@@ -150,7 +150,8 @@ def format_cv_report(cv: dict, *, final: str | None = None) -> str:
             return "n/a (no fold)"
         return f"{s['mean']:.4f} +- {s['sd']:.4f}  [{s['min']:.4f}, {s['max']:.4f}]"
 
-    lines = [f"cross-validation: {cv['k']} {cv['method']} folds ({cv['groups']} groups), "
+    unit = "rows" if cv["method"] == "random" else "groups"
+    lines = [f"cross-validation: {cv['k']} {cv['method']} folds ({cv['groups']} {unit}), "
              "mean +- sd [min, max] across folds"]
     for key, name in (("overall_accuracy", "overall accuracy"), ("kappa", "kappa"), ("macro_f1", "macro F1")):
         lines.append(f"  {name:<17} {fmt(cv[key])}")
