@@ -42,13 +42,16 @@ from distributed import as_completed
 from .cluster import cluster_summary, connect, host_thread_counts
 from .contract import OUTPUT_NODATA
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
-from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger
+from .ledger import N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, read_ledger
+from .mask import MaskSpec, parse_mask_option
 from .model import ModelBundle, library_versions, load_model
 from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
 from .scene import open_scene
 from .scene.graph import chunk_pair
+from .scene_mask import SceneMask, record_mask, scene_mask
+from .stac import expand_inputs
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
 from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
 from .write import layout_zarr
@@ -108,6 +111,12 @@ class JobOptions:
     gpu: bool = False
     #: seconds to wait for a scheduler
     connect_timeout: float = 20.0
+    #: ``"scl"``, ``"none"`` or a mask raster (non-zero = invalid); ``None``: the SCL where the scene has one
+    mask: str | None = None
+    #: SCL classes masked (``"0,1,3,8,9,10"``; ``None``: :data:`s2dask.mask.DEFAULT_MASK_CLASSES`)
+    mask_classes: str | tuple[int, ...] | None = None
+    #: STAC items: the DN offset their data carry (-1000 or 0), for items that do not say it
+    boa_add_offset: int | None = None
 
     def __post_init__(self) -> None:
         if self.chunks is not None:
@@ -116,6 +125,11 @@ class JobOptions:
             raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
+        self.mask_spec()
+
+    def mask_spec(self) -> MaskSpec:
+        """``mask`` and ``mask_classes`` parsed (raises ParameterError)."""
+        return parse_mask_option(self.mask, classes=self.mask_classes)
 
     @classmethod
     def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":
@@ -158,6 +172,7 @@ class _SceneJob:
     partial: Location
     resume_from: int  # chunks already done (resume)
     chunks: tuple[int, int] = (DEFAULT_CHUNKS, DEFAULT_CHUNKS)
+    mask: SceneMask | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +216,8 @@ def classify(
     Parameters
     ----------
     scenes
-        One scene or several (anything :func:`s2dask.open_scene` opens).
+        One scene or several (anything :func:`s2dask.open_scene` opens); a STAC item
+        collection or catalogue is one scene per item (each item fails alone).
     model
         A model bundle directory (``s2dask train``).
     out
@@ -216,8 +232,8 @@ def classify(
         Fields of :class:`JobOptions` (``chunks``, ``probabilities``, ``overwrite``,
         ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
-        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``),
-        replacing those of ``options``.
+        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
+        ``mask``, ``mask_classes``, ``boa_add_offset``), replacing those of ``options``.
 
     Returns
     -------
@@ -255,7 +271,9 @@ def classify(
     # worker deserialises it once, in safe mode, when the model plugin reaches it
     bundle = load_model(model, check_keras=False)
     errors: dict[str, S2DaskError] = {}
-    prepared = _prepare(paths, bundle, out=out, options=opts, errors=errors)
+    sources = expand_inputs(paths, boa_add_offset=opts.boa_add_offset)
+    single, paths = single and len(sources) == 1, [src for src, _ in sources]
+    prepared = _prepare(sources, bundle, out=out, options=opts, errors=errors)
     if single and errors:
         raise next(iter(errors.values()))
     t_open = time.perf_counter() - t_start
@@ -337,7 +355,8 @@ def auto_chunks(ny: int, nx: int) -> tuple[int, int]:
 
 def _scene_identity(scene) -> dict:
     keep = ("scene_id", "tile_id", "sensing_time", "processing_baseline", "product_level",
-            "harmonised", "offset_applied", "source")
+            "harmonised", "offset_applied", "offset_notes", "offset_rule", "stac_item",
+            "stac_collection", "scl_path", "source")
     ident = {k: scene.attrs[k] for k in keep if k in scene.attrs}
     ident.update({
         "shape": [int(scene.sizes["y"]), int(scene.sizes["x"])],
@@ -368,14 +387,19 @@ def _check_contract(scene, bundle: ModelBundle, source: str) -> None:
                          "numbers (reflectance x 10000): rescale the scene")
 
 
-def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: JobOptions,
+def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Location, options: JobOptions,
              errors: dict[str, S2DaskError]) -> list[_SceneJob]:
-    """Open and check every scene; a scene that fails goes to ``errors``, the others on."""
+    """Open and check every scene; a scene that fails goes to ``errors``, the others on.
+
+    ``sources``: :func:`s2dask.stac.expand_inputs` (a parsed STAC item, its error, or None).
+    """
     prepared: list[_SceneJob] = []
     seen: dict[str, str] = {}
-    for src in paths:
+    for src, pre in sources:
         try:
-            job = _prepare_one(src, bundle, out=out, options=options)
+            if isinstance(pre, S2DaskError):
+                raise pre
+            job = _prepare_one(src, bundle, out=out, options=options, parsed=pre)
             if job.scene_id in seen:
                 raise SceneError(f"scenes {seen[job.scene_id]} and {src} have the same id "
                                  f"{job.scene_id!r}: their outputs would collide; classify them "
@@ -387,14 +411,16 @@ def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: J
     return prepared
 
 
-def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions) -> _SceneJob:
-    chunks = options.chunks
-    scene = open_scene(src, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS)
+def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions,
+                 parsed: Any = None) -> _SceneJob:
+    chunks, where, boa = options.chunks, parsed or src, options.boa_add_offset
+    scene = open_scene(where, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS, boa_add_offset=boa)
     scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
-    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
-        scene = open_scene(src, bands=bundle.bands, chunks=scene_chunks)  # no pixel reads
+    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):  # no pixel reads
+        scene = open_scene(where, bands=bundle.bands, chunks=scene_chunks, boa_add_offset=boa)
     _check_contract(scene, bundle, src)
     sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
+    mask = scene_mask(scene, options.mask_spec(), scene_id=sid)
     final = out.join(sid)
     partial = out.join(f".{sid}{PARTIAL_SUFFIX}")
     done = 0
@@ -404,13 +430,13 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
     if partial.exists():
         if options.resume:
             want = {"model_sha256": bundle.sha256, "chunks": list(scene_chunks),
-                    "scene": _scene_identity(scene)}
+                    "scene": _scene_identity(scene), "mask": mask.spec.to_json()}
             done = check_resumable(partial, partial.join("chunks"), want)
         elif not options.overwrite:
             raise OutputExistsError(
                 f"an unfinished output of scene {src} is in {partial}: pass --resume to "
                 "finish it, or --overwrite to start again")
-    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks)
+    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, mask)
 
 
 # ------------------------------------------------------------------------------ one scene
@@ -425,7 +451,8 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
     if job.resume_from == 0:
         _layout_output(job, run, store=store, markers=markers, params={
             "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
-            "probabilities": opts.probabilities, "batch_size": run.batch_size})
+            "probabilities": opts.probabilities, "batch_size": run.batch_size,
+            "mask": job.mask.spec.to_json()})
     blocks = _prediction_graph(job, run, store=store, markers=markers)
     done, totals, t_predict, computed = _compute(job, run, blocks, markers=markers)
     t_w0 = time.perf_counter()
@@ -457,7 +484,8 @@ def _layout_output(job: _SceneJob, run: _Run, *, store: Location, markers: Locat
         job.partial.rm()
         markers.makedirs()
         layout_zarr(store, scene=job.scene, chunks=job.chunks, classes=classes,
-                    probabilities=run.options.probabilities, attrs=attrs)
+                    probabilities=run.options.probabilities, attrs=attrs,
+                    mask_attrs=job.mask.layer_attrs)
         atomic_write_json(job.partial.join(PARAMS_FILE), params, default=json_text_default)
     except OSError as exc:
         raise StorageError(f"cannot write output {job.partial}: {exc.strerror or exc}; check free "
@@ -476,8 +504,8 @@ def _prediction_graph(job: _SceneJob, run: _Run, *, store: Location, markers: Lo
     nyb, nxb = len(data.chunks[1]), len(data.chunks[2])
     counts = da.map_blocks(
         predict_and_store, data, ref=run.ref, store=store, markers=markers,
-        probabilities=run.options.probabilities, dtype="int64",
-        chunks=((1,), (1,) * nyb, (1,) * nxb, (N_COUNTS,)), new_axis=3,
+        probabilities=run.options.probabilities, mask=job.mask.chunk, dtype="int64",
+        chunks=((1,), (1,) * nyb, (1,) * nxb, (N_TOTALS,)), new_axis=3,
         meta=np.empty((0, 0, 0, 0), dtype="int64"),
         name=f"s2dask-predict-{job.scene_id}-{uuid.uuid4().hex[:8]}",
     )
@@ -500,7 +528,7 @@ def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
             for fut in as_completed(futures, loop=client.loop):
                 if fut.status == "error":
                     raise _task_error(fut.exception(), job)
-                totals += fut.result().reshape(N_COUNTS)
+                totals += fut.result().reshape(N_TOTALS)
                 bar.update()
         except BaseException:
             client.cancel(futures)
@@ -516,7 +544,8 @@ def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
         crs=scene.rio.crs.to_wkt(), transform=scene.rio.transform(),
         overview_resampling=opts.overview_resampling, quicklook=opts.quicklook,
         title=f"{job.scene_id} - s2dask classes",
-        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256}, pure=False)
+        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256},
+        mask_legend=job.mask.legend, pure=False)
     try:
         report = fut.result()
     except S2DaskError:
@@ -545,7 +574,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                           "pixels": n, "fraction": n / (ny * nx),
                           "hectares": (n * px_area_m2 / 1e4) if metres else None})
     total_t, t_predict = timings["total"], timings["predict"]
-    return {
+    return record_mask({
         "status": "complete",
         "created": _now(),
         "scene": ident,
@@ -568,7 +597,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                              if computed else None},
         "versions": library_versions(),
         "host": {"client": socket.gethostname(), "python": platform.python_version()},
-    }
+    }, job.mask, totals[N_COUNTS:])
 
 
 def _task_error(exc: BaseException, job: _SceneJob) -> S2DaskError:
