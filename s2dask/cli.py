@@ -55,6 +55,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             units=args.units, dropout=args.dropout, early_stopping=args.patience,
             class_weight=None if args.class_weight == "none" else args.class_weight,
             overwrite=args.overwrite, verbose=0 if args.quiet else 1, group_column=args.group_column,
+            folds=args.folds,
         )
         return 0
 
@@ -81,6 +82,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="groups for --split group (default feature_id, written by 's2dask sample')")
     p.add_argument("--block-size", type=float, default=250.0, metavar="M",
                    help="block side in metres for --split block (default 250)")
+    p.add_argument("--folds", type=_positive_int, default=None, metavar="K",
+                   help="cross-validate first: K models on K disjoint test folds grouped like "
+                   "--split; report mean, sd and range across folds (the bundle is then fitted "
+                   "on the usual train/validation part)")
     p.add_argument("--seed", type=int, default=0, help="seed for split and training (default 0)")
     p.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default 100)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="mini-batch (default 64)")

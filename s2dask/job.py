@@ -30,24 +30,21 @@ import platform
 import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import dask.array as da
 import numpy as np
 from distributed import as_completed
 
 from .cluster import cluster_summary, connect, host_thread_counts
 from .contract import OUTPUT_NODATA
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
-from .halo import halo_array
 from .ledger import N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, read_ledger
 from .mask import MaskSpec, parse_mask_option
 from .model import ModelBundle, library_versions, load_model
-from .outputs import cog_layers, map_spec, zarr_layers
-from .outputs import record as maps_record
+from .outputs import cog_layers, map_options, map_record, zarr_layers
+from .pipeline import run_pipelined
 from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
@@ -55,10 +52,9 @@ from .scene import open_scene
 from .scene.graph import chunk_pair
 from .scene_mask import SceneMask, record_mask, scene_mask
 from .stac import expand_inputs
-from .smooth import check_window
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
-from .uncertainty import parse_kinds
-from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
+from .task_graph import prediction_graph
+from .worker import ModelPlugin, ModelRef, write_rasters
 from .write import layout_zarr
 
 __all__ = ["classify", "JobOptions", "JobResult", "scene_output_dir"]
@@ -116,9 +112,8 @@ class JobOptions:
     gpu: bool = False
     #: seconds to wait for a scheduler
     connect_timeout: float = 20.0
-    #: uncertainty layers to write, from ``entropy``, ``margin``, ``least`` (or ``"entropy,margin"``)
+    #: uncertainty layers (``entropy``, ``margin``, ``least``); N x N smoothing window (odd; None: none)
     uncertainty: tuple[str, ...] = ()
-    #: smooth the class probabilities over an N x N window (odd) before choosing the class
     smooth: int | None = None
     #: ``"scl"``, ``"none"`` or a mask raster (non-zero = invalid); ``None``: the SCL where the scene has one
     mask: str | None = None
@@ -128,9 +123,7 @@ class JobOptions:
     boa_add_offset: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "uncertainty", parse_kinds(self.uncertainty))
-        if self.smooth is not None:
-            object.__setattr__(self, "smooth", check_window(self.smooth))
+        object.__setattr__(self, "uncertainty", map_options(self.uncertainty, self.smooth))
         if self.chunks is not None:
             object.__setattr__(self, "chunks", chunk_pair(self.chunks, error=ParameterError))
         if self.batch_size is not None and int(self.batch_size) <= 0:
@@ -317,13 +310,18 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
                                       threads_per_worker=options.threads_per_worker, gpu=options.gpu)
     try:
         run = _start(client, bundle, out=out, options=options, t_open=t_open)
-        for job in prepared:
-            try:
-                results[job.source] = _run_one(job, run)
-            except S2DaskError as exc:
-                if single:
-                    raise
-                results[job.source] = _failed(job.source, exc)
+
+        def failed(job: _SceneJob, exc: S2DaskError) -> None:
+            if single:
+                raise exc
+            results[job.source] = _failed(job.source, exc)
+
+        def finish(flight: _Flight) -> None:
+            results[flight.job.source] = _conclude(flight, run)
+
+        # the next scene's chunks run while the previous scene is finished (s2dask.pipeline)
+        run_pipelined(prepared, submit=lambda job, prev: _submit(job, run, prev), finish=finish,
+                      cancel=lambda flight: client.cancel(flight.futures), failed=failed)
     finally:
         if own_cluster is not None:
             client.close()
@@ -443,8 +441,7 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
     if partial.exists():
         if options.resume:
             want = {"model_sha256": bundle.sha256, "chunks": list(scene_chunks),
-                    "scene": _scene_identity(scene), "mask": mask.spec.to_json(),
-                    "uncertainty": list(options.uncertainty), "smooth": options.smooth}
+                    "scene": _scene_identity(scene), "mask": mask.spec.to_json(), **map_record(options)}
             done = check_resumable(partial, partial.join("chunks"), want)
         elif not options.overwrite:
             raise OutputExistsError(
@@ -456,8 +453,25 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
 # ------------------------------------------------------------------------------ one scene
 
 
-def _run_one(job: _SceneJob, run: _Run) -> JobResult:
-    """Lay out, predict, finish, record and commit one scene."""
+@dataclass
+class _Flight:
+    """A scene whose chunk tasks are on the cluster (submitted, not yet finished)."""
+
+    job: _SceneJob
+    store: Location
+    markers: Location
+    ident: dict
+    grid: tuple[int, int]  # chunks along y, x
+    done: set[str]  # chunks finished before (resume)
+    totals: np.ndarray
+    futures: list
+    t_submit: float
+    previous: "_Flight | None"  # the scene whose chunks run before these
+    t_chunks_done: float = 0.0
+
+
+def _submit(job: _SceneJob, run: _Run, previous: _Flight | None) -> _Flight:
+    """Lay out the output, build the graph, submit the chunks not in the ledger."""
     t0 = time.perf_counter()
     store, markers = job.partial.join("classes.zarr"), job.partial.join("chunks")
     opts = run.options
@@ -466,10 +480,24 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
         _layout_output(job, run, store=store, markers=markers, params={
             "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
             "probabilities": opts.probabilities, "batch_size": run.batch_size,
-            "mask": job.mask.spec.to_json(), "uncertainty": list(opts.uncertainty),
-            "smooth": opts.smooth})
-    blocks = _prediction_graph(job, run, store=store, markers=markers)
-    done, totals, t_predict, computed = _compute(job, run, blocks, markers=markers)
+            "mask": job.mask.spec.to_json(), **map_record(opts)})
+    blocks = prediction_graph(job.scene, chunks=job.chunks, ref=run.ref, store=store, markers=markers,
+                              options=opts, mask=job.mask.chunk, name=job.scene_id)
+    nyb, nxb = blocks.shape
+    done, totals = read_ledger(markers)
+    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
+    futures = run.client.compute(todo) if todo else []
+    return _Flight(job, store, markers, ident, (nyb, nxb), done, totals, futures, t0, previous)
+
+
+def _conclude(flight: _Flight, run: _Run) -> JobResult:
+    """Wait for a scene's chunks, then finish, record and commit it."""
+    job, store, opts, ident = flight.job, flight.store, run.options, flight.ident
+    # its chunks could start once the previous scene's were done (both are queued at once)
+    prev, flight.previous = flight.previous, None
+    t0 = max(flight.t_submit, prev.t_chunks_done if prev else 0.0)
+    done, totals, t_predict, computed = _compute(flight, run, t0)
+    flight.futures, flight.t_chunks_done = [], time.perf_counter()
     t_w0 = time.perf_counter()
     cog_report = _finish(job, run, store=store) if opts.cog else {}
     t_write = time.perf_counter() - t_w0
@@ -507,42 +535,14 @@ def _layout_output(job: _SceneJob, run: _Run, *, store: Location, markers: Locat
                            "space and permissions") from None
 
 
-def _prediction_graph(job: _SceneJob, run: _Run, *, store: Location, markers: Location) -> np.ndarray:
-    """One task per chunk: each predicts, writes its region and returns its counts.
-
-    Returns the ``(ny, nx)`` grid of the tasks' delayed results.
-    """
-    data = job.scene.data
-    target = da.core.normalize_chunks((data.shape[0], *job.chunks), data.shape)
-    maps = map_spec(uncertainty=run.options.uncertainty, smooth=run.options.smooth,
-                    chunks=job.chunks, shape=data.shape[1:])
-    if maps is not None and maps.halo:  # each task reads its chunk plus a halo
-        data = halo_array(data, chunks=job.chunks, halo=maps.halo, fill=job.scene.attrs.get("nodata", 0))
-    elif data.chunks != target:  # every task must own whole Zarr chunks
-        data = data.rechunk(target)
-    nyb, nxb = len(data.chunks[1]), len(data.chunks[2])
-    counts = da.map_blocks(
-        predict_and_store, data, ref=run.ref, store=store, markers=markers,
-        probabilities=run.options.probabilities, mask=job.mask.chunk, maps=maps, dtype="int64",
-        chunks=((1,), (1,) * nyb, (1,) * nxb, (N_TOTALS,)), new_axis=3,
-        meta=np.empty((0, 0, 0, 0), dtype="int64"),
-        name=f"s2dask-predict-{job.scene_id}-{uuid.uuid4().hex[:8]}",
-    )
-    return counts.to_delayed(optimize_graph=True).reshape(nyb, nxb)
-
-
-def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
-             markers: Location) -> tuple[set[str], np.ndarray, float, bool]:
-    """Run the chunks not in the ledger; ``(done before, class totals, seconds, any run)``."""
-    nyb, nxb = blocks.shape
-    done, totals = read_ledger(markers)
-    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
+def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarray, float, bool]:
+    """Wait for a flight's chunks; ``(done before, class totals, seconds since t0, any run)``."""
+    job, done, totals, futures = flight.job, flight.done, flight.totals, flight.futures
+    nyb, nxb = flight.grid
     bar = Progress(nyb * nxb, job.scene_id, bool(run.show))
     bar.update(len(done))
-    t0 = time.perf_counter()
-    if todo:
+    if futures:
         client = run.client
-        futures = client.compute(todo)
         try:
             for fut in as_completed(futures, loop=client.loop):
                 if fut.status == "error":
@@ -552,7 +552,7 @@ def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
         except BaseException:
             client.cancel(futures)
             raise
-    return done, totals, time.perf_counter() - t0, bool(todo)
+    return done, totals, time.perf_counter() - t0, bool(futures)
 
 
 def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
@@ -564,7 +564,8 @@ def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
         overview_resampling=opts.overview_resampling, quicklook=opts.quicklook,
         title=f"{job.scene_id} - s2dask classes",
         tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256},
-        mask_legend=job.mask.legend, layers=cog_layers(opts.uncertainty), pure=False)
+        mask_legend=job.mask.legend, layers=cog_layers(opts.uncertainty), pure=False,
+        priority=10)  # before the next scene's queued chunks (s2dask.pipeline)
     try:
         report = fut.result()
     except S2DaskError:
@@ -593,7 +594,6 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                           "pixels": n, "fraction": n / (ny * nx),
                           "hectares": (n * px_area_m2 / 1e4) if metres else None})
     total_t, t_predict = timings["total"], timings["predict"]
-    maps_params, maps_outputs = maps_record(opts.uncertainty, opts.smooth, cog=opts.cog)
     return record_mask({
         "status": "complete",
         "created": _now(),
@@ -601,13 +601,12 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
         "output": {"dir": str(job.final), "zarr": "classes.zarr",
                    "cog": "classes.tif" if opts.cog else None,
                    "quicklook": "quicklook.png" if (opts.cog and opts.quicklook) else None,
-                   "cog_validation": cog_report, **maps_outputs},
+                   "cog_validation": cog_report, **map_record(opts, "output")},
         "model": {"path": str(bundle.path), "sha256": bundle.sha256,
                   "contract": bundle.contract.to_dict()},
         "parameters": {"chunks": [cy, cx], "probabilities": opts.probabilities,
-                       "batch_size": run.batch_size,
-                       "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed,
-                       **maps_params},
+                       "batch_size": run.batch_size, **map_record(opts),
+                       "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},
         "cluster": run.cluster,
         "statistics": {"pixels": ny * nx, "nodata_pixels": int(totals[OUTPUT_NODATA]),
                        "classified_pixels": int(totals[:OUTPUT_NODATA].sum()),

@@ -29,7 +29,7 @@ from .mask import NODATA as NODATA_CODE
 from .smooth import Halo, check_window, smooth_block
 from .uncertainty import cog_name, compute_layers, layer_attrs, layer_name, parse_kinds
 
-__all__ = ["MapSpec", "NODATA", "map_spec", "zarr_layers", "cog_layers", "record"]
+__all__ = ["MapSpec", "NODATA", "map_spec", "map_options", "map_record", "zarr_layers", "cog_layers"]
 
 NODATA = 255
 """Class value of pixels without a prediction."""
@@ -189,17 +189,40 @@ def cog_layers(uncertainty: tuple[str, ...]) -> dict[str, str]:
     return {layer_name(k): cog_name(k) for k in parse_kinds(uncertainty)}
 
 
-def record(uncertainty: tuple[str, ...], smooth: int | None, *, cog: bool) -> tuple[dict, dict]:
-    """``(parameters, outputs)`` entries of ``job.json`` for the uncertainty layers and smoothing."""
-    kinds = parse_kinds(uncertainty)
-    params = {"uncertainty": list(kinds), "smooth": int(smooth) if smooth and smooth > 1 else None}
-    layers = {k: {"zarr": f"classes.zarr/{layer_name(k)}", "cog": cog_name(k) if cog else None}
+def map_options(uncertainty: str | tuple[str, ...] | None, smooth: int | None) -> tuple[str, ...]:
+    """Validate ``--uncertainty`` and ``--smooth`` (before any compute); the parsed measures.
+
+    Raises
+    ------
+    ParameterError
+        If a measure is unknown or ``smooth`` is not an odd window edge in 1..31.
+    """
+    if smooth is not None:
+        check_window(smooth)
+    return parse_kinds(uncertainty)
+
+
+def map_record(options: Any, part: str = "parameters") -> dict:
+    """The ``job.json`` entries of a job's uncertainty layers and smoothing.
+
+    Parameters
+    ----------
+    options
+        Anything with ``uncertainty``, ``smooth`` and ``cog`` (a :class:`~s2dask.job.JobOptions`).
+    part
+        ``"parameters"`` (``uncertainty``, ``smooth``; also what a resumed job must match) or
+        ``"output"`` (the layers' arrays and files, their scale, the smoothing rule).
+    """
+    kinds, smooth = parse_kinds(options.uncertainty), options.smooth
+    if part == "parameters":
+        return {"uncertainty": list(kinds), "smooth": int(smooth) if smooth and smooth > 1 else None}
+    layers = {k: {"zarr": f"classes.zarr/{layer_name(k)}", "cog": cog_name(k) if options.cog else None}
               for k in kinds}
-    outputs = {"uncertainty": {"layers": layers, "scale": SCALE_TEXT} if kinds else None}
-    if params["smooth"]:
-        outputs["smoothing"] = (f"class probabilities replaced by their mean over the valid pixels "
-                                f"of a {smooth} x {smooth} window before the class is chosen")
-    return params, outputs
+    out: dict = {"uncertainty": {"layers": layers, "scale": SCALE_TEXT} if kinds else None}
+    if smooth and smooth > 1:
+        out["smoothing"] = (f"class probabilities replaced by their mean over the valid pixels "
+                            f"of a {smooth} x {smooth} window before the class is chosen")
+    return out
 
 
 SCALE_TEXT = "uint8 percent: 0 = certain, 100 = most uncertain; 255 = nodata"
