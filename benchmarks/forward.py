@@ -105,7 +105,7 @@ def _predictors(spec: dict, bundle) -> dict:
         if key in out:
             continue
         if it["engine"] == "keras":
-            out[key] = bundle.predictor(batch_size=it["batch_size"])
+            out[key] = bundle.predictor(batch_size=it["batch_size"], engine="keras")
             continue
         if ovm is None:
             ovm = convert(bundle.keras_model())
@@ -234,7 +234,7 @@ E.OpenVINOPredictor(E.load_ir(IR_MODEL, contract=c), c, precision='bf16')
 from s2dask.model import load_model
 b = load_model(MODEL)
 t1 = time.perf_counter()
-b.predictor(batch_size=8192)
+b.predictor(batch_size=8192, engine="keras")
 """,
 }
 

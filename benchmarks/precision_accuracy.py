@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     x_test, y_test = samples.X[split.test], samples.y[split.test]
     ovm = E.convert(bundle.keras_model())
     bs = E.DEFAULT_OPENVINO_BATCH_SIZE
-    preds = {"keras fp32": bundle.predictor(),
+    preds = {"keras fp32": bundle.predictor(engine="keras"),
              "openvino fp32": E.OpenVINOPredictor(ovm, bundle.contract, precision="fp32", batch_size=bs),
              "openvino bf16": E.OpenVINOPredictor(ovm, bundle.contract, precision="bf16", batch_size=bs)}
     notes = {}

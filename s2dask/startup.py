@@ -24,8 +24,8 @@ from typing import Any
 from .cluster import connect, host_thread_counts
 from .errors import ClusterError
 
-__all__ = ["Timeline", "Delivery", "ClusterStart", "deliver_model", "delivery_options", "connect_options",
-           "first_task_start", "startup_timings"]
+__all__ = ["Timeline", "Delivery", "ClusterStart", "deliver_model", "deliver_for_job", "delivery_options",
+           "connect_options", "first_task_start", "startup_timings"]
 
 
 def _process_start() -> float:
@@ -112,6 +112,14 @@ def deliver_model(client, bundle, *, engine: str = "auto", precision: str = "aut
 _DELIVERY_KEYS = ("engine", "precision", "batch_size", "tf_threads")
 
 
+def deliver_for_job(client, bundle, options, starter: "ClusterStart | None" = None) -> Delivery:
+    """The model on every worker with a job's options: what ``starter`` delivered in the
+    background if it matches, else delivered now (:func:`deliver_model`)."""
+    want = delivery_options(options)
+    delivery = starter.delivered(bundle.sha256, want) if starter is not None else None
+    return delivery or deliver_model(client, bundle, **want)
+
+
 def delivery_options(options) -> dict:
     """The model-delivery options of a :class:`s2dask.job.JobOptions`."""
     return {k: getattr(options, k) for k in _DELIVERY_KEYS}
@@ -166,6 +174,18 @@ class ClusterStart:
                 self.timeline.mark("model_delivered")
         except BaseException as exc:  # re-raised in the caller's thread by result()
             self._error = exc
+
+    @classmethod
+    def for_job(cls, model, options) -> "ClusterStart":
+        """The start of a :func:`s2dask.job.classify` call given no client (timeline from now)."""
+        return cls(model, delivery=delivery_options(options), timeline=Timeline("call"),
+                   **connect_options(options))
+
+    def __enter__(self) -> "ClusterStart":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def delivered(self, sha256: str, options: dict) -> Delivery | None:
         """The delivery made in the background if it was of this model with these options."""
