@@ -69,8 +69,12 @@ class ModelRef:
 
 
 def build_counts() -> dict[str, int]:
-    """How many times each model (by sha256) was built in this process (for tests, records)."""
-    return dict(_BUILDS)
+    """How many times each model (by sha256) was built in this process with one set of engine
+    options (the most over its option sets: 1 means never rebuilt; for tests, records)."""
+    out: dict[str, int] = {}
+    for (sha, *_), n in _BUILDS.items():
+        out[sha] = max(out.get(sha, 0), n)
+    return out
 
 
 def forward_counts() -> dict[str, int]:
@@ -84,7 +88,7 @@ def _install(key: tuple, build: Callable[[], tuple[EngineChoice, Any]]) -> Any:
         if pred is None:
             choice, pred = build()
             _CACHE[key], _CHOICES[key] = pred, choice
-            _BUILDS[key[0]] += 1
+            _BUILDS[key] += 1
         return pred
 
 

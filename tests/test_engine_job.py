@@ -101,15 +101,16 @@ def test_openvino_workers_import_no_tensorflow(synth_dir, ir_bundle, tmp_path):
     assert rec["model_source"] == "ir" and rec["engine"] == "openvino"
 
 
-def test_bundle_without_ir_is_converted_once(synth_dir, tiny_model, cluster_client, tmp_path):
+def test_bundle_without_ir_is_converted_once(synth_dir, cluster_client, tmp_path):
     from s2dask.worker import build_counts
 
+    plain = _bundle(tmp_path / "plain", ir=False)
     for i in range(2):
-        [res] = classify(synth_dir / "scene.tif", tiny_model, tmp_path / f"out{i}", chunks=100,
+        [res] = classify(synth_dir / "scene.tif", plain, tmp_path / f"out{i}", chunks=100,
                          client=cluster_client, engine="openvino", precision="fp32", cog=False,
                          progress=False)
         assert {r["model_source"] for r in res.record["engine"]["workers"].values()} == {"converted"}
-    sha = load_model(tiny_model, check_keras=False).sha256
+    sha = load_model(plain, check_keras=False).sha256
     assert all(c.get(sha) == 1 for c in cluster_client.run(build_counts).values())
 
 
