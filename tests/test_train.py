@@ -53,6 +53,10 @@ def test_bundle_files_contract_and_metrics(trained):
     assert [c["value"] for c in contract["classes"]] == [1, 2, 3]
     assert [c["name"] for c in contract["classes"]] == ["Road", "Building", "Tree"]
     assert contract["model_sha256"] == sha256_file(out / "model.keras")
+    # the OpenVINO IR beside model.keras, made from it (workers need no TensorFlow)
+    ir = contract["openvino_ir"]
+    assert ir["model_sha256"] == contract["model_sha256"]
+    assert ir["xml_sha256"] == sha256_file(out / "model.xml") and ir["bin_sha256"] == sha256_file(out / "model.bin")
     assert contract["output_nodata"] == 255 and contract["input_nodata"] == 0
     assert contract["training_data"]["sha256"] == sha256_file(table)
     assert contract["split"]["method"] == "random" and contract["split"]["seed"] == 7
