@@ -28,6 +28,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _chunk_size(text: str) -> int:
+    """``--chunks`` of classify, checked here: a bad value is refused before a cluster starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid chunks={text!r}: chunk size must be a positive integer")
+    return value
+
+
 # --------------------------------------------------------------------------- train / evaluate
 # (section owned by the training feature: samples.py, train.py)
 
@@ -293,7 +304,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    "collection / catalogue (one scene per item; several allowed)")
     p.add_argument("--model", "-m", required=True, metavar="MODEL_DIR", help="bundle from 's2dask train'")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--chunks", type=int, default=None, metavar="N",
+    p.add_argument("--chunks", type=_chunk_size, default=None, metavar="N",
                    help="spatial chunk edge in pixels (default 2048, smaller for scenes of fewer than "
                    "4 such chunks); memory per task scales with it")
     p.add_argument("--probabilities", action="store_true",

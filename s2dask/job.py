@@ -288,7 +288,7 @@ def classify(
     bundle = load_model(model, check_keras=False)
     if client is None:  # the cluster starts, and gets the model, while the scenes are checked
         with ClusterStart.for_job(model, opts) as starter:
-            return classify(scenes, model, out, client=starter, options=opts)
+            return classify(scenes, model, out.url, client=starter, options=opts)
     errors: dict[str, S2DaskError] = {}
     sources = expand_inputs(paths, boa_add_offset=opts.boa_add_offset)
     single, paths = single and len(sources) == 1, [src for src, _ in sources]

@@ -170,3 +170,14 @@ def test_fp32_engines_agree_on_buffalo(tmp_path):
     ov = bundle.predict(rows, engine="openvino", precision="fp32")
     assert (keras != 255).sum() >= 35_000
     np.testing.assert_array_equal(ov, keras)
+
+
+def test_classify_without_client_starts_its_cluster_while_checking(synth_dir, ir_bundle, tmp_path):
+    [res] = classify(str(synth_dir / "scene.tif"), ir_bundle, str(tmp_path / "out"), workers=1,
+                     threads_per_worker=1, engine="openvino", precision="fp32", cog=False, progress=False)
+    assert res.status == "complete"
+    startup = res.record["timings_s"]["startup"]
+    assert startup["since"] == "call start"  # not the process's: this process is older
+    assert 0 < startup["cluster_up"] <= startup["model_delivered"] <= startup["first_chunk"]
+    [rec] = res.record["engine"]["workers"].values()
+    assert (rec["engine"], rec["precision"], rec["model_source"]) == ("openvino", "fp32", "ir")
