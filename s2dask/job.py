@@ -11,7 +11,8 @@ Everything is first written under ``OUT/.<scene-id>.partial/`` and renamed into 
 when complete, so a final path never holds a half-written output. Prediction tasks
 write their own chunk of the Zarr store and leave a small marker with the chunk's class
 counts in ``.partial/chunks/`` (:mod:`s2dask.ledger`); ``resume=True`` computes only
-chunks without a marker.
+chunks without a marker. The markers and ``params.json`` are removed once the output is
+committed.
 
 This module runs on the client, in stages: prepare (open and check every scene), start
 (deliver the model to the workers), then per scene lay out, build the graph, run, finish
@@ -41,13 +42,17 @@ from distributed import as_completed
 
 from .cluster import cluster_summary, connect, host_thread_counts
 from .contract import OUTPUT_NODATA
-from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
-from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger
+from .bands import canonical_bands
+from .errors import (BandError, JobError, OutputExistsError, ParameterError, S2DaskError, SceneError,
+                     StorageError)
+from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, clear_ledger, read_ledger
+from .metrics import metrics_summary
 from .model import ModelBundle, library_versions, load_model
 from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
 from .scene import open_scene
+from .scene.checks import check_fits, missing_bands_message
 from .scene.graph import chunk_pair
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
 from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
@@ -108,6 +113,8 @@ class JobOptions:
     gpu: bool = False
     #: seconds to wait for a scheduler
     connect_timeout: float = 20.0
+    #: the scenes' bands in stored order, for GeoTIFFs without band descriptions (never guessed)
+    bands: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.chunks is not None:
@@ -116,6 +123,8 @@ class JobOptions:
             raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(canonical_bands(self.bands)))
 
     @classmethod
     def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":
@@ -216,7 +225,8 @@ def classify(
         Fields of :class:`JobOptions` (``chunks``, ``probabilities``, ``overwrite``,
         ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
-        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``),
+        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
+        ``bands``: the scene's bands in stored order, for files without band names),
         replacing those of ``options``.
 
     Returns
@@ -349,23 +359,21 @@ def _scene_identity(scene) -> dict:
     return ident
 
 
-def _check_contract(scene, bundle: ModelBundle, source: str) -> None:
-    """Refuse a scene whose bands or scale the model cannot take (before any compute)."""
-    have = [str(b) for b in scene["band"].values]
-    if have != bundle.bands:
-        missing = [b for b in bundle.bands if b not in have]
-        if missing:
-            raise SceneError(f"scene {source} lacks band(s) {', '.join(missing)} that the model "
-                             f"needs (it has {', '.join(have)}): use a scene with all of "
-                             f"{', '.join(bundle.bands)}")
-        raise SceneError(f"scene {source} bands {have} are not in the model's order {bundle.bands}")
-    if scene.rio.crs is None:
-        raise SceneError(f"scene {source} has no CRS: the outputs could not be georeferenced; "
-                         "write one with rio.write_crs() or gdal_edit.py -a_srs")
-    if bundle.contract.input_scale == "dn" and np.issubdtype(scene.dtype, np.floating) \
-            and scene.attrs.get("scale") == "reflectance":
-        raise SceneError(f"scene {source} holds reflectance (0..1) but the model takes digital "
-                         "numbers (reflectance x 10000): rescale the scene")
+def _open_checked(src: str, bundle: ModelBundle, options: JobOptions,
+                  chunks: tuple[int, int] | None):
+    """The scene with the model's bands, checked against its contract (headers and a sample)."""
+    names = options.bands
+    try:
+        scene = open_scene(src, bands=bundle.bands, names=names, chunks=chunks or DEFAULT_CHUNKS)
+    except BandError:  # say which model needs what the scene lacks
+        have = [str(b) for b in open_scene(src, names=names)["band"].values]
+        raise BandError(missing_bands_message(src, str(bundle.path), bundle.bands, have)) from None
+    scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
+    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
+        scene = open_scene(src, bands=bundle.bands, names=names, chunks=scene_chunks)  # headers only
+    check_fits(scene, bands=bundle.bands, input_scale=bundle.contract.input_scale,
+               model=str(bundle.path), source=src)
+    return scene, scene_chunks
 
 
 def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: JobOptions,
@@ -388,12 +396,7 @@ def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: J
 
 
 def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions) -> _SceneJob:
-    chunks = options.chunks
-    scene = open_scene(src, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS)
-    scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
-    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
-        scene = open_scene(src, bands=bundle.bands, chunks=scene_chunks)  # no pixel reads
-    _check_contract(scene, bundle, src)
+    scene, scene_chunks = _open_checked(src, bundle, options, options.chunks)
     sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
     final = out.join(sid)
     partial = out.join(f".{sid}{PARTIAL_SUFFIX}")
@@ -439,6 +442,7 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
                         "replace it")
+    clear_ledger(job.final)  # resume bookkeeping belongs to the partial output only
     record["output"]["dir"] = str(job.final)
     return JobResult(job.source, "complete", str(job.final), record)
 
@@ -554,7 +558,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                    "quicklook": "quicklook.png" if (opts.cog and opts.quicklook) else None,
                    "cog_validation": cog_report},
         "model": {"path": str(bundle.path), "sha256": bundle.sha256,
-                  "contract": bundle.contract.to_dict()},
+                  "contract": bundle.contract.to_dict(), "metrics": metrics_summary(bundle.path)},
         "parameters": {"chunks": [cy, cx], "probabilities": opts.probabilities,
                        "batch_size": run.batch_size,
                        "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},
