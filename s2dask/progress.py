@@ -69,7 +69,6 @@ def gather(client: Any, futures: Sequence[Any], label: str, enabled: bool | None
     Exception
         The first task error, as ``client.gather`` would.
     """
-    from distributed import wait
     from distributed.client import as_completed
 
     bar = Progress(len(futures), label, enabled, unit="task")
@@ -77,8 +76,6 @@ def gather(client: Any, futures: Sequence[Any], label: str, enabled: bool | None
         if bar.enabled:
             for _ in as_completed(futures):
                 bar.update()
-        else:
-            wait(futures)
     finally:
         bar.close()
     return client.gather(futures)
