@@ -489,20 +489,23 @@ class FileStat(NamedTuple):
 
 
 def vsi_to_url(path: str) -> str | None:
-    """The ``s3://`` URL of a GDAL ``/vsis3/`` path; ``None`` for anything else."""
+    """The URL of a GDAL ``/vsis3/`` (``s3://``) or ``/vsicurl/`` (``https://``) path; ``None`` otherwise."""
     if path.startswith("/vsis3/"):
         return "s3://" + path[len("/vsis3/"):]
+    if path.startswith("/vsicurl/"):
+        return path[len("/vsicurl/"):]
     return None
 
 
 def remote_env(path: str) -> dict[str, str]:
-    """GDAL options for reading a ``/vsis3/`` path (endpoint, region); none for local files."""
+    """GDAL options for reading a ``/vsis3/`` or ``/vsicurl/`` path; none for local files."""
     url = vsi_to_url(path)
     return {} if url is None else gdal_env_for(url)
 
 
 def stat(path: str | os.PathLike) -> FileStat:
-    """:class:`FileStat` of a local file or a ``/vsis3/`` object (its ETag, stable across processes)."""
+    """:class:`FileStat` of a local file, or of a ``/vsis3/`` or ``/vsicurl/`` object (size and ETag,
+    stable across processes; an HTTP server's HEAD answer for ``/vsicurl/``)."""
     url = vsi_to_url(os.fspath(path))
     if url is None:
         st = os.stat(path)

@@ -17,7 +17,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from ..errors import BandError, SceneError
+from ..errors import BandError, SceneError, StorageError
 from .formats import unnamed_message
 from .reader import BlockReader
 
@@ -119,7 +119,10 @@ def check_fits(scene: xr.DataArray, *, bands: Sequence[str], input_scale: str, m
     if input_scale == "dn" and floating and scale == "reflectance":
         raise SceneError(f"scene {source} holds reflectance (0..1) but model {model} takes digital "
                          "numbers (reflectance x 10000): rescale the scene")
-    values = sample_pixels(scene)
+    try:
+        values = sample_pixels(scene)
+    except StorageError:  # unreadable pixels are the tasks' to report (with --resume advice)
+        return
     nodata = scene.attrs.get("nodata", scene.rio.nodata)
     empty = np.isnan(values) if floating else np.zeros(values.shape, bool)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
