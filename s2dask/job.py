@@ -11,7 +11,8 @@ Everything is first written under ``OUT/.<scene-id>.partial/`` and renamed into 
 when complete, so a final path never holds a half-written output. Prediction tasks
 write their own chunk of the Zarr store and leave a small marker with the chunk's class
 counts in ``.partial/chunks/`` (:mod:`s2dask.ledger`); ``resume=True`` computes only
-chunks without a marker.
+chunks without a marker. The markers and ``params.json`` are removed once the output is
+committed.
 
 This module runs on the client, in stages: prepare (open and check every scene), start
 (deliver the model to the workers), then per scene lay out, build the graph, run, finish
@@ -37,18 +38,22 @@ from typing import Any, Iterable
 import numpy as np
 from distributed import as_completed
 
+from .bands import canonical_bands
 from .cluster import cluster_summary
 from .contract import OUTPUT_NODATA
 from .engine import check_options
-from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
-from .ledger import N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, read_ledger
+from .errors import (BandError, JobError, OutputExistsError, ParameterError, S2DaskError, SceneError,
+                     StorageError)
+from .ledger import N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, clear_ledger, read_ledger
 from .mask import MaskSpec, parse_mask_option
+from .metrics import metrics_summary
 from .model import ModelBundle, library_versions, load_model
 from .outputs import cog_layers, map_options, map_record, zarr_layers
 from .pipeline import run_pipelined
 from .progress import Progress
 from .records import json_text_default
 from .scene import open_scene
+from .scene.checks import check_fits, missing_bands_message
 from .scene.graph import chunk_pair
 from .scene_mask import SceneMask, record_mask, scene_mask
 from .stac import expand_inputs
@@ -92,9 +97,8 @@ class JobOptions:
     batch_size: int | None = None
     #: threads of a task's forward pass (``None``: the cores / the Dask threads per host)
     tf_threads: int | None = None
-    #: ``auto|keras|openvino`` (auto, on each worker: OpenVINO on CPU, Keras on GPU)
+    #: ``auto|keras|openvino`` and ``auto|fp32|bf16``, resolved on each worker (s2dask.engine)
     engine: str = "auto"
-    #: ``auto|fp32|bf16`` (auto: bf16 where OpenVINO runs on a CPU with bf16 matrix units)
     precision: str = "auto"
     #: write the COG (and the quick-look)
     cog: bool = True
@@ -126,6 +130,8 @@ class JobOptions:
     mask_classes: str | tuple[int, ...] | None = None
     #: STAC items: the DN offset their data carry (-1000 or 0), for items that do not say it
     boa_add_offset: int | None = None
+    #: the scenes' bands in stored order, for GeoTIFFs without band descriptions (never guessed)
+    bands: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uncertainty", map_options(self.uncertainty, self.smooth))
@@ -135,8 +141,9 @@ class JobOptions:
             raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
-        for name, value in zip(("engine", "precision"), check_options(self.engine, self.precision)):
-            object.__setattr__(self, name, value)
+        check_options(self.engine, self.precision)
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(canonical_bands(self.bands)))
         self.mask_spec()
 
     def mask_spec(self) -> MaskSpec:
@@ -248,8 +255,9 @@ def classify(
         ``resume``, ``batch_size``, ``tf_threads``, ``engine``, ``precision``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
         ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
-        ``mask``, ``mask_classes``, ``boa_add_offset``, ``uncertainty``, ``smooth``), replacing
-        those of ``options``.
+        ``mask``, ``mask_classes``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``bands``:
+        the scene's bands in stored order, for files without band names), replacing those of
+        ``options``.
 
     Returns
     -------
@@ -293,8 +301,6 @@ def classify(
     sources = expand_inputs(paths, boa_add_offset=opts.boa_add_offset)
     single, paths = single and len(sources) == 1, [src for src, _ in sources]
     prepared = _prepare(sources, bundle, out=out, options=opts, errors=errors)
-    if isinstance(client, ClusterStart):
-        client.timeline.mark("scenes_checked")
     if single and errors:
         raise next(iter(errors.values()))
     t_open = time.perf_counter() - t_start
@@ -390,23 +396,23 @@ def _scene_identity(scene) -> dict:
     return ident
 
 
-def _check_contract(scene, bundle: ModelBundle, source: str) -> None:
-    """Refuse a scene whose bands or scale the model cannot take (before any compute)."""
-    have = [str(b) for b in scene["band"].values]
-    if have != bundle.bands:
-        missing = [b for b in bundle.bands if b not in have]
-        if missing:
-            raise SceneError(f"scene {source} lacks band(s) {', '.join(missing)} that the model "
-                             f"needs (it has {', '.join(have)}): use a scene with all of "
-                             f"{', '.join(bundle.bands)}")
-        raise SceneError(f"scene {source} bands {have} are not in the model's order {bundle.bands}")
-    if scene.rio.crs is None:
-        raise SceneError(f"scene {source} has no CRS: the outputs could not be georeferenced; "
-                         "write one with rio.write_crs() or gdal_edit.py -a_srs")
-    if bundle.contract.input_scale == "dn" and np.issubdtype(scene.dtype, np.floating) \
-            and scene.attrs.get("scale") == "reflectance":
-        raise SceneError(f"scene {source} holds reflectance (0..1) but the model takes digital "
-                         "numbers (reflectance x 10000): rescale the scene")
+def _open_checked(src: str, bundle: ModelBundle, options: JobOptions,
+                  chunks: tuple[int, int] | None, *, where: Any):
+    """The scene with the model's bands, checked against its contract (headers and a sample)."""
+    kw = {"names": options.bands, "boa_add_offset": options.boa_add_offset}
+    try:
+        scene = open_scene(where, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS, **kw)
+    except BandError:  # say which model needs what the scene lacks
+        if where is not src:  # a parsed STAC item already names its missing assets
+            raise
+        have = [str(b) for b in open_scene(where, **kw)["band"].values]
+        raise BandError(missing_bands_message(src, str(bundle.path), bundle.bands, have)) from None
+    scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
+    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):  # headers only
+        scene = open_scene(where, bands=bundle.bands, chunks=scene_chunks, **kw)
+    check_fits(scene, bands=bundle.bands, input_scale=bundle.contract.input_scale,
+               model=str(bundle.path), source=src)
+    return scene, scene_chunks
 
 
 def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Location, options: JobOptions,
@@ -435,12 +441,7 @@ def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Locati
 
 def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions,
                  parsed: Any = None) -> _SceneJob:
-    chunks, where, boa = options.chunks, parsed or src, options.boa_add_offset
-    scene = open_scene(where, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS, boa_add_offset=boa)
-    scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
-    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):  # no pixel reads
-        scene = open_scene(where, bands=bundle.bands, chunks=scene_chunks, boa_add_offset=boa)
-    _check_contract(scene, bundle, src)
+    scene, scene_chunks = _open_checked(src, bundle, options, options.chunks, where=parsed or src)
     sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
     mask = scene_mask(scene, options.mask_spec(), scene_id=sid)
     final = out.join(sid)
@@ -521,6 +522,7 @@ def _conclude(flight: _Flight, run: _Run) -> JobResult:
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
                         "replace it")
+    clear_ledger(job.final)  # resume bookkeeping belongs to the partial output only
     record["output"]["dir"] = str(job.final)
     return JobResult(job.source, "complete", str(job.final), record)
 
@@ -615,7 +617,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                    "quicklook": "quicklook.png" if (opts.cog and opts.quicklook) else None,
                    "cog_validation": cog_report, **map_record(opts, "output")},
         "model": {"path": str(bundle.path), "sha256": bundle.sha256,
-                  "contract": bundle.contract.to_dict()},
+                  "contract": bundle.contract.to_dict(), "metrics": metrics_summary(bundle.path)},
         "parameters": {"chunks": [cy, cx], "probabilities": opts.probabilities,
                        "batch_size": run.batch_size, **map_record(opts),
                        "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},

@@ -204,6 +204,7 @@ class ClusterStart:
         S2DaskError
             If the model could not be delivered (the cluster is closed then).
         """
+        self.timeline.mark("scenes_checked")  # the job asks for its cluster once they are
         self._thread.join()
         if self._out is None:
             raise self._error if self._error is not None else ClusterError("the cluster did not start")
