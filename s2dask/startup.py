@@ -158,7 +158,7 @@ class ClusterStart:
         self._error: BaseException | None = None
         self.bundle = None
         self.delivery: Delivery | None = None
-        self._taken = False
+        self._taken = self._cancelled = False
         self._thread = threading.Thread(target=self._run, name="s2dask-cluster-start", daemon=True)
         self._thread.start()
 
@@ -166,7 +166,7 @@ class ClusterStart:
         try:
             self._out = connect(**self._connect_kw)
             self.timeline.mark("cluster_up")
-            if self._model is not None:
+            if self._model is not None and not self._cancelled:
                 from .model import load_model
 
                 self.bundle = load_model(self._model, check_keras=False)
@@ -215,7 +215,9 @@ class ClusterStart:
         return self._out
 
     def close(self) -> None:
-        """Close what was started unless :meth:`result` handed it over (waits for the start)."""
+        """Close what was started unless :meth:`result` handed it over (waits for the start,
+        not for a model delivery that has not begun)."""
+        self._cancelled = not self._taken
         self._thread.join()
         if self._out is not None and not self._taken:
             client, cluster = self._out
