@@ -307,6 +307,15 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                        help="replace existing outputs (the old one goes only when the new is complete)")
     state.add_argument("--resume", action="store_true",
                        help="finish an interrupted job: compute only the chunks not yet written")
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="retries of a failed storage request, with backoff (default 5, or "
+                   "$S2DASK_RETRIES; 0 = none); recorded per chunk in job.json")
+    p.add_argument("--scheduler-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds without an answer from the scheduler before the job stops, "
+                   "keeping finished chunks for --resume (default 60)")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="memory limit per worker of the embedded cluster, e.g. 1.5GiB (default: "
+                   "the machine's memory shared out); chunks are picked to fit it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_classify)
 
@@ -323,7 +332,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker, gpu=args.gpu, overwrite=args.overwrite,
         resume=args.resume, batch_size=args.batch_size, connect_timeout=args.timeout,
         overview_resampling=args.overview_resampling,
-        progress=False if args.quiet else None,
+        progress=False if args.quiet else None, retries=args.retries,
+        scheduler_timeout=args.scheduler_timeout, memory_limit=args.memory_limit,
+        resume_command=_resume_command(getattr(args, "argv", None)),
     )
     failed = 0
     for r in results:
@@ -333,6 +344,16 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             failed += 1
             print(f"s2dask classify: error: {r.error}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _resume_command(argv: Sequence[str] | None) -> str | None:
+    """``s2dask classify ... --resume``: this command, made to finish an interrupted job."""
+    if argv is None:
+        return None
+    import shlex
+
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["s2dask", *kept, "--resume"])
 
 
 def _job_line(record: dict) -> str:
@@ -403,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -148,7 +148,9 @@ def connect(
     Raises
     ------
     ClusterError
-        If the scheduler cannot be reached, refuses the connection (TLS), or the
+        If nothing listens at ``scheduler`` or what answers there is not a Dask scheduler
+        (:func:`s2dask.watchdog.check_scheduler`), if the scheduler cannot be reached,
+        refuses the connection (TLS), or the
         scheduler file is missing, or ``gpu`` is asked without dask-cuda.
     """
     import dask
@@ -161,6 +163,10 @@ def connect(
         if scheduler_file and not Path(scheduler_file).is_file():
             raise ClusterError(f"scheduler file {scheduler_file} does not exist: start the cluster "
                                "first (cluster/local/start.sh) or give --scheduler ADDRESS")
+        if scheduler:  # something that answers but is not a Dask scheduler: one line, now
+            from .watchdog import check_scheduler
+
+            check_scheduler(scheduler, timeout=timeout, security=security)
         kwargs: dict[str, Any] = {"timeout": timeout}
         if security is not None:
             kwargs["security"] = security

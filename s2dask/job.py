@@ -37,19 +37,21 @@ from typing import Any, Iterable
 
 import dask.array as da
 import numpy as np
-from distributed import as_completed
 
 from .cluster import cluster_summary, connect, host_thread_counts
 from .contract import OUTPUT_NODATA
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
-from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger
+from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger, recorded_chunks, retry_totals
+from .memory import baseline_for, fit_chunks
 from .model import ModelBundle, library_versions, load_model
 from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
+from .retry import RetryPolicy, redact
 from .scene import open_scene
 from .scene.graph import chunk_pair
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
+from .watchdog import DEFAULT_SCHEDULER_TIMEOUT, completed
 from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
 from .write import layout_zarr
 
@@ -108,6 +110,15 @@ class JobOptions:
     gpu: bool = False
     #: seconds to wait for a scheduler
     connect_timeout: float = 20.0
+    #: retries of a failed storage request (reads and writes of chunks); ``None``: from
+    #: ``S2DASK_RETRIES``, else 5 (:class:`s2dask.retry.RetryPolicy`)
+    retries: int | None = None
+    #: seconds without an answer from the scheduler before the job stops (finished chunks kept)
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
+    #: the command that finishes the job with --resume, for error lines (the CLI sets it)
+    resume_command: str | None = None
+    #: memory limit of each worker of the embedded LocalCluster (``None``: Dask's "auto")
+    memory_limit: str | float | None = None
 
     def __post_init__(self) -> None:
         if self.chunks is not None:
@@ -116,6 +127,23 @@ class JobOptions:
             raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
+        self.retry_policy()  # a negative or odd number of retries: one line, now
+        t = self.scheduler_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ParameterError(f"the scheduler timeout must be a positive number of seconds, "
+                                 f"got {t!r}: use for example --scheduler-timeout 60")
+
+    def retry_policy(self) -> RetryPolicy:
+        """The :class:`~s2dask.retry.RetryPolicy` of ``retries`` (or of the environment).
+
+        Raises
+        ------
+        ParameterError
+            If ``retries`` (or ``S2DASK_RETRIES``) is negative or not an integer.
+        """
+        if self.retries is None:
+            return RetryPolicy.from_env()
+        return dataclasses.replace(RetryPolicy.from_env(), retries=self.retries)
 
     @classmethod
     def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":
@@ -158,6 +186,7 @@ class _SceneJob:
     partial: Location
     resume_from: int  # chunks already done (resume)
     chunks: tuple[int, int] = (DEFAULT_CHUNKS, DEFAULT_CHUNKS)
+    chunks_from: str = "auto"  # "given" (--chunks), "recorded" (a resumed output's), "auto"
 
 
 @dataclass(frozen=True)
@@ -216,8 +245,9 @@ def classify(
         Fields of :class:`JobOptions` (``chunks``, ``probabilities``, ``overwrite``,
         ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
-        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``),
-        replacing those of ``options``.
+        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
+        ``retries``, ``scheduler_timeout``, ``resume_command``, ``memory_limit``), replacing
+        those of ``options``.
 
     Returns
     -------
@@ -278,26 +308,48 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
              client, single: bool, t_open: float) -> dict[str, JobResult]:
     """Connect (unless given a client), deliver the model, run every scene; close what we opened."""
     results: dict[str, JobResult] = {}
-    own_cluster = None
+    own_cluster, own_client, lost = None, client is None, False
     if client is None:
         client, own_cluster = connect(options.scheduler, scheduler_file=options.scheduler_file,
                                       security=options.security, timeout=options.connect_timeout,
                                       workers=options.workers,
-                                      threads_per_worker=options.threads_per_worker, gpu=options.gpu)
+                                      threads_per_worker=options.threads_per_worker, gpu=options.gpu,
+                                      memory_limit=options.memory_limit or "auto")
     try:
         run = _start(client, bundle, out=out, options=options, t_open=t_open)
+        _fit_chunks(prepared, run)  # a --chunks too large for the workers: refused here
         for job in prepared:
             try:
                 results[job.source] = _run_one(job, run)
             except S2DaskError as exc:
-                if single:
+                lost = bool(getattr(exc, "scheduler_lost", False))
+                if single or lost:  # without a scheduler no other scene can run either
                     raise
                 results[job.source] = _failed(job.source, exc)
     finally:
+        if own_client:  # a client of a dead scheduler closes in bounded time
+            client.close(timeout=5 if lost else None)
         if own_cluster is not None:
-            client.close()
             own_cluster.close()
     return results
+
+
+def _fit_chunks(prepared: list[_SceneJob], run: _Run) -> None:
+    """Chunks that fit the workers' memory (:mod:`s2dask.memory`): automatic ones are made
+    smaller if need be, given ones that do not fit are refused before anything runs."""
+    workers = run.client.scheduler_info(n_workers=-1)["workers"]
+    baseline = baseline_for(getattr(run.options, "engine", None))
+    for job in prepared:
+        if job.chunks_from == "recorded":  # a resumed output keeps its chunks
+            continue
+        chunks = fit_chunks(job.chunks, workers, len(run.bundle.bands),
+                            given=job.chunks_from == "given", baseline_bytes=baseline,
+                            probabilities=run.options.probabilities,
+                            n_classes=len(run.bundle.classes))
+        if chunks != job.chunks:
+            job.scene = open_scene(job.source, bands=run.bundle.bands, chunks=chunks,
+                                   retry=run.options.retry_policy())
+            job.chunks = chunks
 
 
 def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t_open: float) -> _Run:
@@ -388,15 +440,19 @@ def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: J
 
 
 def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions) -> _SceneJob:
-    chunks = options.chunks
-    scene = open_scene(src, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS)
+    chunks, retry = options.chunks, options.retry_policy()
+    scene = open_scene(src, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS, retry=retry)
     scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
-    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
-        scene = open_scene(src, bands=bundle.bands, chunks=scene_chunks)  # no pixel reads
-    _check_contract(scene, bundle, src)
     sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
     final = out.join(sid)
     partial = out.join(f".{sid}{PARTIAL_SUFFIX}")
+    chunks_from = "given" if chunks else "auto"
+    if chunks is None and options.resume and partial.exists():
+        # automatic chunks may have been made smaller for the workers' memory: keep those
+        scene_chunks, chunks_from = recorded_chunks(partial) or scene_chunks, "recorded"
+    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
+        scene = open_scene(src, bands=bundle.bands, chunks=scene_chunks, retry=retry)  # no reads
+    _check_contract(scene, bundle, src)
     done = 0
     if final.exists() and not options.overwrite:
         raise OutputExistsError(f"output {final} already exists: pass --overwrite to "
@@ -410,7 +466,7 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
             raise OutputExistsError(
                 f"an unfinished output of scene {src} is in {partial}: pass --resume to "
                 "finish it, or --overwrite to start again")
-    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks)
+    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, chunks_from)
 
 
 # ------------------------------------------------------------------------------ one scene
@@ -435,6 +491,7 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
                "total": time.perf_counter() - t0 + run.t_open}
     record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
                      cog_report=cog_report, timings=timings)
+    record["retries"] = retry_totals(markers)  # storage retries of every chunk (markers)
     atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
@@ -476,7 +533,7 @@ def _prediction_graph(job: _SceneJob, run: _Run, *, store: Location, markers: Lo
     nyb, nxb = len(data.chunks[1]), len(data.chunks[2])
     counts = da.map_blocks(
         predict_and_store, data, ref=run.ref, store=store, markers=markers,
-        probabilities=run.options.probabilities, dtype="int64",
+        probabilities=run.options.probabilities, retry=run.options.retry_policy(), dtype="int64",
         chunks=((1,), (1,) * nyb, (1,) * nxb, (N_COUNTS,)), new_axis=3,
         meta=np.empty((0, 0, 0, 0), dtype="int64"),
         name=f"s2dask-predict-{job.scene_id}-{uuid.uuid4().hex[:8]}",
@@ -496,14 +553,17 @@ def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
     if todo:
         client = run.client
         futures = client.compute(todo)
+        resume = run.options.resume_command or "rerun the same command with --resume"
         try:
-            for fut in as_completed(futures, loop=client.loop):
+            for fut in completed(client, futures, timeout=run.options.scheduler_timeout,
+                                 resume=resume, kept=str(job.partial)):
                 if fut.status == "error":
                     raise _task_error(fut.exception(), job)
                 totals += fut.result().reshape(N_COUNTS)
                 bar.update()
-        except BaseException:
-            client.cancel(futures)
+        except BaseException as exc:
+            if not getattr(exc, "scheduler_lost", False):  # nobody to cancel them with
+                client.cancel(futures)
             raise
     return done, totals, time.perf_counter() - t0, bool(todo)
 
@@ -572,14 +632,16 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
 
 
 def _task_error(exc: BaseException, job: _SceneJob) -> S2DaskError:
-    if isinstance(exc, S2DaskError):
-        return exc
+    if isinstance(exc, S2DaskError):  # one line from the worker: which chunk, which input
+        where = f"scene {job.source}: "
+        return type(exc)(f"{'' if str(exc).startswith(where) else where}{redact(str(exc))}; "
+                         f"finished chunks are kept in {job.partial}: rerun with --resume")
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         return StorageError(f"writing the output of {job.source} failed: "
                             f"{exc.strerror or exc}{where}; "
                             f"free space or fix permissions, then rerun with --resume "
                             f"(finished chunks are kept in {job.partial})")
-    text = " ".join(str(exc).split())[:300]
+    text = redact(" ".join(str(exc).split())[:300])
     return JobError(f"classifying {job.source} failed in a worker: {type(exc).__name__}: {text}; "
                     f"finished chunks are kept in {job.partial}, rerun with --resume")

@@ -34,12 +34,15 @@ import math
 
 from .errors import ParameterError
 
-__all__ = ["max_chunk_edge", "check_chunks_fit", "task_bytes", "BASELINE_BYTES",
+__all__ = ["max_chunk_edge", "check_chunks_fit", "fit_chunks", "task_bytes", "baseline_for",
+           "BASELINE_BYTES", "OPENVINO_BASELINE_BYTES",
            "TASK_FIXED_BYTES", "BYTES_PER_PIXEL_BAND", "BYTES_PER_PIXEL_OUTPUT",
            "TARGET_FRACTION"]
 
 #: RSS of a worker process once the backend and the model are loaded (measured 1.05 GiB)
 BASELINE_BYTES = int(1.05 * 2**30)
+#: RSS of a worker process that predicts with OpenVINO and never imports TensorFlow
+OPENVINO_BASELINE_BYTES = int(0.45 * 2**30)
 #: per task, independent of the chunk size (batch buffers, backend scratch; measured)
 TASK_FIXED_BYTES = 85_000_000
 #: per chunk pixel and input band (uint16 block and copies; measured at 10 bands)
@@ -49,6 +52,15 @@ BYTES_PER_PIXEL_OUTPUT = 4
 #: the share of a worker's memory limit the rule lets baseline + tasks use
 TARGET_FRACTION = 0.8
 _MIN_EDGE = 256
+
+
+def baseline_for(engine: str | None) -> int:
+    """A worker's RSS before tasks for the ``engine`` its model runs on.
+
+    ``"openvino"``: :data:`OPENVINO_BASELINE_BYTES`; anything else (``"tensorflow"``,
+    ``"auto"``, ``None``: the engine is not known yet) the larger TensorFlow figure.
+    """
+    return OPENVINO_BASELINE_BYTES if str(engine or "").lower() == "openvino" else BASELINE_BYTES
 
 
 def task_bytes(edge: int | tuple[int, int], n_bands: int, *, probabilities: bool = False,
@@ -116,7 +128,8 @@ def max_chunk_edge(memory_limit_bytes: int | float | None, n_bands: int, *,
 
 
 def check_chunks_fit(chunks: int | tuple[int, int], workers: dict, n_bands: int, *,
-                     probabilities: bool = False, n_classes: int = 0) -> None:
+                     probabilities: bool = False, n_classes: int = 0,
+                     baseline_bytes: int = BASELINE_BYTES) -> None:
     """Refuse, before compute, a chunk size too large for the smallest worker.
 
     Parameters
@@ -128,6 +141,8 @@ def check_chunks_fit(chunks: int | tuple[int, int], workers: dict, n_bands: int,
         none) and ``nthreads`` are used.
     n_bands, probabilities, n_classes
         As for :func:`task_bytes`.
+    baseline_bytes
+        The workers' RSS before tasks (:func:`baseline_for`).
 
     Raises
     ------
@@ -142,21 +157,66 @@ def check_chunks_fit(chunks: int | tuple[int, int], workers: dict, n_bands: int,
         if not limit:
             continue
         threads = int(info.get("nthreads") or 1)
-        need = BASELINE_BYTES + threads * task_bytes((cy, cx), n_bands, probabilities=probabilities,
-                                                     n_classes=n_classes)
+        need = baseline_bytes + threads * task_bytes((cy, cx), n_bands,
+                                                     probabilities=probabilities, n_classes=n_classes)
         if need > TARGET_FRACTION * limit and (worst is None or limit < worst[0]):
             worst = (limit, threads)
     if worst is None:
         return
     limit, threads = worst
     edge = max_chunk_edge(limit, n_bands, probabilities=probabilities, n_classes=n_classes,
-                          threads_per_worker=threads, multiple=256)
+                          threads_per_worker=threads, baseline_bytes=baseline_bytes, multiple=256)
     gib = limit / 2**30
     if not edge:
-        need = (BASELINE_BYTES + threads * task_bytes(_MIN_EDGE, n_bands)) / TARGET_FRACTION / 2**30
+        need = (baseline_bytes + threads * task_bytes(_MIN_EDGE, n_bands)) / TARGET_FRACTION / 2**30
         raise ParameterError(f"workers with a memory limit of {gib:.2f} GiB and {threads} thread(s) "
                              f"cannot hold the model and a {_MIN_EDGE}-pixel chunk: give the "
                              f"workers at least {need:.1f} GiB (--memory-limit) or fewer threads")
     raise ParameterError(f"chunks of {cy} x {cx} pixels do not fit workers with a memory limit of "
                          f"{gib:.2f} GiB and {threads} thread(s): the largest that fits is "
                          f"--chunks {edge} (or give the workers more memory)")
+
+
+def fit_chunks(chunks: tuple[int, int], workers: dict, n_bands: int, *, given: bool,
+               probabilities: bool = False, n_classes: int = 0,
+               baseline_bytes: int = BASELINE_BYTES) -> tuple[int, int]:
+    """The chunks a job uses on ``workers``: automatic ones made to fit, given ones checked.
+
+    Parameters
+    ----------
+    chunks
+        ``(y, x)``: the user's (``given``) or the automatic choice.
+    workers
+        ``client.scheduler_info()["workers"]`` (``memory_limit``, ``nthreads``).
+    given
+        Whether the user chose ``chunks`` (then they are refused if too large, never changed).
+    n_bands, probabilities, n_classes, baseline_bytes
+        As for :func:`check_chunks_fit`.
+
+    Returns
+    -------
+    tuple of int
+        ``chunks``, or for automatic chunks each edge capped at the largest that fits the
+        smallest worker (a multiple of 256).
+
+    Raises
+    ------
+    ParameterError
+        Given chunks that do not fit, or workers too small for any chunk (one line each).
+    """
+    kw = dict(probabilities=probabilities, n_classes=n_classes, baseline_bytes=baseline_bytes)
+    if given:
+        check_chunks_fit(chunks, workers, n_bands, **kw)
+        return chunks
+    cap = None
+    for info in workers.values():
+        edge = max_chunk_edge(info.get("memory_limit") or 0, n_bands,
+                              threads_per_worker=int(info.get("nthreads") or 1), **kw)
+        if edge is not None:
+            cap = edge if cap is None else min(cap, edge)
+    if cap is None or cap >= max(chunks):
+        return chunks
+    if cap == 0:
+        check_chunks_fit(_MIN_EDGE, workers, n_bands, **kw)  # raises: the workers are too small
+    return (min(chunks[0], cap), min(chunks[1], cap))
+

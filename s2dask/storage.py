@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from .errors import OutputExistsError, StorageError
 from .records import json_default
+from .retry import RetryPolicy, retries_off, single_layer
 from .remote import (
     S3_PROTOCOLS,
     bucket_of,
@@ -251,8 +252,13 @@ class Location:
 
     @property
     def fs(self):
-        """The fsspec filesystem of a remote location (fsspec caches the instance)."""
-        return fs_for(self.url, storage_options=self.options)[0]
+        """The fsspec filesystem of a remote location (fsspec caches the instance).
+
+        With options from :meth:`s2dask.retry.RetryPolicy.storage_options` its own retry
+        loops are off (:func:`s2dask.retry.single_layer`): the caller retries.
+        """
+        fs = fs_for(self.url, storage_options=self.options)[0]
+        return single_layer(fs) if retries_off(self.options) else fs
 
     @property
     def name(self) -> str:
@@ -495,10 +501,17 @@ def vsi_to_url(path: str) -> str | None:
     return None
 
 
-def remote_env(path: str) -> dict[str, str]:
-    """GDAL options for reading a ``/vsis3/`` path (endpoint, region); none for local files."""
+def remote_env(path: str, policy: RetryPolicy | None = None) -> dict[str, str]:
+    """GDAL options for reading a ``/vsis3/`` path; none for local files.
+
+    Endpoint and region (:func:`gdal_env_for`), and GDAL's own retries of failed HTTP
+    requests (:meth:`s2dask.retry.RetryPolicy.gdal_env`; ``policy`` default: from
+    ``S2DASK_RETRIES``/``S2DASK_RETRY_DELAY``, else 5 retries).
+    """
     url = vsi_to_url(path)
-    return {} if url is None else gdal_env_for(url)
+    if url is None:
+        return {}
+    return {**gdal_env_for(url), **(policy or RetryPolicy.from_env()).gdal_env()}
 
 
 def stat(path: str | os.PathLike) -> FileStat:
@@ -517,6 +530,11 @@ def open_array(store: "Location | str | os.PathLike", name: str):
     import zarr
 
     loc = as_location(store)
+    if loc.remote and retries_off(loc.options):  # the caller retries: one layer (s2dask.retry)
+        from zarr.storage import FsspecStore
+
+        fs, path = fs_for(loc.url, storage_options={**(loc.options or {}), "asynchronous": True})
+        return zarr.open_array(store=FsspecStore(single_layer(fs), path=path), path=name, mode="r+")
     if loc.remote:
         return zarr.open_array(store=loc.url, path=name, mode="r+", storage_options=loc.options)
     return zarr.open_array(store=loc.url, path=name, mode="r+")

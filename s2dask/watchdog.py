@@ -108,9 +108,17 @@ class SchedulerWatch:
         silent = now - self.last_ok
         if silent >= self.timeout:
             where = f" in {self.kept}" if self.kept else ""
-            raise JobError(f"the Dask scheduler {self.address} is gone (no answer for "
-                           f"{silent:.0f} s): the finished chunks are kept{where}; start a "
-                           f"scheduler and workers, then finish the job with: {self.resume}")
+            raise _lost(f"the Dask scheduler {self.address} is gone (no answer for "
+                        f"{silent:.0f} s): the finished chunks are kept{where}; start a "
+                        f"scheduler and workers, then finish the job with: {self.resume}")
+
+
+def _lost(message: str) -> JobError:
+    """The job's error when its scheduler is gone: ``scheduler_lost`` tells the job not to
+    cancel futures or start other scenes (nobody would answer)."""
+    error = JobError(message)
+    error.scheduler_lost = True  # type: ignore[attr-defined]
+    return error
 
 
 def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
@@ -150,9 +158,9 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
         if pending.is_empty() and not lost:
             return
         if lost and getattr(client, "status", None) == "running" and watch._probe():
-            raise JobError(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
-                           "(it restarted, or they were cancelled): the finished chunks are kept"
-                           f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
+            raise _lost(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
+                        "(it restarted, or they were cancelled): the finished chunks are kept"
+                        f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
         watch.check()
         time.sleep(poll)
 
@@ -163,7 +171,10 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
 async def _identity(address: str, timeout: float, security) -> dict:
     from distributed.comm import connect
 
-    kwargs = security.get_connection_args("client") if security is not None else {}
+    from distributed.security import Security
+
+    # no Security given: Dask's own TLS configuration (DASK_DISTRIBUTED__COMM__TLS__*) applies
+    kwargs = (security if security is not None else Security()).get_connection_args("client")
     comm = await connect(address, timeout=timeout, **kwargs)
     try:
         await comm.write({"op": "identity", "reply": True})

@@ -14,6 +14,7 @@ COG and the quick-look, streamed from the Zarr store next to the data).
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import tempfile
 import threading
@@ -24,10 +25,11 @@ import numpy as np
 
 from .backend import configure_threads
 from .contract import ClassInfo
-from .errors import ModelError
+from .errors import ModelError, S2DaskError, detached
 from .ledger import N_COUNTS, write_marker
 from .model import ModelHandle, check_model_shape, load_model
 from .predict import Predictor, block_outputs
+from .retry import RetryPolicy, call_with_retry, take_read_retries
 from .storage import Location, put_file
 from .write import validate_cog, write_cog, write_quicklook, write_region
 
@@ -156,12 +158,15 @@ class ModelPlugin(WorkerPlugin):
 
 
 def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, markers: Location,
-                      probabilities: bool, block_info=None) -> np.ndarray:
+                      probabilities: bool, retry: RetryPolicy | None = None,
+                      block_info=None) -> np.ndarray:
     """One prediction task: predict a ``(band, y, x)`` block, write it, return class counts.
 
     The model comes from the worker's cache (put there by :class:`ModelPlugin`); only
-    ``ref`` travels with the task. The chunk's marker is written last, so a marker means
-    the chunk's region is in the store.
+    ``ref`` travels with the task. The chunk's region and then its marker are written, each
+    retried on transient storage errors (:func:`s2dask.retry.call_with_retry`; both are
+    idempotent); the marker records the retries of the chunk's read and writes. A marker
+    means the chunk's region is in the store.
 
     Parameters
     ----------
@@ -173,6 +178,8 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
         The partial output's Zarr group and its ledger folder.
     probabilities
         Also write the per-class probabilities.
+    retry
+        How to retry the writes (default :class:`~s2dask.retry.RetryPolicy`).
     block_info
         Dask's description of the block (its position in the scene).
 
@@ -180,18 +187,61 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     -------
     numpy.ndarray
         ``(1, 1, 1, N_COUNTS)`` int64 class counts.
+
+    Raises
+    ------
+    StorageError
+        A write failed for good: at once when permanent, after the retries when transient
+        (one line naming the chunk window and the store).
     """
     where = block_info[0]["array-location"]
     iy, ix = block_info[0]["chunk-location"][1:]
-    ys, xs = slice(*where[1]), slice(*where[2])
+    (y0, y1), (x0, x1) = where[1], where[2]
+    ys, xs = slice(y0, y1), slice(x0, x1)
+    policy = retry or RetryPolicy()
+    counter = take_read_retries((y0, x0, y1 - y0, x1 - x0))
     predictor = get_predictor(ref)
     out = block_outputs(predictor, block, probabilities=probabilities)
-    write_region(store, out, y=ys, x=xs, probabilities=probabilities)
     counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
-    write_marker(markers, (iy, ix), where[1], where[2], counts)
+    window = f"chunk y={y0}:{y1} x={x0}:{x1}"
+    error = None
+    try:
+        call_with_retry(write_region, _retrying(store, policy), out, y=ys, x=xs,
+                        probabilities=probabilities, policy=policy, action="write",
+                        what=f"{window} of {store}", counter=counter)
+        call_with_retry(write_marker, _retrying(markers, policy), (iy, ix), where[1], where[2],
+                        counts, retries=counter, policy=policy, action="write",
+                        what=f"the marker of {window} in {markers}", counter=counter)
+    except S2DaskError as exc:
+        error = exc
+    if error is not None:
+        raise detached(error)  # outside the handler: no cause travels (see errors.detached)
     return counts.reshape(1, 1, 1, N_COUNTS)
 
 
+def _retrying(loc: Location, policy: RetryPolicy) -> Location:
+    """``loc`` with the storage's own retry layers off: :func:`call_with_retry` is the one."""
+    if not loc.remote:
+        return loc
+    return Location(loc.url, policy.storage_options(loc.url, loc.options))
+
+
+def _portable(fn: Callable) -> Callable:
+    """Raise a task's :class:`S2DaskError` without its causes (see :func:`errors.detached`)."""
+
+    @functools.wraps(fn)
+    def task(*args, **kwargs):
+        error = None
+        try:
+            return fn(*args, **kwargs)
+        except S2DaskError as exc:
+            error = exc
+        raise detached(error)
+
+    return task
+
+
+@_portable
 def write_rasters(store: Location, partial: Location, *, classes: Sequence[ClassInfo], crs: str,
                   transform, overview_resampling: str, quicklook: bool, title: str,
                   tags: dict) -> dict:

@@ -54,6 +54,7 @@ from ..bands import canonical_bands
 from ..errors import SceneError, StorageError
 from ..grid import grid_to_raster
 from ..storage import check_input_location, is_remote, protocol_of, storage_options_for
+from ..retry import RetryPolicy
 from .formats import (
     IDENTITY_TAGS,
     RASTER_SUFFIXES,
@@ -79,6 +80,7 @@ def open_scene(
     bands: Sequence[str] | str | None = None,
     chunks: int | tuple[int, int] = 2048,
     resampling: str = "nearest",
+    retry: RetryPolicy | None = None,
 ) -> xr.DataArray:
     """Open a Sentinel-2 scene as a lazy, chunked ``(band, y, x)`` DataArray.
 
@@ -99,6 +101,9 @@ def open_scene(
     resampling
         How bands coarser than the finest one are brought onto its grid: ``"nearest"``
         (exact ``k x k`` pixel replication) or ``"bilinear"``.
+    retry
+        How GDAL retries failed HTTP requests of remote rasters when the blocks are read
+        (:class:`s2dask.retry.RetryPolicy`; ``None``: from each worker's environment).
 
     Returns
     -------
@@ -125,7 +130,7 @@ def open_scene(
         raise SceneError(f"unknown resampling {resampling!r}: use one of {', '.join(RESAMPLING_METHODS)}")
     wanted = canonical_bands(bands) if bands is not None else None
     if is_remote(path):
-        return _open_remote(os.fspath(path), wanted, chunk_yx, resampling)
+        return _open_remote(os.fspath(path), wanted, chunk_yx, resampling, retry)
     src = Path(path).expanduser()
     if not src.exists():
         raise SceneError(
@@ -137,7 +142,7 @@ def open_scene(
         layout = safe_layout(src) if is_safe(src) else folder_layout(src)
     else:
         layout = file_layout(src, wanted)
-    return scene_array(layout, src, wanted, chunk_yx, resampling)
+    return scene_array(layout, src, wanted, chunk_yx, resampling, retry=retry)
 
 
 def scene_summary(scene: xr.DataArray) -> dict[str, Any]:
@@ -180,7 +185,7 @@ def scene_summary(scene: xr.DataArray) -> dict[str, Any]:
 
 
 def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
-                 resampling: str) -> xr.DataArray:
+                 resampling: str, retry: RetryPolicy | None = None) -> xr.DataArray:
     """A scene on an object store: a single GeoTIFF/COG (read by GDAL) or a Zarr store."""
     try:
         check_input_location(url)
@@ -197,6 +202,6 @@ def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
                          ".zarr store (band folders and .SAFE products are read from disk)")
     src = Path("/vsis3/" + url.split("://", 1)[1])
     layout = file_layout(src, wanted)
-    out = scene_array(layout, src, wanted, chunk_yx, resampling)
+    out = scene_array(layout, src, wanted, chunk_yx, resampling, retry=retry)
     out.attrs["source"] = url
     return out
