@@ -25,6 +25,7 @@ __all__ = [
     "local_cluster_size",
     "cluster_summary",
     "host_thread_counts",
+    "register_plugin",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,31 @@ def host_thread_counts(client) -> dict[str, int]:
         host = info.get("host") or addr.split("://")[-1].rsplit(":", 1)[0]
         counts[host] += int(info.get("nthreads", 1))
     return dict(counts)
+
+
+def register_plugin(client, plugin, *, attempts: int = 3) -> None:
+    """``client.register_plugin(plugin)``, again when a worker left while it was delivered.
+
+    The scheduler keeps the plugin for workers that join later and sends it to every
+    current worker; a worker retired or lost at that moment makes the broadcast fail with
+    a closed connection although the others have it. Registering again is harmless (the
+    model plugin builds each model once per process).
+
+    Raises
+    ------
+    ClusterError
+        If the connection keeps failing ``attempts`` times.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            client.register_plugin(plugin)
+            return
+        except OSError as exc:  # distributed's CommClosedError: a worker went away
+            if attempt == attempts:
+                raise ClusterError(f"could not deliver the model to the workers of "
+                                   f"{client.scheduler.address}: {' '.join(str(exc).split())[:200]}; "
+                                   "workers keep leaving: check their logs") from None
+            log.info("a worker left while the model was delivered (%s): again", exc)
 
 
 # ---------------------------------------------------------------- clusters

@@ -38,7 +38,7 @@ from typing import Any, Iterable
 import dask.array as da
 import numpy as np
 
-from .cluster import cluster_summary, connect, host_thread_counts
+from .cluster import cluster_summary, connect, host_thread_counts, register_plugin
 from .contract import OUTPUT_NODATA
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
 from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger, recorded_chunks, retry_totals
@@ -316,8 +316,8 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
                                       threads_per_worker=options.threads_per_worker, gpu=options.gpu,
                                       memory_limit=options.memory_limit or "auto")
     try:
+        _fit_chunks(prepared, client, bundle, options)  # a --chunks too large: refused here
         run = _start(client, bundle, out=out, options=options, t_open=t_open)
-        _fit_chunks(prepared, run)  # a --chunks too large for the workers: refused here
         for job in prepared:
             try:
                 results[job.source] = _run_one(job, run)
@@ -334,21 +334,20 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
     return results
 
 
-def _fit_chunks(prepared: list[_SceneJob], run: _Run) -> None:
+def _fit_chunks(prepared: list[_SceneJob], client, bundle: ModelBundle, options: JobOptions) -> None:
     """Chunks that fit the workers' memory (:mod:`s2dask.memory`): automatic ones are made
     smaller if need be, given ones that do not fit are refused before anything runs."""
-    workers = run.client.scheduler_info(n_workers=-1)["workers"]
-    baseline = baseline_for(getattr(run.options, "engine", None))
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    baseline = baseline_for(getattr(options, "engine", None))
     for job in prepared:
         if job.chunks_from == "recorded":  # a resumed output keeps its chunks
             continue
-        chunks = fit_chunks(job.chunks, workers, len(run.bundle.bands),
+        chunks = fit_chunks(job.chunks, workers, len(bundle.bands),
                             given=job.chunks_from == "given", baseline_bytes=baseline,
-                            probabilities=run.options.probabilities,
-                            n_classes=len(run.bundle.classes))
+                            probabilities=options.probabilities, n_classes=len(bundle.classes))
         if chunks != job.chunks:
-            job.scene = open_scene(job.source, bands=run.bundle.bands, chunks=chunks,
-                                   retry=run.options.retry_policy())
+            job.scene = open_scene(job.source, bands=bundle.bands, chunks=chunks,
+                                   retry=options.retry_policy())
             job.chunks = chunks
 
 
@@ -360,7 +359,7 @@ def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t
     bs = int(options.batch_size or DEFAULT_BATCH_SIZE)
     plugin = ModelPlugin(bundle.handle(), batch_size=bs, tf_threads=options.tf_threads,
                          host_threads=host_thread_counts(client))
-    client.register_plugin(plugin)  # a model the workers cannot build fails here
+    register_plugin(client, plugin)  # a model the workers cannot build fails here
     ref = ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), bs)
     summary = cluster_summary(client)
     try:  # nothing is created before the model has reached the workers

@@ -169,6 +169,7 @@ def check_chunks_fit(chunks: int | tuple[int, int], workers: dict, n_bands: int,
     gib = limit / 2**30
     if not edge:
         need = (baseline_bytes + threads * task_bytes(_MIN_EDGE, n_bands)) / TARGET_FRACTION / 2**30
+        need = math.ceil(need * 10) / 10  # rounded up: the advice must fit
         raise ParameterError(f"workers with a memory limit of {gib:.2f} GiB and {threads} thread(s) "
                              f"cannot hold the model and a {_MIN_EDGE}-pixel chunk: give the "
                              f"workers at least {need:.1f} GiB (--memory-limit) or fewer threads")

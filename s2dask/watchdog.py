@@ -18,6 +18,8 @@ with one line (exit 2) instead of a long hang or a traceback.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import threading
 import time
 from typing import Any, Iterable, Iterator
@@ -36,6 +38,15 @@ def _scheduler_address(client) -> str:
         return str(client.scheduler.address)
     except Exception:
         return "(unknown address)"
+
+
+def _quiet_client_logs() -> None:
+    """The client's own tracebacks of failed reconnects would bury the job's one line.
+
+    Once the connection is lost the job reports it; ``S2DASK_DEBUG=1`` keeps the logs.
+    """
+    if not os.environ.get("S2DASK_DEBUG"):
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
 
 
 class SchedulerWatch:
@@ -86,6 +97,7 @@ class SchedulerWatch:
         """Whether the scheduler answers now (cheap: probes at most every ``probe_every`` s)."""
         now = time.monotonic()
         if getattr(self.client, "status", "running") in _LOST_STATES:
+            _quiet_client_logs()
             return False
         if now - self._last_probe < self.probe_every:
             return True

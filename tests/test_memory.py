@@ -38,5 +38,5 @@ def test_check_chunks_fit_refuses_with_the_largest_that_fits():
     assert msg == ("chunks of 2048 x 2048 pixels do not fit workers with a memory limit of 1.50 GiB "
                    "and 1 thread(s): the largest that fits is --chunks 1024 (or give the workers "
                    "more memory)")
-    with pytest.raises(ParameterError, match=r"at least 1\.4 GiB"):
+    with pytest.raises(ParameterError, match=r"at least 1\.5 GiB"):
         check_chunks_fit(256, _workers(1 * GIB), 10)
