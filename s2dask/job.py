@@ -51,7 +51,7 @@ from .retry import RetryPolicy, redact
 from .scene import open_scene
 from .scene.graph import chunk_pair
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
-from .watchdog import DEFAULT_SCHEDULER_TIMEOUT, completed
+from .watchdog import DEFAULT_SCHEDULER_TIMEOUT, check_timeout, completed
 from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
 from .write import layout_zarr
 
@@ -128,22 +128,11 @@ class JobOptions:
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
         self.retry_policy()  # a negative or odd number of retries: one line, now
-        t = self.scheduler_timeout
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise ParameterError(f"the scheduler timeout must be a positive number of seconds, "
-                                 f"got {t!r}: use for example --scheduler-timeout 60")
+        check_timeout(self.scheduler_timeout)
 
     def retry_policy(self) -> RetryPolicy:
-        """The :class:`~s2dask.retry.RetryPolicy` of ``retries`` (or of the environment).
-
-        Raises
-        ------
-        ParameterError
-            If ``retries`` (or ``S2DASK_RETRIES``) is negative or not an integer.
-        """
-        if self.retries is None:
-            return RetryPolicy.from_env()
-        return dataclasses.replace(RetryPolicy.from_env(), retries=self.retries)
+        """:meth:`RetryPolicy.of <s2dask.retry.RetryPolicy.of>` ``retries`` (raises likewise)."""
+        return RetryPolicy.of(self.retries)
 
     @classmethod
     def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":

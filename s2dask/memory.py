@@ -26,6 +26,13 @@ and its Zarr encode buffer; estimated, not measured). The rule keeps
 limit: Dask's pause threshold, so a worker never stops taking tasks for our own chunks,
 and 15 % below its terminate threshold (0.95). With 1.5 GiB workers (1 thread) the
 largest edge is 1024; with 2 GiB, 2816; with 4 GiB, 6144.
+
+The baseline depends on the engine (:func:`baseline_for`). ``benchmarks/memory.py
+--engine-baseline`` builds the model in a fresh process with a worker's imports and runs
+one warm batch: 0.28 GiB with OpenVINO from the bundle's stored IR (TensorFlow never
+imported), 0.88 GiB with TensorFlow. The Dask worker adds 0.17 GiB to the latter (1.05 GiB
+measured in a worker), so an OpenVINO worker's baseline is taken as 0.45 GiB: the largest
+edge is then 3328 at 1.5 GiB, 4352 at 2 GiB, 6912 at 4 GiB (2048 even at 1 GiB).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ __all__ = ["max_chunk_edge", "check_chunks_fit", "fit_chunks", "task_bytes", "ba
 #: RSS of a worker process once the backend and the model are loaded (measured 1.05 GiB)
 BASELINE_BYTES = int(1.05 * 2**30)
 #: RSS of a worker process that predicts with OpenVINO and never imports TensorFlow
+#: (0.28 GiB measured with s2dask.engine + the worker's 0.17 GiB; see the module text)
 OPENVINO_BASELINE_BYTES = int(0.45 * 2**30)
 #: per task, independent of the chunk size (batch buffers, backend scratch; measured)
 TASK_FIXED_BYTES = 85_000_000

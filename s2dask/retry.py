@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from .errors import ParameterError, S2DaskError, StorageError
+from .remote import protocol_of
 
 __all__ = [
     "RetryPolicy",
@@ -172,14 +173,25 @@ class RetryPolicy:
         only layer that retries, so each retry is counted once and never multiplied.
         Other protocols: ``options`` unchanged.
         """
-        from .storage import protocol_of
-
         out = dict(options or {})
         if protocol_of(url) in ("s3", "s3a"):
             config = dict(out.get("config_kwargs") or {})
             config["retries"] = {"total_max_attempts": 1, "mode": "standard"}
             out["config_kwargs"] = config
         return out
+
+    @classmethod
+    def of(cls, retries: int | None, env: Mapping[str, str] | None = None) -> "RetryPolicy":
+        """:meth:`from_env` with ``retries`` (``--retries``) replacing its number, if given.
+
+        Raises
+        ------
+        ParameterError
+            If ``retries`` or a value in the environment is negative or not a number.
+        """
+        policy = cls.from_env(env)
+        return policy if retries is None else cls(retries, policy.base_delay, policy.max_delay,
+                                                  policy.jitter)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RetryPolicy":

@@ -26,7 +26,8 @@ from typing import Any, Iterable, Iterator
 
 from .errors import ClusterError, JobError, ParameterError
 
-__all__ = ["SchedulerWatch", "completed", "check_scheduler", "DEFAULT_SCHEDULER_TIMEOUT"]
+__all__ = ["SchedulerWatch", "completed", "check_scheduler", "check_timeout",
+           "DEFAULT_SCHEDULER_TIMEOUT"]
 
 #: seconds without an answer from the scheduler before a job stops
 DEFAULT_SCHEDULER_TIMEOUT = 60.0
@@ -38,6 +39,19 @@ def _scheduler_address(client) -> str:
         return str(client.scheduler.address)
     except Exception:
         return "(unknown address)"
+
+
+def check_timeout(timeout: Any) -> None:
+    """Refuse a scheduler timeout that is not a positive number of seconds.
+
+    Raises
+    ------
+    ParameterError
+        One line, with an example.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ParameterError(f"the scheduler timeout must be a positive number of seconds, "
+                             f"got {timeout!r}: use for example --scheduler-timeout 60")
 
 
 def _quiet_client_logs() -> None:
@@ -75,9 +89,7 @@ class SchedulerWatch:
     def __init__(self, client, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
                  resume: str = "rerun the same command with --resume", kept: str | None = None,
                  probe_every: float | None = None):
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ParameterError(f"the scheduler timeout must be a positive number of seconds, "
-                                 f"got {timeout!r}: use for example --scheduler-timeout 60")
+        check_timeout(timeout)
         self.client, self.timeout, self.resume, self.kept = client, float(timeout), resume, kept
         self.address = _scheduler_address(client)
         self.probe_every = probe_every if probe_every is not None else min(5.0, self.timeout / 4)

@@ -206,9 +206,10 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     window = f"chunk y={y0}:{y1} x={x0}:{x1}"
     error = None
     try:
-        call_with_retry(write_region, _retrying(store, policy), out, y=ys, x=xs,
-                        probabilities=probabilities, policy=policy, action="write",
-                        what=f"{window} of {store}", counter=counter)
+        each = functools.partial(call_with_retry, policy=policy, action="write",
+                                 what=f"{window} of {store}", counter=counter)
+        write_region(_retrying(store, policy), out, y=ys, x=xs, probabilities=probabilities,
+                     call=each)  # each request retried alone: an open, a region write
         call_with_retry(write_marker, _retrying(markers, policy), (iy, ix), where[1], where[2],
                         counts, retries=counter, policy=policy, action="write",
                         what=f"the marker of {window} in {markers}", counter=counter)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from s2dask.errors import ParameterError
-from s2dask.memory import check_chunks_fit, max_chunk_edge, task_bytes
+from s2dask.memory import (OPENVINO_BASELINE_BYTES, baseline_for, check_chunks_fit, fit_chunks,
+                           max_chunk_edge, task_bytes)
 
 GIB = 2**30
 
@@ -40,3 +41,24 @@ def test_check_chunks_fit_refuses_with_the_largest_that_fits():
                    "more memory)")
     with pytest.raises(ParameterError, match=r"at least 1\.5 GiB"):
         check_chunks_fit(256, _workers(1 * GIB), 10)
+
+
+def test_baseline_depends_on_the_engine():
+    assert baseline_for("openvino") == OPENVINO_BASELINE_BYTES < baseline_for("tensorflow")
+    assert baseline_for(None) == baseline_for("auto") == baseline_for("tensorflow")  # unknown: the larger
+    assert max_chunk_edge(1.5 * GIB, 10, baseline_bytes=baseline_for("openvino")) == 3328
+    check_chunks_fit(2048, _workers(1.5 * GIB), 10, baseline_bytes=baseline_for("openvino"))
+
+
+def test_fit_chunks_caps_automatic_chunks_and_checks_given_ones():
+    small = _workers(1.5 * GIB)
+    assert fit_chunks((2048, 2048), small, 10, given=False) == (1024, 1024)
+    assert fit_chunks((512, 512), small, 10, given=False) == (512, 512)
+    assert fit_chunks((2048, 2048), _workers(0), 10, given=False) == (2048, 2048)  # no limit
+    assert fit_chunks((2048, 2048), small, 10, given=False,
+                      baseline_bytes=baseline_for("openvino")) == (2048, 2048)
+    with pytest.raises(ParameterError, match="largest that fits is --chunks 1024"):
+        fit_chunks((2048, 2048), small, 10, given=True)
+    with pytest.raises(ParameterError, match="cannot hold the model"):
+        fit_chunks((2048, 2048), _workers(1 * GIB), 10, given=False)
+
