@@ -243,3 +243,76 @@ def scene(size: int, seed: int = 0) -> Path:
 
 def plot_path(json_path: Path) -> Path:
     return json_path.with_suffix(".png")
+
+
+# ------------------------------------------------------------------ engine pass-through
+
+
+def job_engine_keywords(engine: str | None, precision: str | None) -> dict:
+    """``engine=``/``precision=`` for ``classify`` where this s2dask's job takes them.
+
+    Before the engine wiring (issue 13) lands the job runs Keras and has no such option:
+    then only ``None``/``"auto"`` are accepted (the default path is measured either way).
+    """
+    import dataclasses
+
+    from s2dask.job import JobOptions
+
+    fields = {f.name for f in dataclasses.fields(JobOptions)}
+    if "engine" in fields:
+        return {k: v for k, v in (("engine", engine), ("precision", precision)) if v}
+    if (engine or "auto") != "auto" or (precision or "auto") != "auto":
+        raise SystemExit("this s2dask's job has no engine/precision option yet: run without "
+                         "--engine/--precision (the job uses its default, Keras)")
+    return {}
+
+
+def cli_engine_args(engine: str | None, precision: str | None) -> list[str]:
+    """``--engine``/``--precision`` for ``s2dask classify`` where the CLI takes them."""
+    kw = job_engine_keywords(engine, precision)
+    return [a for k, v in kw.items() for a in (f"--{k}", str(v))]
+
+
+def add_engine_args(parser) -> None:
+    parser.add_argument("--engine", default=None, help="classify --engine (default: the job's default)")
+    parser.add_argument("--precision", default=None, help="classify --precision (default: the job's)")
+
+
+def cli_classify(scene: Path, model: Path, out: Path, *, args: Sequence[str] = ()) -> dict:
+    """The whole ``s2dask classify`` process on one scene (start-up included), timed.
+
+    Returns the wall time, the scene's Mpx/s over it and the scene's ``job.json``.
+    """
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "s2dask.cli", "classify", str(scene), "--model", str(model),
+           "--out", str(out), "--quiet", *args]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    (rec_path,) = [p for p in out.glob("*/job.json")]
+    record = json.loads(rec_path.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    px = record["statistics"]["pixels"]
+    return {"command": " ".join(cmd[1:]), "wall_s": wall, "mpx_s": px / 1e6 / wall,
+            "record": record}
+
+
+def default_engine(engine: str | None, precision: str | None) -> dict:
+    """The engine, precision and batch size the job runs with these options."""
+    import dataclasses
+
+    from s2dask.job import JobOptions
+    from s2dask.predict import DEFAULT_BATCH_SIZE
+
+    job_engine_keywords(engine, precision)  # refuses options the job lacks
+    if "engine" not in {f.name for f in dataclasses.fields(JobOptions)}:
+        return {"engine": "keras", "precision": "fp32", "batch_size": DEFAULT_BATCH_SIZE}
+    from s2dask.engine import DEFAULT_OPENVINO_BATCH_SIZE, resolve
+
+    ch = resolve(engine or "auto", precision or "auto")
+    bs = DEFAULT_OPENVINO_BATCH_SIZE if ch.engine == "openvino" else DEFAULT_BATCH_SIZE
+    return {"engine": ch.engine, "precision": ch.precision, "batch_size": bs}

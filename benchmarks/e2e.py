@@ -8,6 +8,14 @@ and threads as the job) and numpy's matmul peak on the same workers.
     python benchmarks/e2e.py                  # 1024^2 and 4096^2
     python benchmarks/e2e.py --full           # and a full 10980^2 tile
     python benchmarks/e2e.py --quick          # 256^2 only (smoke test)
+    python benchmarks/e2e.py --cli --sizes 4096 10980   # whole CLI process vs forward.py's rate
+
+``--cli``: the whole ``s2dask classify`` process (interpreter, imports, its own
+LocalCluster, model delivery, every chunk, COG, record), timed from outside, against the
+aggregate forward rate of as many single-thread processes as the job has workers, measured
+right after in the same run with forward.py's method (synchronised windows, summed, best
+of rounds) on the engine, precision and batch size the job ran with (``--engine``,
+``--precision`` pass through to both). Targets (issue 13): 4096^2 >= 0.6, 10980^2 >= 0.8.
 """
 
 from __future__ import annotations
@@ -141,7 +149,7 @@ def _profile_chunk(ref, scene: str, store: str, chunks: int) -> dict:
 
 
 def run_scene(size: int, *, workers: int, threads: int, chunks: int, batch_size: int | None,
-              fwd_seconds: float, matmul_n: int, keep: bool) -> dict:
+              fwd_seconds: float, matmul_n: int, keep: bool, engine_kw: dict | None = None) -> dict:
     from distributed import Client, LocalCluster
 
     from s2dask.worker import ModelRef
@@ -175,7 +183,7 @@ def run_scene(size: int, *, workers: int, threads: int, chunks: int, batch_size:
         poller.start()
         t = time.perf_counter()
         (res,) = classify(str(scene), str(model), str(out), chunks=chunks, client=client,
-                          batch_size=batch_size, progress=False)
+                          batch_size=batch_size, progress=False, **(engine_kw or {}))
         wall = time.perf_counter() - t
         stop.set()
         poller.join()
@@ -232,6 +240,58 @@ def run_scene(size: int, *, workers: int, threads: int, chunks: int, batch_size:
     }
 
 
+def forward_reference(workers: int, choice: dict, *, quick: bool) -> dict:
+    """forward.py's measurement: ``workers`` single-thread processes, summed (same run)."""
+    import forward as F
+
+    items = [{**choice, "what": w} for w in ("forward", "block_outputs")]
+    seconds = 0.2 if quick else 0.4
+    base = {"model": str(C.model_bundle()), "seconds": seconds, "repeat": 1 if quick else 3,
+            "slot_s": seconds + 0.25, "pixels": 8192 if quick else 65536, "quick": quick,
+            "items": items}
+    g = F.summarise(F.run_group([{**base, "threads": 1} for _ in range(workers)]))
+    rates = {r["what"]: r["mpx_s"] for r in g["items"]}
+    return {"processes": workers, "mpx_s": rates, "reference_mpx_s": max(rates.values()),
+            "peaks_gflop_s": g["peaks_gflop_s"], "on_time": g["on_time"]}
+
+
+def run_cli(size: int, *, workers: int, chunks: int | None, engine: str | None,
+            precision: str | None, quick: bool) -> dict:
+    """The whole CLI process on a ``size``^2 scene, then the forward reference."""
+    import os
+
+    args = ["--workers", str(workers), "--threads-per-worker", "1",
+            *(["--chunks", str(chunks)] if chunks else []), *C.cli_engine_args(engine, precision)]
+    load = os.getloadavg()[0]
+    run = C.cli_classify(C.scene(size), C.model_bundle(), C.scratch("e2e-cli") / str(size), args=args)
+    rec = run.pop("record")
+    choice = C.default_engine(engine, precision)
+    ref = forward_reference(workers, choice, quick=quick)
+    return {"size": size, "megapixels": size * size / 1e6, "load_before": load, **run,
+            "engine": choice, "job_record_engine": {k: rec[k] for k in ("engine", "precision", "workers")
+                                                    if k in rec},
+            "chunks": rec["parameters"]["chunks"], "timings_s": rec["timings_s"],
+            "forward": ref, "cli_vs_forward": run["mpx_s"] / ref["reference_mpx_s"],
+            "target": 0.8 if size >= 10980 else 0.6}
+
+
+def main_cli(a, workers: int) -> int:
+    sizes = a.sizes or ([256] if a.quick else [4096, 10980])
+    data = C.header("e2e-cli", {"sizes": sizes, "workers": workers, "threads_per_worker": 1,
+                                "chunks": a.cli_chunks, "engine": a.engine, "precision": a.precision})
+    data["runs"] = []
+    for size in sizes:
+        data["runs"].append(run_cli(size, workers=workers, chunks=a.cli_chunks, engine=a.engine,
+                                    precision=a.precision, quick=a.quick))
+        C.write_json(data, a.json, "e2e-cli-quick.json" if a.quick else "e2e-cli.json")
+    print(C.table([(r["size"], f"{r['engine']['engine']} {r['engine']['precision']}", r["wall_s"],
+                    r["mpx_s"], r["forward"]["reference_mpx_s"], r["cli_vs_forward"], r["target"],
+                    r["load_before"]) for r in data["runs"]],
+                  ["size", "engine", "CLI wall s", "CLI Mpx/s", "fwd Mpx/s", "CLI/fwd", "target",
+                   "load"]))
+    return 0
+
+
 def main(argv=None) -> int:
     from s2dask.cluster import local_cluster_size
 
@@ -246,8 +306,15 @@ def main(argv=None) -> int:
     p.add_argument("--forward-seconds", type=float, default=5.0)
     p.add_argument("--keep", action="store_true", help="keep the outputs in the scratch dir")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/e2e.json)")
+    p.add_argument("--cli", action="store_true",
+                   help="time the whole s2dask classify process against forward.py's rate")
+    p.add_argument("--cli-chunks", type=int, default=None, help="--chunks of the CLI run (default: its own)")
+    C.add_engine_args(p)
     a = p.parse_args(argv)
     workers, threads = local_cluster_size(a.workers, a.threads)
+    if a.cli:
+        return main_cli(a, workers * threads)
+    engine_kw = C.job_engine_keywords(a.engine, a.precision)
     sizes = a.sizes or ([256] if a.quick else [1024, 4096])
     if a.full and 10980 not in sizes:
         sizes = [*sizes, 10980]
@@ -262,7 +329,8 @@ def main(argv=None) -> int:
     default = "e2e-quick.json" if a.quick else ("e2e-full.json" if a.full else "e2e.json")
     for size in sizes:
         r = run_scene(size, workers=workers, threads=threads, chunks=chunks,
-                      batch_size=a.batch_size, fwd_seconds=fwd_s, matmul_n=mm_n, keep=a.keep)
+                      batch_size=a.batch_size, fwd_seconds=fwd_s, matmul_n=mm_n, keep=a.keep,
+                      engine_kw=engine_kw)
         data["runs"].append(r)
         C.write_json(data, a.json, default)  # after each size: a long run leaves partial results
     peaks = [r["worker_rss_peak_gib_max"] for r in data["runs"]]

@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
+from .cli_maps import add_classify_options, add_subcommands
 from .errors import S2DaskError
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -54,6 +55,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             units=args.units, dropout=args.dropout, early_stopping=args.patience,
             class_weight=None if args.class_weight == "none" else args.class_weight,
             overwrite=args.overwrite, verbose=0 if args.quiet else 1, group_column=args.group_column,
+            folds=args.folds,
         )
         return 0
 
@@ -80,6 +82,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="groups for --split group (default feature_id, written by 's2dask sample')")
     p.add_argument("--block-size", type=float, default=250.0, metavar="M",
                    help="block side in metres for --split block (default 250)")
+    p.add_argument("--folds", type=_positive_int, default=None, metavar="K",
+                   help="cross-validate first: K models on K disjoint test folds grouped like "
+                   "--split; report mean, sd and range across folds (the bundle is then fitted "
+                   "on the usual train/validation part)")
     p.add_argument("--seed", type=int, default=0, help="seed for split and training (default 0)")
     p.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default 100)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="mini-batch (default 64)")
@@ -230,16 +236,20 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         "inspect",
         help="summarise a scene (GeoTIFF, band folder, .SAFE, Zarr) without reading pixels",
     )
-    p.add_argument("scene", metavar="SCENE", help="multi-band GeoTIFF, band folder, .SAFE product or Zarr store")
+    p.add_argument("scene", metavar="SCENE",
+                   help="multi-band GeoTIFF, band folder, .SAFE product, Zarr store or STAC item (FILE#ID)")
     p.add_argument("--bands", nargs="+", metavar="BAND", help="bands to select (or to name, for unnamed GeoTIFF bands)")
     p.add_argument("--chunks", type=_positive_int, default=2048, help="spatial chunk edge (default 2048)")
+    _add_boa_option(p)
     p.set_defaults(handler=_cmd_inspect)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .scene import open_scene, scene_summary
 
-    info = scene_summary(open_scene(args.scene, bands=_band_list(args.bands), chunks=args.chunks))
+    scene = open_scene(args.scene, bands=_band_list(args.bands), chunks=args.chunks,
+                       boa_add_offset=args.boa_add_offset)
+    info = scene_summary(scene)
     offsets = {b: o for b, o in info["offset_applied"].items() if o}
     if offsets:
         harmonised = "yes, offsets applied: " + ", ".join(f"{b} {o:+d}" for b, o in offsets.items())
@@ -257,6 +267,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         ("nodata", info["nodata"]),
         ("chunks", f"{info['chunks']}, {info['n_chunks']} chunks"),
         ("harmonised", harmonised),
+        *([("offset rule", scene.attrs["offset_rule"])] if scene.attrs.get("offset_rule") else []),
+        ("scl", scene.attrs.get("scl_path") or "none (default --mask none)"),
     ]
     for key, value in lines:
         print(f"{key:<20} {value}")
@@ -277,7 +289,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         "LocalCluster is started.",
     )
     p.add_argument("scenes", nargs="+", metavar="SCENE",
-                   help="GeoTIFF/COG, band folder, .SAFE product or Zarr store (several allowed)")
+                   help="GeoTIFF/COG, band folder, .SAFE product, Zarr store, or STAC item / item "
+                   "collection / catalogue (one scene per item; several allowed)")
     p.add_argument("--model", "-m", required=True, metavar="MODEL_DIR", help="bundle from 's2dask train'")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
     p.add_argument("--chunks", type=int, default=None, metavar="N",
@@ -285,6 +298,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    "4 such chunks); memory per task scales with it")
     p.add_argument("--probabilities", action="store_true",
                    help="also write per-class probabilities (uint8 percent) to the Zarr store")
+    add_classify_options(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler (tcp:// or tls://)")
     where.add_argument("--scheduler-file", metavar="FILE", help="join the scheduler of this scheduler file")
@@ -317,7 +331,25 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="memory limit per worker of the embedded cluster, e.g. 1.5GiB (default: "
                    "the machine's memory shared out); chunks are picked to fit it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_mask_options(p)
     p.set_defaults(handler=_cmd_classify)
+
+
+def _add_mask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mask", metavar="scl|none|FILE", default=None,
+                   help="pixels not to classify (class 255, Zarr 'mask' layer): scl = the scene's Scene "
+                   "Classification Layer, none, or a single-band raster on the scene's grid (non-zero = "
+                   "invalid); default: scl where the scene has one (L2A SAFE, SCL file, STAC scl asset)")
+    p.add_argument("--mask-classes", metavar="0,1,3,8,9,10", default=None,
+                   help="SCL classes masked (default 0,1,3,8,9,10: no data, defective, cloud shadow, "
+                   "clouds, cirrus; snow 11 and water 6 are kept)")
+    _add_boa_option(p)
+
+
+def _add_boa_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--boa-add-offset", type=int, default=None, metavar="DN",
+                   help="STAC items: the offset their DNs carry when the item does not say it "
+                   "(-1000: baseline 04.00+ values with the offset in them; 0: none)")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -332,7 +364,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker, gpu=args.gpu, overwrite=args.overwrite,
         resume=args.resume, batch_size=args.batch_size, connect_timeout=args.timeout,
         overview_resampling=args.overview_resampling,
-        progress=False if args.quiet else None, retries=args.retries,
+        progress=False if args.quiet else None, mask=args.mask, mask_classes=args.mask_classes,
+        boa_add_offset=args.boa_add_offset, uncertainty=args.uncertainty,
+        smooth=args.smooth, retries=args.retries,
         scheduler_timeout=args.scheduler_timeout, memory_limit=args.memory_limit,
         resume_command=_resume_command(getattr(args, "argv", None)),
     )
@@ -363,7 +397,8 @@ def _job_line(record: dict) -> str:
     cls = ", ".join(f"{c['name']} {100 * c['fraction']:.1f}%" for c in top)
     return (f"{record['output']['dir']}: {st['pixels'] / 1e6:.2f} Mpx in "
             f"{record['timings_s']['total']:.1f} s ({tp:.2f} Mpx/s); {cls}; "
-            f"nodata {st['nodata_pixels']} px")
+            f"nodata {st['nodata_pixels']} px"
+            + (f", masked {st['masked_pixels']} px" if st.get("masked_pixels") else ""))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -416,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _ADDERS:
         add(sub)
+    add_subcommands(sub)
     return parser
 
 

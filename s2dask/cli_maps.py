@@ -1,6 +1,8 @@
-"""Command line for map products: ``suggest``, ``design``, ``assess`` (argument parsing only).
+"""Command line for map products: ``suggest``, ``design``, ``assess`` and the map options of
+``classify`` (``--uncertainty``, ``--smooth``); argument parsing only.
 
-``s2dask.cli`` calls :func:`add_subcommands` with its subparsers; each subcommand sets
+``s2dask.cli`` calls :func:`add_subcommands` with its subparsers and
+:func:`add_classify_options` with the ``classify`` parser; each subcommand sets
 ``handler`` like the others, so ``cli.main`` turns an :class:`~s2dask.errors.S2DaskError` into
 one line on stderr and exit code 2.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_subcommands"]
+__all__ = ["add_subcommands", "add_classify_options"]
 
 
 def _positive_int(text: str) -> int:
@@ -30,6 +32,17 @@ def _metres(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 metres, got {text}")
     return value
+
+
+def add_classify_options(p: argparse.ArgumentParser) -> None:
+    """``--uncertainty`` and ``--smooth`` of ``s2dask classify`` (checked by the job, before any compute)."""
+    p.add_argument("--uncertainty", default="", metavar="entropy,margin[,least]",
+                   help="also write uncertainty layers (uint8 percent, 0 = certain, 100 = most "
+                   "uncertain, 255 = nodata) to the Zarr store and as uncertainty-<kind>.tif COGs")
+    p.add_argument("--smooth", type=int, default=None, metavar="N",
+                   help="smooth the class probabilities over an N x N window (odd: 3, 5, 7) before "
+                   "the class is chosen: the mean of the valid pixels' probabilities; the same "
+                   "map for any chunking")
 
 
 def _cmd_suggest(args: argparse.Namespace) -> int:

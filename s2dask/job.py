@@ -30,29 +30,34 @@ import platform
 import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import dask.array as da
 import numpy as np
 
 from .cluster import cluster_summary, connect, host_thread_counts, register_plugin
 from .contract import OUTPUT_NODATA
 from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
-from .ledger import N_COUNTS, PARAMS_FILE, check_resumable, read_ledger, recorded_chunks, retry_totals
-from .memory import baseline_for, fit_chunks
+from .ledger import (N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, read_ledger, recorded_chunks,
+                     retry_totals)
+from .mask import MaskSpec, parse_mask_option
+from .memory import DEFAULT_CHUNKS, auto_chunks, fit_scene_chunks  # noqa: F401 (auto_chunks: API)
 from .model import ModelBundle, library_versions, load_model
+from .outputs import cog_layers, map_options, map_record, zarr_layers
+from .pipeline import run_pipelined
 from .predict import DEFAULT_BATCH_SIZE
 from .progress import Progress
 from .records import json_text_default
 from .retry import RetryPolicy, redact
 from .scene import open_scene
 from .scene.graph import chunk_pair
+from .scene_mask import SceneMask, record_mask, scene_mask
+from .stac import expand_inputs
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
+from .task_graph import prediction_graph
+from .worker import ModelPlugin, ModelRef, write_rasters
 from .watchdog import DEFAULT_SCHEDULER_TIMEOUT, check_timeout, completed
-from .worker import ModelPlugin, ModelRef, predict_and_store, write_rasters
 from .write import layout_zarr
 
 __all__ = ["classify", "JobOptions", "JobResult", "scene_output_dir"]
@@ -60,9 +65,6 @@ __all__ = ["classify", "JobOptions", "JobResult", "scene_output_dir"]
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-#: spatial chunk edge when none is given (smaller for small scenes: see auto_chunks)
-DEFAULT_CHUNKS = 2048
-_MIN_AUTO_CHUNKS = 256
 
 
 @dataclass(frozen=True)
@@ -110,29 +112,38 @@ class JobOptions:
     gpu: bool = False
     #: seconds to wait for a scheduler
     connect_timeout: float = 20.0
-    #: retries of a failed storage request (reads and writes of chunks); ``None``: from
-    #: ``S2DASK_RETRIES``, else 5 (:class:`s2dask.retry.RetryPolicy`)
+    #: uncertainty layers (``entropy``, ``margin``, ``least``); N x N smoothing window (odd; None: none)
+    uncertainty: tuple[str, ...] = ()
+    smooth: int | None = None
+    #: ``"scl"``, ``"none"`` or a mask raster (non-zero = invalid); ``None``: the SCL where the scene has one
+    mask: str | None = None
+    #: SCL classes masked (``"0,1,3,8,9,10"``; ``None``: :data:`s2dask.mask.DEFAULT_MASK_CLASSES`)
+    mask_classes: str | tuple[int, ...] | None = None
+    #: STAC items: the DN offset their data carry (-1000 or 0), for items that do not say it
+    boa_add_offset: int | None = None
+    #: retries of a failed storage request (None: $S2DASK_RETRIES or 5); seconds without an
+    #: answer from the scheduler before the job stops; the --resume command for error lines
     retries: int | None = None
-    #: seconds without an answer from the scheduler before the job stops (finished chunks kept)
     scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
-    #: the command that finishes the job with --resume, for error lines (the CLI sets it)
     resume_command: str | None = None
     #: memory limit of each worker of the embedded LocalCluster (``None``: Dask's "auto")
     memory_limit: str | float | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "uncertainty", map_options(self.uncertainty, self.smooth))
         if self.chunks is not None:
             object.__setattr__(self, "chunks", chunk_pair(self.chunks, error=ParameterError))
         if self.batch_size is not None and int(self.batch_size) <= 0:
             raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
-        self.retry_policy()  # a negative or odd number of retries: one line, now
+        self.mask_spec()
+        RetryPolicy.of(self.retries)  # a negative or odd number of retries: one line, now
         check_timeout(self.scheduler_timeout)
 
-    def retry_policy(self) -> RetryPolicy:
-        """:meth:`RetryPolicy.of <s2dask.retry.RetryPolicy.of>` ``retries`` (raises likewise)."""
-        return RetryPolicy.of(self.retries)
+    def mask_spec(self) -> MaskSpec:
+        """``mask`` and ``mask_classes`` parsed (raises ParameterError)."""
+        return parse_mask_option(self.mask, classes=self.mask_classes)
 
     @classmethod
     def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":
@@ -175,7 +186,9 @@ class _SceneJob:
     partial: Location
     resume_from: int  # chunks already done (resume)
     chunks: tuple[int, int] = (DEFAULT_CHUNKS, DEFAULT_CHUNKS)
+    mask: SceneMask | None = None
     chunks_from: str = "auto"  # "given" (--chunks), "recorded" (a resumed output's), "auto"
+    where: Any = None  # what open_scene opened (a path, URL or parsed STAC item)
 
 
 @dataclass(frozen=True)
@@ -219,7 +232,8 @@ def classify(
     Parameters
     ----------
     scenes
-        One scene or several (anything :func:`s2dask.open_scene` opens).
+        One scene or several (anything :func:`s2dask.open_scene` opens); a STAC item
+        collection or catalogue is one scene per item (each item fails alone).
     model
         A model bundle directory (``s2dask train``).
     out
@@ -235,7 +249,8 @@ def classify(
         ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
         ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
-        ``retries``, ``scheduler_timeout``, ``resume_command``, ``memory_limit``), replacing
+        ``mask``, ``mask_classes``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``retries``,
+        ``scheduler_timeout``, ``resume_command``, ``memory_limit``), replacing
         those of ``options``.
 
     Returns
@@ -274,7 +289,9 @@ def classify(
     # worker deserialises it once, in safe mode, when the model plugin reaches it
     bundle = load_model(model, check_keras=False)
     errors: dict[str, S2DaskError] = {}
-    prepared = _prepare(paths, bundle, out=out, options=opts, errors=errors)
+    sources = expand_inputs(paths, boa_add_offset=opts.boa_add_offset)
+    single, paths = single and len(sources) == 1, [src for src, _ in sources]
+    prepared = _prepare(sources, bundle, out=out, options=opts, errors=errors)
     if single and errors:
         raise next(iter(errors.values()))
     t_open = time.perf_counter() - t_start
@@ -297,7 +314,7 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
              client, single: bool, t_open: float) -> dict[str, JobResult]:
     """Connect (unless given a client), deliver the model, run every scene; close what we opened."""
     results: dict[str, JobResult] = {}
-    own_cluster, own_client, lost = None, client is None, False
+    own_cluster, own_client, lost = None, client is None, []
     if client is None:
         client, own_cluster = connect(options.scheduler, scheduler_file=options.scheduler_file,
                                       security=options.security, timeout=options.connect_timeout,
@@ -305,16 +322,22 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
                                       threads_per_worker=options.threads_per_worker, gpu=options.gpu,
                                       memory_limit=options.memory_limit or "auto")
     try:
-        _fit_chunks(prepared, client, bundle, options)  # a --chunks too large: refused here
+        # chunks that fit the workers' memory; a --chunks too large is refused here
+        fit_scene_chunks(prepared, client, bundle, options, reopen=_open)
         run = _start(client, bundle, out=out, options=options, t_open=t_open)
-        for job in prepared:
-            try:
-                results[job.source] = _run_one(job, run)
-            except S2DaskError as exc:
-                lost = bool(getattr(exc, "scheduler_lost", False))
-                if single or lost:  # without a scheduler no other scene can run either
-                    raise
-                results[job.source] = _failed(job.source, exc)
+
+        def failed(job: _SceneJob, exc: S2DaskError) -> None:
+            lost.extend([exc] if getattr(exc, "scheduler_lost", False) else [])  # stop the batch
+            if single or lost:
+                raise exc
+            results[job.source] = _failed(job.source, exc)
+
+        def finish(flight: _Flight) -> None:
+            results[flight.job.source] = _conclude(flight, run)
+
+        # the next scene's chunks run while the previous scene is finished (s2dask.pipeline)
+        run_pipelined(prepared, submit=lambda job, prev: _submit(job, run, prev), finish=finish,
+                      cancel=lambda flight: lost or client.cancel(flight.futures), failed=failed)
     finally:
         if own_client:  # a client of a dead scheduler closes in bounded time
             client.close(timeout=5 if lost else None)
@@ -323,21 +346,9 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
     return results
 
 
-def _fit_chunks(prepared: list[_SceneJob], client, bundle: ModelBundle, options: JobOptions) -> None:
-    """Chunks that fit the workers' memory (:mod:`s2dask.memory`): automatic ones are made
-    smaller if need be, given ones that do not fit are refused before anything runs."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    baseline = baseline_for(getattr(options, "engine", None))
-    for job in prepared:
-        if job.chunks_from == "recorded":  # a resumed output keeps its chunks
-            continue
-        chunks = fit_chunks(job.chunks, workers, len(bundle.bands),
-                            given=job.chunks_from == "given", baseline_bytes=baseline,
-                            probabilities=options.probabilities, n_classes=len(bundle.classes))
-        if chunks != job.chunks:
-            job.scene = open_scene(job.source, bands=bundle.bands, chunks=chunks,
-                                   retry=options.retry_policy())
-            job.chunks = chunks
+def _open(where: Any, bundle: ModelBundle, options: JobOptions, chunks) -> Any:
+    return open_scene(where, bands=bundle.bands, chunks=chunks, retry=RetryPolicy.of(options.retries),
+                      boa_add_offset=options.boa_add_offset)
 
 
 def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t_open: float) -> _Run:
@@ -362,22 +373,10 @@ def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t
 # ------------------------------------------------------------------------------ prepare
 
 
-def auto_chunks(ny: int, nx: int) -> tuple[int, int]:
-    """2048, halved (down to 256) until the scene has at least 4 chunks.
-
-    A scene smaller than one chunk would otherwise be a single task and leave all but one
-    worker idle (benchmarks/scaling.py: 0.42 vs 0.75 Mpx/s on 2048^2 with 2 workers). It
-    depends on the scene's shape only, so a resumed job finds the same chunks.
-    """
-    c = DEFAULT_CHUNKS
-    while c > _MIN_AUTO_CHUNKS and -(-ny // c) * -(-nx // c) < 4:
-        c //= 2
-    return c, c
-
-
 def _scene_identity(scene) -> dict:
     keep = ("scene_id", "tile_id", "sensing_time", "processing_baseline", "product_level",
-            "harmonised", "offset_applied", "source")
+            "harmonised", "offset_applied", "offset_notes", "offset_rule", "stac_item",
+            "stac_collection", "scl_path", "source")
     ident = {k: scene.attrs[k] for k in keep if k in scene.attrs}
     ident.update({
         "shape": [int(scene.sizes["y"]), int(scene.sizes["x"])],
@@ -408,14 +407,19 @@ def _check_contract(scene, bundle: ModelBundle, source: str) -> None:
                          "numbers (reflectance x 10000): rescale the scene")
 
 
-def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: JobOptions,
+def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Location, options: JobOptions,
              errors: dict[str, S2DaskError]) -> list[_SceneJob]:
-    """Open and check every scene; a scene that fails goes to ``errors``, the others on."""
+    """Open and check every scene; a scene that fails goes to ``errors``, the others on.
+
+    ``sources``: :func:`s2dask.stac.expand_inputs` (a parsed STAC item, its error, or None).
+    """
     prepared: list[_SceneJob] = []
     seen: dict[str, str] = {}
-    for src in paths:
+    for src, pre in sources:
         try:
-            job = _prepare_one(src, bundle, out=out, options=options)
+            if isinstance(pre, S2DaskError):
+                raise pre
+            job = _prepare_one(src, bundle, out=out, options=options, parsed=pre)
             if job.scene_id in seen:
                 raise SceneError(f"scenes {seen[job.scene_id]} and {src} have the same id "
                                  f"{job.scene_id!r}: their outputs would collide; classify them "
@@ -427,20 +431,20 @@ def _prepare(paths: list[str], bundle: ModelBundle, *, out: Location, options: J
     return prepared
 
 
-def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions) -> _SceneJob:
-    chunks, retry = options.chunks, options.retry_policy()
-    scene = open_scene(src, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS, retry=retry)
+def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions,
+                 parsed: Any = None) -> _SceneJob:
+    chunks, where = options.chunks, parsed or src
+    scene = _open(where, bundle, options, chunks or DEFAULT_CHUNKS)
     scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
     sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
-    final = out.join(sid)
-    partial = out.join(f".{sid}{PARTIAL_SUFFIX}")
+    final, partial = out.join(sid), out.join(f".{sid}{PARTIAL_SUFFIX}")
     chunks_from = "given" if chunks else "auto"
-    if chunks is None and options.resume and partial.exists():
-        # automatic chunks may have been made smaller for the workers' memory: keep those
+    if chunks is None and options.resume and partial.exists():  # the chunks it was made with
         scene_chunks, chunks_from = recorded_chunks(partial) or scene_chunks, "recorded"
-    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):
-        scene = open_scene(src, bands=bundle.bands, chunks=scene_chunks, retry=retry)  # no reads
+    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):  # no pixel reads
+        scene = _open(where, bundle, options, scene_chunks)
     _check_contract(scene, bundle, src)
+    mask = scene_mask(scene, options.mask_spec(), scene_id=sid)
     done = 0
     if final.exists() and not options.overwrite:
         raise OutputExistsError(f"output {final} already exists: pass --overwrite to "
@@ -448,20 +452,37 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
     if partial.exists():
         if options.resume:
             want = {"model_sha256": bundle.sha256, "chunks": list(scene_chunks),
-                    "scene": _scene_identity(scene)}
+                    "scene": _scene_identity(scene), "mask": mask.spec.to_json(), **map_record(options)}
             done = check_resumable(partial, partial.join("chunks"), want)
         elif not options.overwrite:
             raise OutputExistsError(
                 f"an unfinished output of scene {src} is in {partial}: pass --resume to "
                 "finish it, or --overwrite to start again")
-    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, chunks_from)
+    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, mask, chunks_from, where)
 
 
 # ------------------------------------------------------------------------------ one scene
 
 
-def _run_one(job: _SceneJob, run: _Run) -> JobResult:
-    """Lay out, predict, finish, record and commit one scene."""
+@dataclass
+class _Flight:
+    """A scene whose chunk tasks are on the cluster (submitted, not yet finished)."""
+
+    job: _SceneJob
+    store: Location
+    markers: Location
+    ident: dict
+    grid: tuple[int, int]  # chunks along y, x
+    done: set[str]  # chunks finished before (resume)
+    totals: np.ndarray
+    futures: list
+    t_submit: float
+    previous: "_Flight | None"  # the scene whose chunks run before these
+    t_chunks_done: float = 0.0
+
+
+def _submit(job: _SceneJob, run: _Run, previous: _Flight | None) -> _Flight:
+    """Lay out the output, build the graph, submit the chunks not in the ledger."""
     t0 = time.perf_counter()
     store, markers = job.partial.join("classes.zarr"), job.partial.join("chunks")
     opts = run.options
@@ -469,9 +490,25 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
     if job.resume_from == 0:
         _layout_output(job, run, store=store, markers=markers, params={
             "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
-            "probabilities": opts.probabilities, "batch_size": run.batch_size})
-    blocks = _prediction_graph(job, run, store=store, markers=markers)
-    done, totals, t_predict, computed = _compute(job, run, blocks, markers=markers)
+            "probabilities": opts.probabilities, "batch_size": run.batch_size,
+            "mask": job.mask.spec.to_json(), **map_record(opts)})
+    blocks = prediction_graph(job.scene, chunks=job.chunks, ref=run.ref, store=store, markers=markers,
+                              options=opts, mask=job.mask.chunk, name=job.scene_id)
+    nyb, nxb = blocks.shape
+    done, totals = read_ledger(markers)
+    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
+    futures = run.client.compute(todo) if todo else []
+    return _Flight(job, store, markers, ident, (nyb, nxb), done, totals, futures, t0, previous)
+
+
+def _conclude(flight: _Flight, run: _Run) -> JobResult:
+    """Wait for a scene's chunks, then finish, record and commit it."""
+    job, store, opts, ident = flight.job, flight.store, run.options, flight.ident
+    # its chunks could start once the previous scene's were done (both are queued at once)
+    prev, flight.previous = flight.previous, None
+    t0 = max(flight.t_submit, prev.t_chunks_done if prev else 0.0)
+    done, totals, t_predict, computed = _compute(flight, run, t0)
+    flight.futures, flight.t_chunks_done = [], time.perf_counter()
     t_w0 = time.perf_counter()
     cog_report = _finish(job, run, store=store) if opts.cog else {}
     t_write = time.perf_counter() - t_w0
@@ -479,7 +516,7 @@ def _run_one(job: _SceneJob, run: _Run) -> JobResult:
                "total": time.perf_counter() - t0 + run.t_open}
     record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
                      cog_report=cog_report, timings=timings)
-    record["retries"] = retry_totals(markers)  # storage retries of every chunk (markers)
+    record["retries"] = retry_totals(flight.markers)  # storage retries of every chunk (markers)
     atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
@@ -502,58 +539,34 @@ def _layout_output(job: _SceneJob, run: _Run, *, store: Location, markers: Locat
         job.partial.rm()
         markers.makedirs()
         layout_zarr(store, scene=job.scene, chunks=job.chunks, classes=classes,
-                    probabilities=run.options.probabilities, attrs=attrs)
+                    probabilities=run.options.probabilities, attrs=attrs,
+                    mask_attrs=job.mask.layer_attrs, layers=zarr_layers(run.options.uncertainty))
         atomic_write_json(job.partial.join(PARAMS_FILE), params, default=json_text_default)
     except OSError as exc:
         raise StorageError(f"cannot write output {job.partial}: {exc.strerror or exc}; check free "
                            "space and permissions") from None
 
 
-def _prediction_graph(job: _SceneJob, run: _Run, *, store: Location, markers: Location) -> np.ndarray:
-    """One task per chunk: each predicts, writes its region and returns its counts.
-
-    Returns the ``(ny, nx)`` grid of the tasks' delayed results.
-    """
-    data = job.scene.data
-    target = da.core.normalize_chunks((data.shape[0], *job.chunks), data.shape)
-    if data.chunks != target:  # every task must own whole Zarr chunks
-        data = data.rechunk(target)
-    nyb, nxb = len(data.chunks[1]), len(data.chunks[2])
-    counts = da.map_blocks(
-        predict_and_store, data, ref=run.ref, store=store, markers=markers,
-        probabilities=run.options.probabilities, retry=run.options.retry_policy(), dtype="int64",
-        chunks=((1,), (1,) * nyb, (1,) * nxb, (N_COUNTS,)), new_axis=3,
-        meta=np.empty((0, 0, 0, 0), dtype="int64"),
-        name=f"s2dask-predict-{job.scene_id}-{uuid.uuid4().hex[:8]}",
-    )
-    return counts.to_delayed(optimize_graph=True).reshape(nyb, nxb)
-
-
-def _compute(job: _SceneJob, run: _Run, blocks: np.ndarray, *,
-             markers: Location) -> tuple[set[str], np.ndarray, float, bool]:
-    """Run the chunks not in the ledger; ``(done before, class totals, seconds, any run)``."""
-    nyb, nxb = blocks.shape
-    done, totals = read_ledger(markers)
-    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
+def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarray, float, bool]:
+    """Wait for a flight's chunks; ``(done before, class totals, seconds since t0, any run)``."""
+    job, done, totals, futures = flight.job, flight.done, flight.totals, flight.futures
+    nyb, nxb = flight.grid
     bar = Progress(nyb * nxb, job.scene_id, bool(run.show))
     bar.update(len(done))
-    t0 = time.perf_counter()
-    if todo:
-        client = run.client
-        futures = client.compute(todo)
-        resume = run.options.resume_command or "rerun the same command with --resume"
+    if futures:
+        client, opts = run.client, run.options
         try:
-            for fut in completed(client, futures, timeout=run.options.scheduler_timeout,
-                                 resume=resume, kept=str(job.partial)):
+            for fut in completed(client, futures, timeout=opts.scheduler_timeout, kept=str(job.partial),
+                                 resume=opts.resume_command or "rerun the same command with --resume"):
                 if fut.status == "error":
                     raise _task_error(fut.exception(), job)
-                totals += fut.result().reshape(N_COUNTS)
+                totals += fut.result().reshape(N_TOTALS)
                 bar.update()
         except BaseException as exc:
             if not getattr(exc, "scheduler_lost", False):  # nobody to cancel them with
                 client.cancel(futures)
             raise
-    return done, totals, time.perf_counter() - t0, bool(todo)
+    return done, totals, time.perf_counter() - t0, bool(futures)
 
 
 def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
@@ -564,7 +577,9 @@ def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
         crs=scene.rio.crs.to_wkt(), transform=scene.rio.transform(),
         overview_resampling=opts.overview_resampling, quicklook=opts.quicklook,
         title=f"{job.scene_id} - s2dask classes",
-        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256}, pure=False)
+        tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256},
+        mask_legend=job.mask.legend, layers=cog_layers(opts.uncertainty), pure=False,
+        priority=10)  # before the next scene's queued chunks (s2dask.pipeline)
     try:
         report = fut.result()
     except S2DaskError:
@@ -593,18 +608,18 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                           "pixels": n, "fraction": n / (ny * nx),
                           "hectares": (n * px_area_m2 / 1e4) if metres else None})
     total_t, t_predict = timings["total"], timings["predict"]
-    return {
+    return record_mask({
         "status": "complete",
         "created": _now(),
         "scene": ident,
         "output": {"dir": str(job.final), "zarr": "classes.zarr",
                    "cog": "classes.tif" if opts.cog else None,
                    "quicklook": "quicklook.png" if (opts.cog and opts.quicklook) else None,
-                   "cog_validation": cog_report},
+                   "cog_validation": cog_report, **map_record(opts, "output")},
         "model": {"path": str(bundle.path), "sha256": bundle.sha256,
                   "contract": bundle.contract.to_dict()},
         "parameters": {"chunks": [cy, cx], "probabilities": opts.probabilities,
-                       "batch_size": run.batch_size,
+                       "batch_size": run.batch_size, **map_record(opts),
                        "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},
         "cluster": run.cluster,
         "statistics": {"pixels": ny * nx, "nodata_pixels": int(totals[OUTPUT_NODATA]),
@@ -616,7 +631,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                              if computed else None},
         "versions": library_versions(),
         "host": {"client": socket.gethostname(), "python": platform.python_version()},
-    }
+    }, job.mask, totals[N_COUNTS:])
 
 
 def _task_error(exc: BaseException, job: _SceneJob) -> S2DaskError:

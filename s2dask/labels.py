@@ -24,7 +24,6 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import OutputExistsError, ParameterError, SamplesError, SceneError
+from .errors import OutputExistsError, ParameterError, SamplesError, SceneError, StorageError
+from .storage import atomic_write_text, staged_file
 from .vector import LabelFeatures, crs_text, feature_pixels, labels_in_scene, read_labels
 
 __all__ = [
@@ -251,19 +251,12 @@ def _class_rows(lab: LabelFeatures, feat: np.ndarray, pixels: list, nodata: np.n
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(tmp)`` into a temporary name beside it, then rename."""
-    from .errors import StorageError
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    """Write ``path`` through ``write(tmp)`` into storage's staged file, renamed when complete."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with staged_file(path) as tmp:
+            write(tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StorageError(f"writing {path} failed ({exc}): check the folder's space and permissions") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _contract(scene: xr.DataArray, report: dict) -> dict:
@@ -450,7 +443,7 @@ def sample(
     _write_table(df, path, fmt, summary["contract"])
     timings["total"] = time.perf_counter() - t0
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    _write_atomic(summary_path, lambda p: p.write_text(json.dumps(summary, indent=2, default=str)))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=str))
     return SampleResult(path, summary_path, summary)
 
 

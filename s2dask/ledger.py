@@ -15,22 +15,29 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import OutputExistsError
+from .mask import MASK_CODES
 from .records import json_text_default
 from .retry import RetryCounter
 from .storage import Location, atomic_write_text
 
-__all__ = ["N_COUNTS", "PARAMS_FILE", "write_marker", "read_marker", "read_ledger",
-           "check_resumable", "retry_totals", "recorded_chunks"]
+__all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "write_marker", "read_marker",
+           "read_ledger", "check_resumable", "retry_totals", "recorded_chunks"]
 
 #: bincount length: every uint8 class value, 255 = nodata
 N_COUNTS = 256
+#: mask codes counted per chunk (:data:`s2dask.mask.MASK_CODES`)
+N_MASK_CODES = len(MASK_CODES)
+#: what a prediction task returns and a marker holds: class counts, then mask code counts
+N_TOTALS = N_COUNTS + N_MASK_CODES
 #: the settings a partial output was made with (compared on resume)
 PARAMS_FILE = "params.json"
 
 
 def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], x: tuple[int, int],
-                 counts: np.ndarray, *, retries: RetryCounter | None = None) -> None:
-    """Record chunk ``(iy, ix)`` (rows ``y``, columns ``x``) as done with its class ``counts``.
+                 counts: np.ndarray, mask_counts: np.ndarray | None = None, *,
+                 retries: RetryCounter | None = None) -> None:
+    """Record chunk ``(iy, ix)`` (rows ``y``, columns ``x``) as done with its class ``counts``
+    (and its mask code counts).
 
     ``retries``: the storage retries the chunk needed (its reads and writes), recorded as
     ``"retries"`` (a number) and ``"retry_reasons"`` (the first few, e.g. ``"503 SlowDown"``).
@@ -41,8 +48,10 @@ def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], 
         If the marker cannot be written.
     """
     iy, ix = chunk
-    record: dict[str, Any] = {"chunk": [iy, ix], "y": list(y), "x": list(x),
-                              "counts": {str(v): int(c) for v, c in enumerate(counts) if c}}
+    record: dict[str, Any] = {
+        "chunk": [iy, ix], "y": list(y), "x": list(x),
+        "counts": {str(v): int(c) for v, c in enumerate(counts) if c},
+        "mask_counts": [int(c) for c in (mask_counts if mask_counts is not None else ())]}
     if retries is not None:
         record["retries"] = retries.retries
         record["retry_reasons"] = list(retries.reasons)
@@ -51,18 +60,20 @@ def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], 
 
 
 def read_marker(text: str) -> np.ndarray:
-    """The class counts (``N_COUNTS`` int64) recorded in a marker's text."""
+    """The class counts then mask code counts (``N_TOTALS`` int64) recorded in a marker's text."""
     data = json.loads(text)
-    counts = np.zeros(N_COUNTS, dtype="int64")
+    counts = np.zeros(N_TOTALS, dtype="int64")
     for v, c in data["counts"].items():
         counts[int(v)] = c
+    mask = data.get("mask_counts") or []
+    counts[N_COUNTS:N_COUNTS + len(mask)] = mask
     return counts
 
 
 def read_ledger(markers: Location) -> tuple[set[str], np.ndarray]:
-    """``({"iy_ix", ...}, summed class counts)`` of the chunks already done."""
+    """``({"iy_ix", ...}, summed class and mask code counts)`` of the chunks already done."""
     done: set[str] = set()
-    totals = np.zeros(N_COUNTS, dtype="int64")
+    totals = np.zeros(N_TOTALS, dtype="int64")
     for marker in markers.list("*.json"):
         done.add(marker.name[:-5])
         totals += read_marker(marker.read_text())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,6 +28,7 @@ import rasterio
 from rasterio.transform import Affine
 
 from .errors import OutputExistsError, SceneError, StorageError
+from .storage import staged_file
 
 __all__ = ["RasterSource", "open_map", "open_layer", "class_table", "write_atomically",
            "write_points", "DEFAULT_CHUNK"]
@@ -259,12 +259,23 @@ def class_table(path: str | os.PathLike) -> list[dict] | None:
 
 
 def write_atomically(dst: str | os.PathLike, write: Callable[[Path], None], *,
-                     overwrite: bool = False) -> str:
-    """Call ``write(tmp)`` on a temporary name next to ``dst``, then rename it to ``dst``.
+                     overwrite: bool = False, suffix: str = "") -> str:
+    """Call ``write(tmp)`` on a temporary name next to ``dst``, then move it to ``dst``.
 
-    The single place where this module's products reach their final path: nothing is ever
-    half-written there, and an existing ``dst`` is only replaced with ``overwrite=True``.
-    (At integration, this is the one function to swap for :mod:`s2dask.storage`'s.)
+    A thin wrapper of :func:`s2dask.storage.staged_file` (the project's one temp + rename)
+    that adds the overwrite check and this module's error message: nothing is ever
+    half-written at ``dst``, and an existing ``dst`` is only replaced with ``overwrite=True``.
+
+    Parameters
+    ----------
+    dst
+        The local file to write.
+    write
+        Writes the whole file at the path it is given.
+    overwrite
+        Replace an existing ``dst``.
+    suffix
+        End of the temporary name (for writers that pick the format from the extension).
 
     Raises
     ------
@@ -276,13 +287,10 @@ def write_atomically(dst: str | os.PathLike, write: Callable[[Path], None], *,
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise OutputExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
-    folder = dst.parent if str(dst.parent) else Path(".")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=folder) as tmp:
-            part = Path(tmp) / dst.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with staged_file(dst, suffix=suffix) as part:
             write(part)
-            os.replace(part, dst)
     except OSError as exc:
         raise StorageError(f"cannot write {dst}: {exc.strerror or exc}; check free space and "
                            "permissions of the output folder") from None
@@ -304,4 +312,4 @@ def write_points(frame, dst: str | os.PathLike, *, overwrite: bool = False) -> s
     def _write(part: Path) -> None:
         pyogrio.write_dataframe(frame, part, layer=dst.stem, driver="GPKG")
 
-    return write_atomically(dst, _write, overwrite=overwrite)
+    return write_atomically(dst, _write, overwrite=overwrite, suffix=".gpkg")

@@ -58,6 +58,8 @@ __all__ = [
     "MASKED_COLOUR",
     "MaskSpec",
     "MaskReader",
+    "ChunkMask",
+    "nodata_pixels",
     "parse_mask_classes",
     "parse_mask_option",
     "scl_to_mask",
@@ -503,3 +505,40 @@ def _gdal_env(path: str) -> dict[str, str]:
     if path.startswith("/vsicurl/"):
         return gdal_env_for(path[len("/vsicurl/"):])
     return {}
+
+
+def nodata_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(y, x)`` True where any band of a ``(band, y, x)`` block is nodata (or NaN)."""
+    data = np.asarray(block)
+    bad = np.zeros(data.shape[1:], dtype=bool)
+    if np.issubdtype(data.dtype, np.floating):
+        bad |= np.isnan(data).any(axis=0)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        bad |= (data == nodata).any(axis=0)
+    return bad
+
+
+@dataclass(frozen=True)
+class ChunkMask:
+    """What a prediction task needs to compute its chunk's mask codes; small and picklable.
+
+    ``nodata`` is the scene's band nodata, ``readers`` the SCL and/or user mask readers
+    (:class:`MaskReader`, at most one of each kind), ``layer`` whether the job stores the
+    codes as the Zarr ``mask`` layer (not for ``--mask none``).
+    """
+
+    nodata: float | None = None
+    readers: tuple[MaskReader, ...] = ()
+    layer: bool = False
+
+    def codes(self, block: np.ndarray, y0: int, x0: int) -> np.ndarray:
+        """Mask codes ``(y, x)`` uint8 of the ``(band, y, x)`` block whose top-left pixel is ``(y0, x0)``.
+
+        Raises
+        ------
+        StorageError
+            If a mask raster cannot be read.
+        """
+        _, height, width = np.shape(block)
+        found = {r.kind: r(y0, x0, height, width) for r in self.readers}
+        return combine(nodata_pixels(block, self.nodata), found.get("scl"), found.get("file"))

@@ -136,11 +136,14 @@ def _percent(p: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(p * 100.0), 0, 100).astype("uint8")
 
 
-def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: bool = False) -> np.ndarray:
+def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: bool = False,
+                  valid: np.ndarray | None = None) -> np.ndarray:
     """Predict one ``(band, y, x)`` block; return ``(k, y, x)`` uint8.
 
     Layer 0 is the class map, layer 1 the confidence, layers 2.. the per-class
-    probabilities when asked for.
+    probabilities when asked for. ``valid`` (``(y, x)`` bool) restricts the prediction
+    to those pixels (the others get class :data:`OUTPUT_NODATA`, confidence 0); with no
+    valid pixel the model is not called at all.
 
     Raises
     ------
@@ -150,6 +153,8 @@ def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: boo
     nb, ny, nx = block.shape
     if nb != predictor.n_bands:
         raise ValueError(f"block has {nb} bands, the model takes {predictor.n_bands}")
+    if valid is not None and not np.all(valid):
+        return _masked_outputs(predictor, block, np.asarray(valid, dtype=bool), probabilities)
     # a (pixels, bands) view: the transpose and the cast to float32 happen batch by batch
     # when the forward pass copies rows into its fixed batch buffer, not as a chunk copy
     rows = block.reshape(nb, ny * nx).T
@@ -162,3 +167,19 @@ def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: boo
         out[2:] = probs.T.reshape(predictor.n_classes, ny, nx)
     return out
 
+
+
+def _masked_outputs(predictor, block: np.ndarray, valid: np.ndarray, probabilities: bool) -> np.ndarray:
+    """:func:`block_outputs` for the ``valid`` pixels only (rows compacted, results scattered back)."""
+    nb, ny, nx = block.shape
+    n_cls = predictor.n_classes if probabilities else 0
+    out = np.zeros((2 + n_cls, ny * nx), dtype="uint8")
+    out[0] = OUTPUT_NODATA
+    flat = valid.reshape(-1)
+    if flat.any():
+        rows = block.reshape(nb, ny * nx)[:, flat].T
+        classes, confidence, probs = predictor.predict_rows(rows, probabilities=probabilities)
+        out[0, flat], out[1, flat] = classes, confidence
+        if probabilities:
+            out[2:, flat] = probs.T
+    return out.reshape(2 + n_cls, ny, nx)

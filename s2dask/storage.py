@@ -495,14 +495,16 @@ class FileStat(NamedTuple):
 
 
 def vsi_to_url(path: str) -> str | None:
-    """The ``s3://`` URL of a GDAL ``/vsis3/`` path; ``None`` for anything else."""
+    """The URL of a GDAL ``/vsis3/`` (``s3://``) or ``/vsicurl/`` (``https://``) path; ``None`` otherwise."""
     if path.startswith("/vsis3/"):
         return "s3://" + path[len("/vsis3/"):]
+    if path.startswith("/vsicurl/"):
+        return path[len("/vsicurl/"):]
     return None
 
 
 def remote_env(path: str, policy: RetryPolicy | None = None) -> dict[str, str]:
-    """GDAL options for reading a ``/vsis3/`` path; none for local files.
+    """GDAL options for reading a ``/vsis3/`` or ``/vsicurl/`` path; none for local files.
 
     Endpoint and region (:func:`gdal_env_for`), and GDAL's own retries of failed HTTP
     requests (:meth:`s2dask.retry.RetryPolicy.gdal_env`; ``policy`` default: from
@@ -515,7 +517,8 @@ def remote_env(path: str, policy: RetryPolicy | None = None) -> dict[str, str]:
 
 
 def stat(path: str | os.PathLike) -> FileStat:
-    """:class:`FileStat` of a local file or a ``/vsis3/`` object (its ETag, stable across processes)."""
+    """:class:`FileStat` of a local file, or of a ``/vsis3/`` or ``/vsicurl/`` object (size and ETag,
+    stable across processes; an HTTP server's HEAD answer for ``/vsicurl/``)."""
     url = vsi_to_url(os.fspath(path))
     if url is None:
         st = os.stat(path)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .backend import require_keras
 from .bands import canonical_bands
+from .crossval import cross_validate, format_cv_report
 from .errors import ModelError, OutputExistsError, SamplesError
 from .metrics import classification_metrics, format_report, plot_confusion, plot_history
 from .model import build_model, load_model, save_bundle
@@ -28,6 +29,7 @@ from .samples import (
     SPLIT_METHODS,
     Samples,
     Split,
+    fold_indices,
     read_samples,
     split_samples,
 )
@@ -152,6 +154,7 @@ def train(
     overwrite: bool = False,
     verbose: int = 1,
     group_column: str = "feature_id",
+    folds: int | None = None,
 ) -> dict:
     """Train the tutorial's MLP on a labelled table and write a model bundle.
 
@@ -197,11 +200,16 @@ def train(
         0 silent, 1 a line per epoch and the test report.
     group_column
         Column of groups for ``split="group"`` (``feature_id`` in tables from ``s2dask sample``).
+    folds
+        Cross-validation first: K models on K disjoint test folds grouped like ``split``
+        (:func:`~s2dask.splits.fold_indices`, :func:`~s2dask.crossval.cross_validate`); their
+        spread goes to ``metrics.json["cross_validation"]``. The bundle is then fitted on the
+        usual train/validation part of all data, as without ``folds``.
 
     Returns
     -------
     dict
-        The test metrics written to ``metrics.json``.
+        The test metrics written to ``metrics.json`` (with ``cross_validation`` when ``folds``).
 
     Raises
     ------
@@ -227,6 +235,9 @@ def train(
                             class_table=class_table, x=x, y=y, group_column=group_column)
     parts = split_samples(data, method=split, fractions=fractions, seed=seed,
                           pixel_size=pixel_size, block_size=block_size, group_column=group_column)
+    cv_folds = None if not folds else fold_indices(
+        data, method=split, k=folds, seed=seed, pixel_size=pixel_size, block_size=block_size,
+        group_column=group_column)
     names = ", ".join(f"{c['value']}={c['name']}" for c in data.classes)
     _log(verbose, f"samples: {data.source or 'in memory'}: {len(data)} rows, bands "
                   f"{','.join(data.bands)}, classes {names}")
@@ -235,12 +246,18 @@ def train(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    fit = dict(epochs=int(epochs), batch_size=int(batch_size), units=units, dropout=dropout, l1=l1,
+               l2=l2, optimizer=optimizer, learning_rate=float(learning_rate),
+               early_stopping=early_stopping, class_weight=class_weight, input_nodata=input_nodata)
     try:
-        metrics = _train_into(tmp, data, parts, out=out, seed=seed, epochs=int(epochs),
-                              batch_size=int(batch_size), units=units, dropout=dropout, l1=l1,
-                              l2=l2, optimizer=optimizer, learning_rate=float(learning_rate),
-                              early_stopping=early_stopping, class_weight=class_weight,
-                              input_nodata=input_nodata, verbose=verbose)
+        cv = None
+        if cv_folds is not None:
+            cv = _cross_validate(tmp, data, cv_folds, out=out, fractions=fractions, seed=seed,
+                                 verbose=verbose, fit=fit)
+        metrics = _train_into(tmp, data, parts, out=out, seed=seed, verbose=verbose, **fit)
+        if cv is not None:
+            metrics["cross_validation"] = cv
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         commit_dir(tmp, out, overwrite=overwrite,
                    appeared=f"model directory {out} appeared during training: choose another "
                             "--out or pass --overwrite")
@@ -248,6 +265,8 @@ def train(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _log(verbose, format_report(metrics, title=f"test split ({split})"))
+    if cv is not None:
+        _log(verbose, format_cv_report(cv, final=cv["final_model"]))
     _log(verbose, f"model written to {out}")
     return metrics
 
@@ -327,6 +346,32 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
     plot_history(history, tmp / "training.png")
     plot_confusion(metrics, tmp / "confusion.png", title=f"{out.name}, test ({parts.method} split)")
     return metrics
+
+
+def _cross_validate(tmp: Path, data: Samples, folds, *, out: Path, fractions, seed: int,
+                    verbose: int, fit: dict) -> dict:
+    """K fold models, each trained and scored through a bundle in a scratch folder of ``tmp``."""
+    fr = [float(f) for f in fractions]
+    val_fraction = fr[1] / (fr[0] + fr[1])
+
+    def fit_score(part: Split, fold_seed: int) -> dict:
+        if not len(part.val):
+            raise SamplesError(f"fold {part.info['fold'] + 1} left no rows for validation: use fewer "
+                               "--folds or a finer grouping")
+        scratch = tmp / f"fold-{part.info['fold']}"
+        scratch.mkdir()
+        try:
+            return _train_into(scratch, data, part, out=out, seed=fold_seed, verbose=0, **fit)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    _log(verbose, f"cross-validation: {len(folds)} {folds.info['method']} folds, one model each")
+    cv = cross_validate(data, folds, fit_score, val_fraction=val_fraction, seed=seed,
+                        log=(lambda line: _log(verbose, line)))
+    cv["final_model"] = ("final model: fitted on the train/validation part of the usual "
+                         f"{folds.info['method']} split of all data (seed {seed}); its test figures "
+                         "come from that split's test part, the fold figures from the fold models")
+    return cv
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -24,21 +24,25 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .backend import configure_threads
-from .contract import ClassInfo
+from .contract import OUTPUT_NODATA, ClassInfo
 from .errors import ModelError, S2DaskError, detached
-from .ledger import N_COUNTS, write_marker
+from .ledger import N_COUNTS, N_TOTALS, write_marker
+from .mask import NODATA, VALID, ChunkMask, count_codes
 from .model import ModelHandle, check_model_shape, load_model
+from .outputs import MapSpec
 from .predict import Predictor, block_outputs
 from .retry import RetryPolicy, call_with_retry, take_read_retries
 from .storage import Location, put_file
-from .write import validate_cog, write_cog, write_quicklook, write_region
+from .write import MASK, validate_cog, write_cog, write_layer, write_quicklook, write_region
 
-__all__ = ["ModelRef", "ModelPlugin", "get_predictor", "predict_and_store", "write_rasters"]
+__all__ = ["ModelRef", "ModelPlugin", "get_predictor", "predict_and_store", "write_rasters",
+           "build_counts", "forward_counts"]
 
 # ---------------------------------------------------------------- the per-process model cache
 
 _CACHE: dict[tuple[str, int], Any] = {}
 _BUILDS: collections.Counter = collections.Counter()
+_FORWARDS: collections.Counter = collections.Counter()
 _CACHE_LOCK = threading.Lock()
 
 
@@ -54,6 +58,11 @@ class ModelRef:
 def build_counts() -> dict[str, int]:
     """How many times each model (by sha256) was built in this process (for tests, records)."""
     return dict(_BUILDS)
+
+
+def forward_counts() -> dict[str, int]:
+    """How many chunks each model (by sha256) ran through its forward pass in this process."""
+    return dict(_FORWARDS)
 
 
 def _install(sha256: str, batch_size: int, build: Callable[[], Predictor]) -> Predictor:
@@ -158,9 +167,9 @@ class ModelPlugin(WorkerPlugin):
 
 
 def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, markers: Location,
-                      probabilities: bool, retry: RetryPolicy | None = None,
-                      block_info=None) -> np.ndarray:
-    """One prediction task: predict a ``(band, y, x)`` block, write it, return class counts.
+                      probabilities: bool, mask: ChunkMask | None = None, block_info=None,
+                      maps: MapSpec | None = None, retry: RetryPolicy | None = None) -> np.ndarray:
+    """One prediction task: predict a ``(band, y, x)`` block, write it, return its counts.
 
     The model comes from the worker's cache (put there by :class:`ModelPlugin`); only
     ``ref`` travels with the task. The chunk's region and then its marker are written, each
@@ -178,15 +187,23 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
         The partial output's Zarr group and its ledger folder.
     probabilities
         Also write the per-class probabilities.
-    retry
-        How to retry the writes (default :class:`~s2dask.retry.RetryPolicy`).
+    mask
+        How the chunk's mask codes are found (nodata, SCL, user mask): only valid pixels are
+        predicted, a chunk without one never reaches the forward pass; the codes are written
+        to the ``mask`` layer when ``mask.layer``.
     block_info
         Dask's description of the block (its position in the scene).
+    maps
+        Uncertainty layers and smoothing (:class:`s2dask.outputs.MapSpec`); with
+        ``maps.smooth > 1`` the block is the chunk plus a halo (:func:`s2dask.halo.halo_array`)
+        and only the chunk is written.
+    retry
+        How to retry the writes (default :class:`~s2dask.retry.RetryPolicy`).
 
     Returns
     -------
     numpy.ndarray
-        ``(1, 1, 1, N_COUNTS)`` int64 class counts.
+        ``(1, 1, 1, N_TOTALS)`` int64: class counts, then mask code counts.
 
     Raises
     ------
@@ -196,28 +213,62 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     """
     where = block_info[0]["array-location"]
     iy, ix = block_info[0]["chunk-location"][1:]
+    # the read's retries (a read fused into this task, of this very window)
+    counter = take_read_retries((where[1][0], where[2][0], where[1][1] - where[1][0],
+                                 where[2][1] - where[2][0]))
+    if maps is not None:
+        where = maps.location(iy, ix)  # the chunk itself, without its halo
+    ys, xs = slice(*where[1]), slice(*where[2])
+    predictor = get_predictor(ref)
+    chunk_mask = mask or ChunkMask()
+    if maps is None:
+        codes = chunk_mask.codes(block, where[1][0], where[2][0])
+    else:  # the codes of the chunk and its halo: masked halo pixels are not smoothed into
+        codes = maps.codes(chunk_mask, block, chunk=(iy, ix))
+    valid = codes == VALID
+    if valid.any():
+        _FORWARDS[ref.sha256] += 1
+    layers: dict[str, np.ndarray] = {}
+    if maps is None:
+        out = block_outputs(predictor, block, probabilities=probabilities, valid=valid)
+    else:
+        out, layers = maps.outputs(predictor, block, chunk=(iy, ix), probabilities=probabilities, valid=valid)
+        codes, valid = maps.inner(codes, chunk=(iy, ix)), maps.inner(valid, chunk=(iy, ix))
+    codes[valid & (out[0] == OUTPUT_NODATA)] = NODATA  # what the model's own nodata test refused
+    if mask is not None and mask.layer:
+        layers[MASK] = codes
+    counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
+    mask_counts = count_codes(codes)
+    _store_chunk(store, markers, out, layers, where=where, chunk=(iy, ix), counts=counts,
+                 mask_counts=mask_counts, probabilities=probabilities,
+                 policy=retry or RetryPolicy(), counter=counter)
+    return np.concatenate([counts, mask_counts]).reshape(1, 1, 1, N_TOTALS)
+
+
+def _store_chunk(store: Location, markers: Location, out: np.ndarray, layers: dict, *, where,
+                 chunk: tuple[int, int], counts: np.ndarray, mask_counts: np.ndarray,
+                 probabilities: bool, policy: RetryPolicy, counter) -> None:
+    """Write a chunk's region, its extra layers, then its marker, each storage request retried
+    on its own (:func:`s2dask.retry.call_with_retry`; all idempotent). A failure for good
+    raises one :class:`StorageError` line naming the chunk window and the store."""
     (y0, y1), (x0, x1) = where[1], where[2]
     ys, xs = slice(y0, y1), slice(x0, x1)
-    policy = retry or RetryPolicy()
-    counter = take_read_retries((y0, x0, y1 - y0, x1 - x0))
-    predictor = get_predictor(ref)
-    out = block_outputs(predictor, block, probabilities=probabilities)
-    counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
     window = f"chunk y={y0}:{y1} x={x0}:{x1}"
     error = None
     try:
         each = functools.partial(call_with_retry, policy=policy, action="write",
                                  what=f"{window} of {store}", counter=counter)
-        write_region(_retrying(store, policy), out, y=ys, x=xs, probabilities=probabilities,
-                     call=each)  # each request retried alone: an open, a region write
-        call_with_retry(write_marker, _retrying(markers, policy), (iy, ix), where[1], where[2],
-                        counts, retries=counter, policy=policy, action="write",
+        wstore = _retrying(store, policy)
+        write_region(wstore, out, y=ys, x=xs, probabilities=probabilities, call=each)
+        for name, layer in layers.items():
+            each(write_layer, wstore, name, layer, y=ys, x=xs)
+        call_with_retry(write_marker, _retrying(markers, policy), chunk, where[1], where[2],
+                        counts, mask_counts, retries=counter, policy=policy, action="write",
                         what=f"the marker of {window} in {markers}", counter=counter)
     except S2DaskError as exc:
         error = exc
     if error is not None:
         raise detached(error)  # outside the handler: no cause travels (see errors.detached)
-    return counts.reshape(1, 1, 1, N_COUNTS)
 
 
 def _retrying(loc: Location, policy: RetryPolicy) -> Location:
@@ -245,7 +296,8 @@ def _portable(fn: Callable) -> Callable:
 @_portable
 def write_rasters(store: Location, partial: Location, *, classes: Sequence[ClassInfo], crs: str,
                   transform, overview_resampling: str, quicklook: bool, title: str,
-                  tags: dict) -> dict:
+                  tags: dict, mask_legend: dict | None = None,
+                  layers: dict[str, str] | None = None) -> dict:
     """Stream the COG from the Zarr, validate it, draw the quicklook (a worker task).
 
     Written in a local temporary folder (inside the partial output when it is local) and
@@ -263,6 +315,12 @@ def write_rasters(store: Location, partial: Location, *, classes: Sequence[Class
         Also draw ``quicklook.png``.
     title, tags
         The quick-look's title; GeoTIFF metadata of the COG.
+    mask_legend
+        :func:`s2dask.mask.legend_entry`: masked pixels (the store's ``mask`` layer) are
+        drawn in its colour with a legend entry; None: no mask layer.
+    layers
+        More COGs: ``{Zarr array name: file name}`` (uncertainty layers; overviews by
+        ``average``, or ``nearest`` when that is the overview resampling).
 
     Returns
     -------
@@ -280,8 +338,15 @@ def write_rasters(store: Location, partial: Location, *, classes: Sequence[Class
         write_cog(store, cog_path, classes=classes, crs=crs, transform=transform,
                   overview_resampling=overview_resampling, tags=tags)
         valid, errors, warnings = validate_cog(cog_path)
+        for name, filename in (layers or {}).items():
+            path = os.path.join(tmp, filename)
+            write_cog(store, path, classes=classes, crs=crs, transform=transform, tags=tags, layer=name,
+                      overview_resampling="nearest" if overview_resampling == "nearest" else "average")
+            ok, errs, warns = validate_cog(path)
+            valid, errors, warnings = valid and ok, [*errors, *errs], [*warnings, *warns]
         if quicklook:
-            write_quicklook(cog_path, os.path.join(tmp, "quicklook.png"), classes=classes, title=title)
+            write_quicklook(cog_path, os.path.join(tmp, "quicklook.png"), classes=classes, title=title,
+                            mask_store=store if mask_legend else None, mask_legend=mask_legend)
         for name in os.listdir(tmp):
             put_file(os.path.join(tmp, name), partial.join(name))
     return {"valid": bool(valid), "errors": list(errors), "warnings": list(warnings)}

@@ -27,12 +27,13 @@ from .contract import OUTPUT_NODATA, ClassInfo, class_infos
 from .errors import StorageError
 from .storage import Location, as_location, open_array, staged_file
 
-__all__ = ["layout_zarr", "write_region", "write_cog", "validate_cog", "write_quicklook",
+__all__ = ["layout_zarr", "write_region", "write_layer", "write_cog", "validate_cog", "write_quicklook",
            "colour_table"]
 
 CLASSES = "classes"
 CONFIDENCE = "confidence"
 PROBABILITIES = "probabilities"
+MASK = "mask"
 
 Classes = Sequence[ClassInfo | Mapping[str, Any]]
 
@@ -56,7 +57,8 @@ def colour_table(classes: Classes, nodata: int = OUTPUT_NODATA) -> dict[int, tup
 
 def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chunks: tuple[int, int],
                 classes: Classes, probabilities: bool, attrs: dict,
-                storage_options: dict | None = None) -> None:
+                storage_options: dict | None = None, mask_attrs: dict | None = None,
+                layers: Mapping[str, dict] | None = None) -> None:
     """Create the output Zarr v3 group: coordinates, ``spatial_ref`` and empty arrays.
 
     Parameters
@@ -77,6 +79,12 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
         The group's attributes.
     storage_options
         fsspec options of a store given as a URL (default: from the environment).
+    mask_attrs
+        Also lay out the uint8 ``mask`` layer (why a pixel was not classified), with these
+        attributes (:func:`s2dask.mask.mask_attrs`).
+    layers
+        More ``(y, x)`` uint8 arrays (uncertainty layers): ``{name: attrs}``, filled with
+        ``attrs["nodata"]`` (default 255) until written; chunked like ``classes``.
 
     Raises
     ------
@@ -104,14 +112,21 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
             {"long_name": "class probability", "units": "percent"},
         )
         coords["class"] = np.array([c.value for c in classes], dtype="uint8")
+    if mask_attrs is not None:
+        data_vars[MASK] = (("y", "x"), da.zeros((ny, nx), dtype="uint8", chunks=(cy, cx)), mask_attrs)
+    for name, layer_attrs in (layers or {}).items():
+        fill = int(layer_attrs.get("nodata", OUTPUT_NODATA))
+        data_vars[name] = (("y", "x"), da.full((ny, nx), fill, dtype="uint8", chunks=(cy, cx)),
+                           dict(layer_attrs))
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds = ds.rio.write_crs(scene.rio.crs)
     ds = ds.rio.write_transform(scene.rio.transform())
     for name in ds.data_vars:
         ds[name].attrs["grid_mapping"] = "spatial_ref"
-    encoding = {CLASSES: {"chunks": (cy, cx)}, CONFIDENCE: {"chunks": (cy, cx)}}
+    encoding = {name: {"chunks": (cy, cx)} for name in (CLASSES, CONFIDENCE, MASK) if name in data_vars}
     if probabilities:
         encoding[PROBABILITIES] = {"chunks": (n_cls, cy, cx)}
+    encoding.update({name: {"chunks": (cy, cx)} for name in (layers or {})})
     import zarr
 
     with warnings.catch_warnings():
@@ -163,9 +178,22 @@ def write_region(store: Location | str | os.PathLike, outputs: np.ndarray, *, y:
         run(run(open_array, loc, name).__setitem__, where, values)
 
 
+def write_layer(store: Location | str | os.PathLike, name: str, data: np.ndarray, *, y: slice,
+                x: slice) -> None:
+    """Write one block of the ``(y, x)`` layer ``name`` (e.g. ``mask``) at ``[y, x]``.
+
+    Raises
+    ------
+    OSError
+        If the store cannot be written.
+    """
+    open_array(as_location(store), name)[y, x] = data
+
+
 def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, classes: Classes,
               crs: Any, transform: Any, storage_options: dict | None = None,
-              overview_resampling: str = "mode", tags: dict | None = None) -> str:
+              overview_resampling: str = "mode", tags: dict | None = None,
+              layer: str = CLASSES) -> str:
     """Stream the Zarr class map into a Cloud-Optimized GeoTIFF at ``dst`` (a local path).
 
     The map is read one Zarr chunk at a time into a tiled, DEFLATE-compressed GeoTIFF,
@@ -186,9 +214,13 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
     storage_options
         fsspec options of a store given as a URL (default: from the environment).
     overview_resampling
-        ``"mode"`` or ``"nearest"``.
+        ``"mode"`` or ``"nearest"`` (``"average"`` for a continuous layer).
     tags
         More GeoTIFF metadata.
+    layer
+        The Zarr array to write (default ``classes``). Another layer (an uncertainty layer)
+        gets its own nodata (its ``nodata`` attribute, default 255) and description (its
+        ``long_name``), and neither the colour table nor the class names.
 
     Returns
     -------
@@ -200,7 +232,9 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
     StorageError
         If GDAL cannot write the file (disk full, permission denied).
     """
-    arr = open_array(as_location(store, storage_options), CLASSES)
+    arr = open_array(as_location(store, storage_options), layer)
+    is_classes = layer == CLASSES
+    nodata = 255 if is_classes else int(arr.attrs.get("nodata", 255))
     ny, nx = arr.shape
     cy, cx = arr.chunks
     dst = Path(dst)
@@ -211,7 +245,7 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
         with tempfile.TemporaryDirectory(prefix=".cog-", dir=dst.parent) as tmp:
             stage = Path(tmp) / "stage.tif"
             profile = dict(driver="GTiff", width=nx, height=ny, count=1, dtype="uint8",
-                           crs=crs, transform=transform, nodata=255, tiled=True,
+                           crs=crs, transform=transform, nodata=nodata, tiled=True,
                            blockxsize=512, blockysize=512, compress="DEFLATE", predictor=1,
                            bigtiff="IF_SAFER", sparse_ok=False)
             with rasterio.open(stage, "w", **profile) as out:
@@ -220,10 +254,15 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
                         block = arr[y0:y0 + cy, x0:x0 + cx]
                         out.write(block, 1, window=((y0, y0 + block.shape[0]),
                                                     (x0, x0 + block.shape[1])))
-                out.write_colormap(1, table)
-                out.set_band_description(1, "land-cover class")
-                out.update_tags(CLASS_NAMES=json.dumps(names), **(tags or {}))
-                out.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
+                if is_classes:
+                    out.write_colormap(1, table)
+                    out.set_band_description(1, "land-cover class")
+                    out.update_tags(CLASS_NAMES=json.dumps(names), **(tags or {}))
+                    out.update_tags(1, **{f"CLASS_{k}": v for k, v in names.items()})
+                else:
+                    out.set_band_description(1, str(arr.attrs.get("long_name", layer)))
+                    out.update_tags(**(tags or {}))
+                    out.update_tags(1, **{str(k).upper(): str(v) for k, v in arr.attrs.items()})
             with staged_file(dst) as part:
                 rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
                                      OVERVIEW_RESAMPLING=overview_resampling.upper(),
@@ -253,7 +292,8 @@ def validate_cog(path: str | os.PathLike) -> tuple[bool, list[str], list[str]]:
 
 
 def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, classes: Classes,
-                    title: str = "", max_size: int = 1024) -> str:
+                    title: str = "", max_size: int = 1024, mask_store: Location | None = None,
+                    mask_legend: dict | None = None) -> str:
     """A PNG of the class map with the class colours and a legend, read from the COG's overviews.
 
     Parameters
@@ -268,6 +308,10 @@ def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, clas
         The title (default: the COG's folder name).
     max_size
         Longest side of the image in pixels.
+    mask_store, mask_legend
+        The Zarr group whose ``mask`` layer marks masked pixels (codes >= 2), drawn in
+        ``mask_legend["colour"]`` with a legend entry ``mask_legend["name"]``; nodata stays
+        transparent.
 
     Returns
     -------
@@ -279,7 +323,6 @@ def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, clas
     OSError
         If the COG cannot be read or the PNG written.
     """
-    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -290,15 +333,29 @@ def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, clas
     classes = class_infos(classes)
     table = colour_table(classes)
     rgba = np.array([table[v] for v in range(256)], dtype="float32") / 255.0
-    fig = Figure(figsize=(8, 8 * shape[0] / max(shape[1], 1) + 0.5), dpi=100)
-    ax = fig.subplots()
-    ax.imshow(data, cmap=ListedColormap(rgba), vmin=-0.5, vmax=255.5, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title or Path(cog_path).parent.name)
+    image = rgba[data]
     handles = [Patch(facecolor=np.array(_hex_to_rgb(c.colour)) / 255.0,
                      label=f"{c.value}: {c.name}") for c in classes]
+    if mask_store is not None and mask_legend:
+        masked = _sample_layer(mask_store, MASK, shape) >= 2
+        image[masked] = (*(np.array(_hex_to_rgb(mask_legend["colour"])) / 255.0), 1.0)
+        handles.append(Patch(facecolor=np.array(_hex_to_rgb(mask_legend["colour"])) / 255.0,
+                             label=mask_legend["name"]))
+    fig = Figure(figsize=(8, 8 * shape[0] / max(shape[1], 1) + 0.5), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title or Path(cog_path).parent.name)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     with staged_file(dst, suffix=".png") as tmp:
         fig.savefig(tmp)
     return str(dst)
+
+
+def _sample_layer(store: Location, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """Layer ``name`` sampled (nearest pixel centres) to ``shape``, read chunk by chunk by zarr."""
+    arr = open_array(store, name)
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * arr.shape[0] / shape[0]).astype(int), arr.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * arr.shape[1] / shape[1]).astype(int), arr.shape[1] - 1)
+    return np.asarray(arr.get_orthogonal_selection((rows, cols)))

@@ -1,6 +1,6 @@
 """Smoke test of the benchmarks: each ``--quick`` run finishes and writes its JSON keys.
 
-The four run at once (each in its own process and scratch dir) to keep this short; the
+They run at once (each in its own process and scratch dir) to keep this short; the
 figures themselves are not checked (they belong to ``benchmarks/results/``).
 """
 
@@ -20,13 +20,14 @@ pytest.importorskip("psutil")
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-NAMES = ("forward", "baseline", "e2e", "scaling")
+NAMES = ("forward", "baseline", "e2e", "scaling", "batch")
 HEAD = {"benchmark", "created", "command", "machine", "versions", "settings"}
 KEYS = {
     "forward": {"groups", "best"},
     "baseline": {"naive", "s2dask", "summary"},
     "e2e": {"runs", "summary"},
     "scaling": {"runs"},
+    "batch": {"runs", "summary"},
 }
 
 

@@ -51,14 +51,16 @@ def test_baseline_depends_on_the_engine():
 
 
 def test_fit_chunks_caps_automatic_chunks_and_checks_given_ones():
-    small = _workers(1.5 * GIB)
-    assert fit_chunks((2048, 2048), small, 10, given=False) == (1024, 1024)
-    assert fit_chunks((512, 512), small, 10, given=False) == (512, 512)
-    assert fit_chunks((2048, 2048), _workers(0), 10, given=False) == (2048, 2048)  # no limit
-    assert fit_chunks((2048, 2048), small, 10, given=False,
-                      baseline_bytes=baseline_for("openvino")) == (2048, 2048)
-    with pytest.raises(ParameterError, match="largest that fits is --chunks 1024"):
-        fit_chunks((2048, 2048), small, 10, given=True)
-    with pytest.raises(ParameterError, match="cannot hold the model"):
-        fit_chunks((2048, 2048), _workers(1 * GIB), 10, given=False)
+    from types import SimpleNamespace as NS
 
+    bundle = NS(bands=list(range(10)), classes=list(range(5)))
+    tf, ov = NS(probabilities=False), NS(probabilities=False, engine="openvino")
+    small = _workers(1.5 * GIB)
+    assert fit_chunks((2048, 2048), small, bundle, tf, given=False) == (1024, 1024)
+    assert fit_chunks((512, 512), small, bundle, tf, given=False) == (512, 512)
+    assert fit_chunks((2048, 2048), _workers(0), bundle, tf, given=False) == (2048, 2048)  # no limit
+    assert fit_chunks((2048, 2048), small, bundle, ov, given=False) == (2048, 2048)
+    with pytest.raises(ParameterError, match="largest that fits is --chunks 1024"):
+        fit_chunks((2048, 2048), small, bundle, tf, given=True)
+    with pytest.raises(ParameterError, match="cannot hold the model"):
+        fit_chunks((2048, 2048), _workers(1 * GIB), bundle, tf, given=False)

@@ -53,6 +53,7 @@ import xarray as xr
 from ..bands import canonical_bands
 from ..errors import SceneError, StorageError
 from ..grid import grid_to_raster
+from ..stac import StacScene, is_stac
 from ..storage import check_input_location, is_remote, protocol_of, storage_options_for
 from ..retry import RetryPolicy
 from .formats import (
@@ -67,6 +68,8 @@ from .formats import (
 )
 from .graph import chunk_pair, scene_array
 from .reader import READ_ENV
+from .scl import scl_attrs
+from .stac_scene import open_stac_scene
 
 __all__ = ["open_scene", "grid_to_raster", "scene_summary", "READ_ENV", "RESAMPLING_METHODS"]
 
@@ -80,6 +83,7 @@ def open_scene(
     bands: Sequence[str] | str | None = None,
     chunks: int | tuple[int, int] = 2048,
     resampling: str = "nearest",
+    boa_add_offset: int | None = None,
     retry: RetryPolicy | None = None,
 ) -> xr.DataArray:
     """Open a Sentinel-2 scene as a lazy, chunked ``(band, y, x)`` DataArray.
@@ -89,8 +93,11 @@ def open_scene(
     path
         A multi-band GeoTIFF/COG; a folder of single-band rasters named by band
         (``B02.tif``, ``T17TNH_20230801T160000_B02_10m.jp2``); a Sentinel-2 ``.SAFE`` product
-        folder (L2A or L1C, JPEG2000 bands); or a Zarr store written by xarray/rioxarray
-        (a variable with a ``band`` dimension, or one variable per band).
+        folder (L2A or L1C, JPEG2000 bands); a Zarr store written by xarray/rioxarray
+        (a variable with a ``band`` dimension, or one variable per band); or a STAC item
+        (Item JSON, ``items.json#ITEM_ID``, a one-item collection or catalogue, local or
+        ``s3://``, or a parsed :class:`s2dask.stac.StacScene`) whose band assets are read
+        like a band folder (hrefs local, ``s3://`` or ``https://``).
     bands
         Band names (any alias: ``B2``, ``B02``, ``b8a``), in the order wanted. Where the input
         names its bands, this selects and orders them; where it does not (a GeoTIFF without
@@ -101,6 +108,10 @@ def open_scene(
     resampling
         How bands coarser than the finest one are brought onto its grid: ``"nearest"``
         (exact ``k x k`` pixel replication) or ``"bilinear"``.
+    boa_add_offset
+        STAC items only: the DN offset their data carry (``-1000``: baseline 04.00+ values
+        with the offset in them, 1000 is subtracted; ``0``: nothing is done), for items
+        that do not say it (see :mod:`s2dask.stac`).
     retry
         How GDAL retries failed HTTP requests of remote rasters when the blocks are read
         (:class:`s2dask.retry.RetryPolicy`; ``None``: from each worker's environment).
@@ -114,7 +125,9 @@ def open_scene(
         processing-baseline offset was applied or known to be absent), ``offset_applied``
         (band -> offset added), ``native_resolution`` (band -> metres), ``resampling``, and
         ``tile_id``, ``sensing_time``, ``processing_baseline``, ``product_level`` where the
-        input carries them.
+        input carries them; ``scl_path`` and ``scl_resolution`` where it has a Scene
+        Classification Layer (SAFE L2A, a band folder with an SCL file, a STAC ``scl``
+        asset); for STAC items ``stac_item``, ``offset_notes`` and ``offset_rule``.
 
     Raises
     ------
@@ -129,6 +142,8 @@ def open_scene(
     if resampling not in RESAMPLING_METHODS:
         raise SceneError(f"unknown resampling {resampling!r}: use one of {', '.join(RESAMPLING_METHODS)}")
     wanted = canonical_bands(bands) if bands is not None else None
+    if isinstance(path, StacScene) or is_stac(path):
+        return open_stac_scene(path, wanted, chunk_yx, resampling, boa_add_offset=boa_add_offset)
     if is_remote(path):
         return _open_remote(os.fspath(path), wanted, chunk_yx, resampling, retry)
     src = Path(path).expanduser()
@@ -139,7 +154,9 @@ def open_scene(
     if src.is_dir():
         if is_zarr(src):
             return open_zarr(src, wanted, chunk_yx)
-        layout = safe_layout(src) if is_safe(src) else folder_layout(src)
+        kind = "safe" if is_safe(src) else "folder"
+        layout = safe_layout(src) if kind == "safe" else folder_layout(src)
+        layout.attrs.update(scl_attrs(src, kind, abs(layout.grid.transform[0])))
     else:
         layout = file_layout(src, wanted)
     return scene_array(layout, src, wanted, chunk_yx, resampling, retry=retry)

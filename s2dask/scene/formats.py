@@ -14,7 +14,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import rasterio
@@ -30,7 +30,7 @@ from .integrity import check_complete
 from .reader import BandRead, Grid
 
 __all__ = ["RASTER_SUFFIXES", "IDENTITY_TAGS", "Layout", "RasterInfo", "inspect_raster",
-           "file_layout", "folder_layout", "safe_layout", "is_safe", "is_zarr", "open_zarr",
+           "file_layout", "folder_layout", "safe_layout", "stack_layout", "is_safe", "is_zarr", "open_zarr",
            "select_bands", "safe_id"]
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img"}
@@ -167,14 +167,24 @@ def folder_layout(folder: Path) -> Layout:
             raise SceneError(
                 f"folder {folder} has {len(paths)} files for band {band} ({', '.join(p.name for p in paths)}): keep one per band"
             )
-    layout = _stack_layout({b: found[b][0] for b in BAND_NAMES if b in found}, folder, {})
+    layout = stack_layout({b: found[b][0] for b in BAND_NAMES if b in found}, folder, {})
     layout.attrs.update(harmonised=False, offset_applied={})
     return layout
 
 
-def _stack_layout(paths: dict[str, Path], src: Path, offsets: dict[str, int]) -> Layout:
-    """Single-band rasters, one per band, onto the finest band's grid (checked, not warped)."""
-    infos = {b: inspect_raster(p) for b, p in paths.items()}
+def stack_layout(paths: Mapping[str, Path | str], src: Path, offsets: Mapping[str, int],
+                 labels: Mapping[str, str] | None = None) -> Layout:
+    """Single-band rasters, one per band, onto the finest band's grid (checked, not warped).
+
+    ``paths`` may be GDAL paths kept as ``str`` (``/vsicurl/https://...``); ``labels`` names a
+    path in errors (``asset 'red' (href) of STAC item X``).
+
+    Raises
+    ------
+    SceneError
+        If a raster cannot be read, is not single-band, or bands differ in CRS or grid.
+    """
+    infos = {b: _inspect_named(p, labels or {}) for b, p in paths.items()}
     for band, info in infos.items():
         if info.count != 1:
             raise SceneError(
@@ -227,6 +237,15 @@ def _stack_layout(paths: dict[str, Path], src: Path, offsets: dict[str, int]) ->
         attrs=attrs,
         stamp=tuple(i.stamp for i in infos.values()),
     )
+
+
+def _inspect_named(path: Path | str, labels: Mapping[str, str]) -> RasterInfo:
+    try:
+        return inspect_raster(path)
+    except SceneError as exc:
+        if str(path) not in labels:
+            raise
+        raise SceneError(f"cannot open {labels[str(path)]}: {exc}") from None
 
 
 def _require_crs(info: RasterInfo) -> None:
@@ -313,7 +332,7 @@ def safe_layout(safe: Path) -> Layout:
             f"SAFE product {safe} has processing baseline {baseline} but no BOA_ADD_OFFSET/RADIO_ADD_OFFSET in "
             f"its {mtd.name if mtd else 'MTD_MSIL*.xml (missing)'}: restore the product's metadata file"
         )
-    layout = _stack_layout(chosen, safe, offsets)
+    layout = stack_layout(chosen, safe, offsets)
 
     tile = name_match.group("tile").upper() if name_match else None
     for p in [*chosen.values(), img_dirs[0].parent]:

@@ -10,6 +10,7 @@ the client; the reader travels to the workers inside the graph.
 from __future__ import annotations
 
 import operator
+import weakref
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -26,7 +27,10 @@ from ..retry import RetryPolicy
 from .formats import Layout, safe_id, select_bands
 from .reader import BlockReader, RasterReader
 
-__all__ = ["chunk_pair", "block_graph", "scene_array"]
+__all__ = ["chunk_pair", "block_graph", "block_reader", "scene_array"]
+
+#: the reader behind each array :func:`block_graph` made, by array name (see :func:`block_reader`)
+_READERS: "weakref.WeakValueDictionary[str, BlockReader]" = weakref.WeakValueDictionary()
 
 
 def chunk_pair(chunks: Any, *, error: type[S2DaskError] = SceneError) -> tuple[int, int]:
@@ -86,9 +90,19 @@ def block_graph(reader: BlockReader, *, height: int, width: int, chunks: tuple[i
             x0 += w
         y0 += h
     graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
+    _READERS[key] = reader
     dtype = np.dtype(reader.dtype)
     return da.Array(graph, key, chunks=((reader.n_bands,), ychunks, xchunks), dtype=dtype,
                     meta=np.empty((0, 0, 0), dtype=dtype))
+
+
+def block_reader(array: da.Array) -> BlockReader | None:
+    """The reader of an array made by :func:`block_graph`, or None for any other array.
+
+    A task that needs a window other than its chunk (a chunk plus a halo:
+    :mod:`s2dask.halo`) calls the reader itself instead of gathering neighbouring chunks.
+    """
+    return _READERS.get(getattr(array, "name", None))
 
 
 def scene_array(layout: Layout, src: Path, wanted: list[str] | None, chunk_yx: tuple[int, int],
