@@ -54,13 +54,17 @@ def check_timeout(timeout: Any) -> None:
                              f"got {timeout!r}: use for example --scheduler-timeout 60")
 
 
-def _quiet_client_logs() -> None:
+def _quiet_client_logs() -> int:
     """The client's own tracebacks of failed reconnects would bury the job's one line.
 
-    Once the connection is lost the job reports it; ``S2DASK_DEBUG=1`` keeps the logs.
+    They start the moment the connection drops, before any watch notices; the job reports
+    a lost scheduler itself. ``S2DASK_DEBUG=1`` keeps them. Returns the level before.
     """
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
     if not os.environ.get("S2DASK_DEBUG"):
-        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+        logger.setLevel(logging.CRITICAL)
+    return level
 
 
 class SchedulerWatch:
@@ -166,9 +170,20 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
     JobError
         When the scheduler has not answered for ``timeout`` seconds.
     """
+    watch = SchedulerWatch(client, timeout=timeout, resume=resume, kept=kept)
+    level = _quiet_client_logs()  # while waiting; left quiet once the scheduler is gone
+    try:
+        yield from _wait(client, futures, watch, resume=resume, kept=kept, poll=poll)
+    except GeneratorExit:
+        logging.getLogger("distributed.client").setLevel(level)
+        raise
+    logging.getLogger("distributed.client").setLevel(level)
+
+
+def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept: str | None,
+          poll: float) -> Iterator[Any]:
     from distributed import as_completed
 
-    watch = SchedulerWatch(client, timeout=timeout, resume=resume, kept=kept)
     pending = as_completed(list(futures), loop=client.loop)
     lost = 0  # futures the client cancelled itself: its scheduler connection broke
     while True:
