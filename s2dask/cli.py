@@ -64,8 +64,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="train the MLP on a labelled table and write a model bundle",
         description="Train the tutorial's MLP (normalisation inside) on a labelled CSV/Parquet "
         "table, write MODEL_DIR atomically (model.keras, model.json, metrics.json, plots) and "
-        "report test accuracy. --split random is the tutorial's protocol and leaks pixels "
-        "between train and test on point data; pixel and block are honest.",
+        "report test accuracy. The default split keeps every pixel (or labelled feature) on one "
+        "side; --split random is the tutorial's protocol and leaks pixels between train and "
+        "test on point data.",
     )
     p.add_argument("samples", metavar="SAMPLES", help="labelled table (.csv or .parquet)")
     p.add_argument("--out", "-o", required=True, metavar="MODEL_DIR", help="model directory to create")
@@ -75,8 +76,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated bands, aliases accepted (default the tutorial's 10)")
     p.add_argument("--classes", default=None, metavar="CLASS_TABLE.csv",
                    help="class table: value (or id/Class_ID), name, optional colour")
-    p.add_argument("--split", choices=("random", "pixel", "block", "group"), default="random",
-                   help="train/val/test split (default random, the tutorial's; group: whole "
+    p.add_argument("--split", choices=("auto", "random", "pixel", "block", "group"), default="auto",
+                   help="train/val/test split (default auto: group when the table has feature ids, "
+                   "else pixel with x,y; random is the tutorial's protocol and leaks; group: whole "
                    "labelled features on one side)")
     p.add_argument("--group-column", default="feature_id", metavar="COL",
                    help="groups for --split group (default feature_id, written by 's2dask sample')")
@@ -166,7 +168,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", default="Class_ID", metavar="COL",
                    help="integer class column of the labels (default Class_ID)")
     p.add_argument("--name-column", metavar="COL", help="class-name column to copy into the table")
-    p.add_argument("--bands", nargs="+", metavar="BAND", help="bands to sample, in order (default: all)")
+    _add_bands(p, "select")
     p.add_argument("--per-feature", type=_positive_int, metavar="N",
                    help="at most N pixels per feature, drawn with --seed")
     p.add_argument("--buffer", type=float, metavar="METRES",
@@ -193,7 +195,23 @@ def _band_list(values: Sequence[str] | None) -> list[str] | None:
     """``--bands B02 B03`` and ``--bands B02,B03`` alike."""
     if not values:
         return None
-    return [b for v in values for b in v.split(",") if b.strip()]
+    return [b.strip() for v in values for b in v.split(",") if b.strip()]
+
+
+#: what ``--bands`` does, per kind of subcommand (one option, one parser, every command)
+_BANDS_HELP = {
+    "name": "the scene's bands in stored order, for a GeoTIFF without band descriptions, e.g. "
+            "--bands B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12 (never guessed; where the file names "
+            "its bands they must agree)",
+    "select": "bands to use, in order (default: all); for a GeoTIFF without band descriptions, "
+              "its bands in file order",
+    "write": "bands to write, in order (default: all)",
+}
+
+
+def _add_bands(p: argparse.ArgumentParser, role: str) -> None:
+    """The one ``--bands`` option of every subcommand that takes a scene or band table."""
+    p.add_argument("--bands", nargs="+", metavar="BAND", help=_BANDS_HELP[role])
 
 
 def _add_grid_to_raster(sub: argparse._SubParsersAction) -> None:
@@ -206,7 +224,7 @@ def _add_grid_to_raster(sub: argparse._SubParsersAction) -> None:
     p.add_argument("grid", metavar="GRID.csv", help="table with columns x, y (cell centres) and B2..B12")
     p.add_argument("out", metavar="OUT.tif", help="the COG to write")
     p.add_argument("--crs", required=True, help="CRS of x/y, e.g. EPSG:32617")
-    p.add_argument("--bands", nargs="+", metavar="BAND", help="bands to write, in order (default: all)")
+    _add_bands(p, "write")
     p.add_argument("--nodata", type=float, default=0, help="value of missing cells (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.tif if it exists")
     p.set_defaults(handler=_cmd_grid_to_raster)
@@ -238,7 +256,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("scene", metavar="SCENE",
                    help="multi-band GeoTIFF, band folder, .SAFE product, Zarr store or STAC item (FILE#ID)")
-    p.add_argument("--bands", nargs="+", metavar="BAND", help="bands to select (or to name, for unnamed GeoTIFF bands)")
+    _add_bands(p, "select")
     p.add_argument("--chunks", type=_positive_int, default=2048, help="spatial chunk edge (default 2048)")
     _add_boa_option(p)
     p.set_defaults(handler=_cmd_inspect)
@@ -298,6 +316,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    "4 such chunks); memory per task scales with it")
     p.add_argument("--probabilities", action="store_true",
                    help="also write per-class probabilities (uint8 percent) to the Zarr store")
+    _add_bands(p, "name")
     add_classify_options(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler (tcp:// or tls://)")
@@ -363,7 +382,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         scheduler_file=args.scheduler_file, security=security, workers=args.workers,
         threads_per_worker=args.threads_per_worker, gpu=args.gpu, overwrite=args.overwrite,
         resume=args.resume, batch_size=args.batch_size, connect_timeout=args.timeout,
-        overview_resampling=args.overview_resampling,
+        overview_resampling=args.overview_resampling, bands=_band_list(args.bands),
         progress=False if args.quiet else None, mask=args.mask, mask_classes=args.mask_classes,
         boa_add_offset=args.boa_add_offset, uncertainty=args.uncertainty,
         smooth=args.smooth, retries=args.retries,
@@ -436,10 +455,51 @@ _ADDERS = (_add_demo, _add_train, _add_evaluate, _add_sample, _add_grid_to_raste
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line and exit code 2, like every other bad input."""
+    """Usage errors as one line and exit code 2, like every other bad input.
+
+    The line points to the help of the subcommand at fault and, for a mistyped option,
+    subcommand or choice, suggests the closest one (``did you mean --probabilities?``).
+    """
+
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        prog, hint = _error_context(self, message)
+        self.exit(2, f"{prog}: error: {message}{hint} (see '{prog} --help')\n")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _error_context(parser: argparse.ArgumentParser, message: str) -> tuple[str, str]:
+    """The prog whose help applies and a ``: did you mean X?`` hint (or ``""``)."""
+    import difflib
+    import re
+
+    prog, target = parser.prog, parser
+    subs = _subcommands(parser)
+    for token in getattr(parser, "_argv", []):
+        if token in subs:
+            prog, target = subs[token].prog, subs[token]
+            break
+    wrong, options = None, []
+    if m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
+        wrong, options = m.group(1), re.findall(r"'([^']*)'", m.group(2))
+    elif m := re.search(r"unrecognized arguments: (.*)", message):
+        flags = [t.split("=", 1)[0] for t in m.group(1).split() if t.startswith("-")]
+        if flags:
+            wrong = flags[0]
+            options = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(wrong, options, n=1, cutoff=0.6) if wrong else []
+    return prog, (f": did you mean {close[0]}?" if close else "")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ Everything is first written under ``OUT/.<scene-id>.partial/`` and renamed into 
 when complete, so a final path never holds a half-written output. Prediction tasks
 write their own chunk of the Zarr store and leave a small marker with the chunk's class
 counts in ``.partial/chunks/`` (:mod:`s2dask.ledger`); ``resume=True`` computes only
-chunks without a marker.
+chunks without a marker. The markers and ``params.json`` are removed once the output is
+committed.
 
 This module runs on the client, in stages: prepare (open and check every scene), start
 (deliver the model to the workers), then per scene lay out, build the graph, run, finish
@@ -38,11 +39,14 @@ import numpy as np
 
 from .cluster import cluster_summary, connect, host_thread_counts, register_plugin
 from .contract import OUTPUT_NODATA
-from .errors import JobError, OutputExistsError, ParameterError, S2DaskError, SceneError, StorageError
-from .ledger import (N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, read_ledger, recorded_chunks,
-                     retry_totals)
+from .bands import canonical_bands
+from .errors import (BandError, JobError, OutputExistsError, ParameterError, S2DaskError, SceneError,
+                     StorageError)
+from .ledger import (N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, clear_ledger, read_ledger,
+                     recorded_chunks, retry_totals)
 from .mask import MaskSpec, parse_mask_option
 from .memory import DEFAULT_CHUNKS, auto_chunks, fit_scene_chunks  # noqa: F401 (auto_chunks: API)
+from .metrics import metrics_summary
 from .model import ModelBundle, library_versions, load_model
 from .outputs import cog_layers, map_options, map_record, zarr_layers
 from .pipeline import run_pipelined
@@ -51,6 +55,7 @@ from .progress import Progress
 from .records import json_text_default
 from .retry import RetryPolicy, redact
 from .scene import open_scene
+from .scene.checks import check_fits, missing_bands_message
 from .scene.graph import chunk_pair
 from .scene_mask import SceneMask, record_mask, scene_mask
 from .stac import expand_inputs
@@ -121,12 +126,14 @@ class JobOptions:
     mask_classes: str | tuple[int, ...] | None = None
     #: STAC items: the DN offset their data carry (-1000 or 0), for items that do not say it
     boa_add_offset: int | None = None
-    #: retries of a failed storage request (None: $S2DASK_RETRIES or 5); seconds without an
-    #: answer from the scheduler before the job stops; the --resume command for error lines
+    #: the scenes' bands in stored order, for GeoTIFFs without band descriptions (never guessed)
+    bands: tuple[str, ...] | None = None
+    #: retries of a failed storage request (None: $S2DASK_RETRIES or 5); seconds without an answer
+    #: from the scheduler before the job stops; the --resume command of error lines; the memory
+    #: limit of each worker of the embedded LocalCluster (None: Dask's "auto")
     retries: int | None = None
     scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
     resume_command: str | None = None
-    #: memory limit of each worker of the embedded LocalCluster (``None``: Dask's "auto")
     memory_limit: str | float | None = None
 
     def __post_init__(self) -> None:
@@ -137,6 +144,8 @@ class JobOptions:
             raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.overwrite and self.resume:
             raise ParameterError("--overwrite and --resume exclude each other: choose one")
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(canonical_bands(self.bands)))
         self.mask_spec()
         RetryPolicy.of(self.retries)  # a negative or odd number of retries: one line, now
         check_timeout(self.scheduler_timeout)
@@ -245,13 +254,9 @@ def classify(
     options
         A :class:`JobOptions`.
     **keywords
-        Fields of :class:`JobOptions` (``chunks``, ``probabilities``, ``overwrite``,
-        ``resume``, ``batch_size``, ``tf_threads``, ``cog``, ``quicklook``,
-        ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
-        ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
-        ``mask``, ``mask_classes``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``retries``,
-        ``scheduler_timeout``, ``resume_command``, ``memory_limit``), replacing
-        those of ``options``.
+        Fields of :class:`JobOptions` (any of them: ``chunks``, ``resume``, ``scheduler``,
+        ``mask``, ``bands``, ``retries``, ``scheduler_timeout`` ...), replacing those of
+        ``options``.
 
     Returns
     -------
@@ -314,21 +319,19 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
              client, single: bool, t_open: float) -> dict[str, JobResult]:
     """Connect (unless given a client), deliver the model, run every scene; close what we opened."""
     results: dict[str, JobResult] = {}
-    own_cluster, own_client, lost = None, client is None, []
+    own_cluster, own_client = None, client is None
     if client is None:
         client, own_cluster = connect(options.scheduler, scheduler_file=options.scheduler_file,
                                       security=options.security, timeout=options.connect_timeout,
                                       workers=options.workers,
                                       threads_per_worker=options.threads_per_worker, gpu=options.gpu,
                                       memory_limit=options.memory_limit or "auto")
-    try:
-        # chunks that fit the workers' memory; a --chunks too large is refused here
-        fit_scene_chunks(prepared, client, bundle, options, reopen=_open)
+    try:  # chunks that fit the workers' memory; a --chunks too large is refused here
+        fit_scene_chunks(prepared, client, bundle, options, reopen=_open_checked)
         run = _start(client, bundle, out=out, options=options, t_open=t_open)
 
         def failed(job: _SceneJob, exc: S2DaskError) -> None:
-            lost.extend([exc] if getattr(exc, "scheduler_lost", False) else [])  # stop the batch
-            if single or lost:
+            if single or getattr(exc, "scheduler_lost", False):  # no scheduler: stop the batch
                 raise exc
             results[job.source] = _failed(job.source, exc)
 
@@ -337,18 +340,14 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
 
         # the next scene's chunks run while the previous scene is finished (s2dask.pipeline)
         run_pipelined(prepared, submit=lambda job, prev: _submit(job, run, prev), finish=finish,
-                      cancel=lambda flight: lost or client.cancel(flight.futures), failed=failed)
+                      cancel=lambda flight: client.status == "running" and client.cancel(flight.futures),
+                      failed=failed)
     finally:
         if own_client:  # a client of a dead scheduler closes in bounded time
-            client.close(timeout=5 if lost else None)
+            client.close(timeout=60 if client.status == "running" else 5)
         if own_cluster is not None:
             own_cluster.close()
     return results
-
-
-def _open(where: Any, bundle: ModelBundle, options: JobOptions, chunks) -> Any:
-    return open_scene(where, bands=bundle.bands, chunks=chunks, retry=RetryPolicy.of(options.retries),
-                      boa_add_offset=options.boa_add_offset)
 
 
 def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t_open: float) -> _Run:
@@ -388,23 +387,24 @@ def _scene_identity(scene) -> dict:
     return ident
 
 
-def _check_contract(scene, bundle: ModelBundle, source: str) -> None:
-    """Refuse a scene whose bands or scale the model cannot take (before any compute)."""
-    have = [str(b) for b in scene["band"].values]
-    if have != bundle.bands:
-        missing = [b for b in bundle.bands if b not in have]
-        if missing:
-            raise SceneError(f"scene {source} lacks band(s) {', '.join(missing)} that the model "
-                             f"needs (it has {', '.join(have)}): use a scene with all of "
-                             f"{', '.join(bundle.bands)}")
-        raise SceneError(f"scene {source} bands {have} are not in the model's order {bundle.bands}")
-    if scene.rio.crs is None:
-        raise SceneError(f"scene {source} has no CRS: the outputs could not be georeferenced; "
-                         "write one with rio.write_crs() or gdal_edit.py -a_srs")
-    if bundle.contract.input_scale == "dn" and np.issubdtype(scene.dtype, np.floating) \
-            and scene.attrs.get("scale") == "reflectance":
-        raise SceneError(f"scene {source} holds reflectance (0..1) but the model takes digital "
-                         "numbers (reflectance x 10000): rescale the scene")
+def _open_checked(src: str, bundle: ModelBundle, options: JobOptions,
+                  chunks: tuple[int, int] | None, *, where: Any):
+    """The scene with the model's bands, checked against its contract (headers and a sample)."""
+    kw = {"names": options.bands, "boa_add_offset": options.boa_add_offset,
+          "retry": RetryPolicy.of(options.retries)}
+    try:
+        scene = open_scene(where, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS, **kw)
+    except BandError:  # say which model needs what the scene lacks
+        if where is not src:  # a parsed STAC item already names its missing assets
+            raise
+        have = [str(b) for b in open_scene(where, **kw)["band"].values]
+        raise BandError(missing_bands_message(src, str(bundle.path), bundle.bands, have)) from None
+    scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
+    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):  # headers only
+        scene = open_scene(where, bands=bundle.bands, chunks=scene_chunks, **kw)
+    check_fits(scene, bands=bundle.bands, input_scale=bundle.contract.input_scale,
+               model=str(bundle.path), source=src)
+    return scene, scene_chunks
 
 
 def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Location, options: JobOptions,
@@ -433,17 +433,14 @@ def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Locati
 
 def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions,
                  parsed: Any = None) -> _SceneJob:
-    chunks, where = options.chunks, parsed or src
-    scene = _open(where, bundle, options, chunks or DEFAULT_CHUNKS)
-    scene_chunks = chunks or auto_chunks(scene.sizes["y"], scene.sizes["x"])
+    where, chunks_from = parsed or src, "given" if options.chunks else "auto"
+    scene, scene_chunks = _open_checked(src, bundle, options, options.chunks, where=where)
     sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
     final, partial = out.join(sid), out.join(f".{sid}{PARTIAL_SUFFIX}")
-    chunks_from = "given" if chunks else "auto"
-    if chunks is None and options.resume and partial.exists():  # the chunks it was made with
-        scene_chunks, chunks_from = recorded_chunks(partial) or scene_chunks, "recorded"
-    if chunks is None and scene_chunks != (DEFAULT_CHUNKS, DEFAULT_CHUNKS):  # no pixel reads
-        scene = _open(where, bundle, options, scene_chunks)
-    _check_contract(scene, bundle, src)
+    if options.chunks is None and options.resume and partial.exists():  # the chunks it was made with
+        chunks_from, recorded = "recorded", recorded_chunks(partial)
+        if recorded and recorded != scene_chunks:
+            scene, scene_chunks = _open_checked(src, bundle, options, recorded, where=where)
     mask = scene_mask(scene, options.mask_spec(), scene_id=sid)
     done = 0
     if final.exists() and not options.overwrite:
@@ -521,6 +518,7 @@ def _conclude(flight: _Flight, run: _Run) -> JobResult:
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
                         "replace it")
+    clear_ledger(job.final)  # resume bookkeeping belongs to the partial output only
     record["output"]["dir"] = str(job.final)
     return JobResult(job.source, "complete", str(job.final), record)
 
@@ -617,7 +615,7 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
                    "quicklook": "quicklook.png" if (opts.cog and opts.quicklook) else None,
                    "cog_validation": cog_report, **map_record(opts, "output")},
         "model": {"path": str(bundle.path), "sha256": bundle.sha256,
-                  "contract": bundle.contract.to_dict()},
+                  "contract": bundle.contract.to_dict(), "metrics": metrics_summary(bundle.path)},
         "parameters": {"chunks": [cy, cx], "probabilities": opts.probabilities,
                        "batch_size": run.batch_size, **map_record(opts),
                        "overview_resampling": opts.overview_resampling, "resumed_chunks": resumed},
@@ -636,9 +634,8 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
 
 def _task_error(exc: BaseException, job: _SceneJob) -> S2DaskError:
     if isinstance(exc, S2DaskError):  # one line from the worker: which chunk, which input
-        where = f"scene {job.source}: "
-        return type(exc)(f"{'' if str(exc).startswith(where) else where}{redact(str(exc))}; "
-                         f"finished chunks are kept in {job.partial}: rerun with --resume")
+        return type(exc)(f"scene {job.source}: {redact(str(exc))}; finished chunks are kept in "
+                         f"{job.partial}: rerun with --resume")
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         return StorageError(f"writing the output of {job.source} failed: "

@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import OutputExistsError, ParameterError, SamplesError, SceneError, StorageError
+from .progress import gather
 from .storage import atomic_write_text, staged_file
 from .vector import LabelFeatures, crs_text, feature_pixels, labels_in_scene, read_labels
 
@@ -144,7 +145,7 @@ def _compute(tasks: list, client: Any) -> list:
 
         client, cluster = connect(dashboard=False)
         try:
-            return client.gather(client.compute(tasks))
+            return gather(client, client.compute(tasks), "sampling")
         finally:
             client.close()
             cluster.close()
@@ -152,7 +153,7 @@ def _compute(tasks: list, client: Any) -> list:
         import dask
 
         return list(dask.compute(*tasks, scheduler=client))
-    return client.gather(client.compute(tasks))
+    return gather(client, client.compute(tasks), "sampling")  # a bar on a terminal only
 
 
 def _read_pixels(scene: xr.DataArray, flat: np.ndarray, client: Any) -> tuple[np.ndarray, dict]:

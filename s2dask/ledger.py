@@ -4,6 +4,8 @@ Each prediction task leaves ``<partial>/chunks/<iy>_<ix>.json`` (written atomica
 its region of the Zarr store is written: the chunk's position and its class counts. A
 resumed job computes only chunks without a marker and sums the counts of the others;
 before that, :func:`check_resumable` refuses a partial output made with other settings.
+The ledger belongs to the partial output only: :func:`clear_ledger` removes it from a
+committed one.
 Markers are written on workers and read on the client.
 """
 
@@ -20,8 +22,9 @@ from .records import json_text_default
 from .retry import RetryCounter
 from .storage import Location, atomic_write_text
 
-__all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "write_marker", "read_marker",
-           "read_ledger", "check_resumable", "retry_totals", "recorded_chunks"]
+__all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "MARKERS_DIR", "write_marker",
+           "read_marker", "read_ledger", "check_resumable", "clear_ledger", "retry_totals",
+           "recorded_chunks"]
 
 #: bincount length: every uint8 class value, 255 = nodata
 N_COUNTS = 256
@@ -31,6 +34,8 @@ N_MASK_CODES = len(MASK_CODES)
 N_TOTALS = N_COUNTS + N_MASK_CODES
 #: the settings a partial output was made with (compared on resume)
 PARAMS_FILE = "params.json"
+#: the folder of chunk markers inside a partial output
+MARKERS_DIR = "chunks"
 
 
 def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], x: tuple[int, int],
@@ -137,3 +142,16 @@ def recorded_chunks(partial: Location) -> tuple[int, int] | None:
     except (OSError, ValueError, TypeError, IndexError, AttributeError):
         return None
 
+
+def clear_ledger(output: Location) -> None:
+    """Remove the resume bookkeeping (markers and parameters) from a finished output.
+
+    Called once the output is committed: a complete output holds its data and its record
+    only. A removal that fails leaves the output complete (and is not an error).
+    """
+    for item in (output.join(MARKERS_DIR), output.join(PARAMS_FILE)):
+        try:
+            if item.exists():
+                item.rm()
+        except OSError:
+            pass

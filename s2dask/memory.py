@@ -258,7 +258,8 @@ def fit_scene_chunks(jobs: Any, client: Any, bundle: Any, options: Any, *, reope
 
     ``jobs`` have ``chunks``, ``chunks_from`` (``"given"``, ``"auto"``; ``"recorded"``: a
     resumed output, kept), ``where`` and ``scene``; a scene whose automatic chunks shrink is
-    opened again with ``reopen(where, bundle, options, chunks)`` (no pixel reads).
+    opened again with ``reopen(where, bundle, options, chunks, where=where)[0]`` (the job's
+    checked open; no pixel reads).
 
     Raises
     ------
@@ -269,5 +270,5 @@ def fit_scene_chunks(jobs: Any, client: Any, bundle: Any, options: Any, *, reope
     for job in (j for j in jobs if j.chunks_from != "recorded"):
         chunks = fit_chunks(job.chunks, workers, bundle, options, given=job.chunks_from == "given")
         if chunks != job.chunks:
-            job.scene, job.chunks = reopen(job.where, bundle, options, chunks), chunks
+            job.scene, job.chunks = reopen(job.where, bundle, options, chunks, where=job.where)[0], chunks
 

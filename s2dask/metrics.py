@@ -16,7 +16,8 @@ import numpy as np
 
 from .contract import OUTPUT_NODATA, ClassInfo, class_infos
 
-__all__ = ["classification_metrics", "format_report", "plot_history", "plot_confusion"]
+__all__ = ["classification_metrics", "format_report", "plot_history", "plot_confusion",
+           "metrics_summary"]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
@@ -109,7 +110,8 @@ def format_report(metrics: dict, *, title: str = "test") -> str:
     return "\n".join(lines)
 
 
-def plot_history(history: dict, path: Path) -> None:
+def plot_history(history: dict, path: Path, *, title: str = "training",
+                 best_epoch: int | None = None) -> None:
     """Loss and accuracy per epoch (train and validation) as a PNG.
 
     Parameters
@@ -118,21 +120,54 @@ def plot_history(history: dict, path: Path) -> None:
         Keras' ``History.history``.
     path
         The PNG to write.
+    title
+        The figure's title.
+    best_epoch
+        The epoch (1-based) whose weights were kept (early stopping restores the best
+        validation loss); marked on both panels.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4.4))
     for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
         ep = np.arange(1, len(history.get(key, [])) + 1)
         ax.plot(ep, history.get(key, []), label="train")
         if f"val_{key}" in history:
             ax.plot(ep, history[f"val_{key}"], label="validation")
+        if best_epoch and f"val_{key}" in history and 0 < best_epoch <= len(history[f"val_{key}"]):
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+            ax.plot([best_epoch], [history[f"val_{key}"][best_epoch - 1]], "o", color="black",
+                    label=f"kept: epoch {best_epoch}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def metrics_summary(model_dir: str | Path) -> dict | None:
+    """The headline of a bundle's ``metrics.json``: test OA, kappa, split; ``None`` if absent.
+
+    Parameters
+    ----------
+    model_dir
+        A model bundle directory.
+    """
+    import json
+
+    try:
+        m = json.loads((Path(model_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    split = m.get("split") or {}
+    leak = split.get("leakage") or {}
+    return {"evaluated_on": m.get("evaluated_on"), "overall_accuracy": m.get("overall_accuracy"),
+            "kappa": m.get("kappa"), "n": m.get("n", split.get("counts", {}).get("test")),
+            "split": split.get("method"),
+            "test_pixels_in_train": leak.get("test_pixels_in_train"),
+            "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run")}
 
 
 def plot_confusion(metrics: dict, path: Path, *, title: str) -> None:

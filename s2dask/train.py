@@ -23,6 +23,7 @@ from .bands import canonical_bands
 from .crossval import cross_validate, format_cv_report
 from .errors import ModelError, OutputExistsError, SamplesError
 from .metrics import classification_metrics, format_report, plot_confusion, plot_history
+from .progress import epoch_callback
 from .model import build_model, load_model, save_bundle
 from .samples import (
     DEFAULT_FRACTIONS,
@@ -36,8 +37,10 @@ from .samples import (
 from .storage import atomic_write_text, commit_dir
 
 __all__ = [
+    "AUTO_SPLIT",
     "DEFAULTS",
     "OPTIMIZERS",
+    "default_split",
     "classification_metrics",
     "evaluate",
     "format_report",
@@ -66,10 +69,29 @@ DEFAULTS = {
 # --------------------------------------------------------------------------- training
 
 
+#: ``split="auto"``: the split without leakage that the table allows (see :func:`default_split`)
+AUTO_SPLIT = "auto"
+
+
+def default_split(data: Samples) -> str:
+    """The leak-free split a table allows: ``group``, else ``pixel``, else ``random``.
+
+    ``group`` (whole labelled features on one side) when the table has groups
+    (``feature_id`` from ``s2dask sample``) and every class spans at least 3 of them;
+    ``pixel`` (no pixel on two sides) when it has x,y coordinates; ``random`` only for a
+    table without coordinates, where no grouping is possible (its report says it leaks).
+    """
+    if data.groups is not None:
+        per_class = [len(np.unique(data.groups[data.y == v])) for v in data.class_values]
+        if min(per_class) >= 3:
+            return "group"
+    return "pixel" if data.xy is not None else "random"
+
+
 def _check_params(*, split, epochs, batch_size, units, dropout, optimizer, learning_rate,
                   early_stopping, class_weight, l1, l2) -> None:
-    if split not in SPLIT_METHODS:
-        raise SamplesError(f"unknown split {split!r}: use one of {', '.join(SPLIT_METHODS)}")
+    if split not in (*SPLIT_METHODS, AUTO_SPLIT):
+        raise SamplesError(f"unknown split {split!r}: use one of {AUTO_SPLIT}, {', '.join(SPLIT_METHODS)}")
     if int(epochs) < 1 or int(batch_size) < 1:
         raise ModelError(f"epochs and batch size must be positive, got {epochs} and {batch_size}")
     if not units or any(int(u) < 1 for u in units):
@@ -135,7 +157,7 @@ def train(
     class_table: str | os.PathLike | None = None,
     x: str | None = "x",
     y: str | None = "y",
-    split: str = "random",
+    split: str = AUTO_SPLIT,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     epochs: int = DEFAULTS["epochs"],
@@ -172,9 +194,10 @@ def train(
         Passed to :func:`~s2dask.samples.read_samples` (``label`` None: the column a table
         written by ``s2dask sample`` names, else ``Class_ID``).
     split
-        ``"random"`` (the tutorial's, leaky on point data), ``"pixel"``, ``"block"`` or
-        ``"group"`` (whole labelled features, ``group_column``); see
-        :func:`~s2dask.samples.split_samples`.
+        ``"auto"`` (default: ``group`` or ``pixel``, the leak-free split the table allows, see
+        :func:`default_split`), ``"random"`` (the tutorial's protocol, leaky on point data),
+        ``"pixel"``, ``"block"`` or ``"group"`` (whole labelled features, ``group_column``);
+        see :func:`~s2dask.samples.split_samples`.
     fractions
         Train / validation / test fractions (default 0.75 / 0.12 / 0.13).
     seed
@@ -233,6 +256,10 @@ def train(
                   class_weight=class_weight, l1=l1, l2=l2)
     data = _resolve_samples(samples, label=label, bands=bands, name_column=name_column,
                             class_table=class_table, x=x, y=y, group_column=group_column)
+    if split == AUTO_SPLIT:
+        split = default_split(data)
+        _log(verbose, f"split: {split} (the default: the leak-free split this table allows; "
+                      "--split random is the tutorial's protocol)")
     parts = split_samples(data, method=split, fractions=fractions, seed=seed,
                           pixel_size=pixel_size, block_size=block_size, group_column=group_column)
     cv_folds = None if not folds else fold_indices(
@@ -299,14 +326,18 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
     if early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=early_stopping, restore_best_weights=True))
+    if verbose:  # one tqdm bar of epochs on a terminal, nothing per epoch in a log
+        callbacks.append(epoch_callback(epochs, "training"))
     t0 = time.perf_counter()
     hist = model.fit(Xtr, ytr, validation_data=(Xva, yva), epochs=epochs, batch_size=batch_size,
-                     shuffle=True, class_weight=weights, callbacks=callbacks,
-                     verbose=2 if verbose else 0)
+                     shuffle=True, class_weight=weights, callbacks=callbacks, verbose=0)
     seconds = time.perf_counter() - t0
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
     epochs_run = len(history.get("loss", []))
     best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else epochs_run
+    _log(verbose, f"trained {epochs_run} epoch(s) in {seconds:.1f} s; "
+                  + (f"kept epoch {best_epoch} (val_loss {history['val_loss'][best_epoch - 1]:.4f})"
+                     if early_stopping and history.get("val_loss") else "kept the last epoch"))
 
     split_info = dict(parts.info)
     extra = {
@@ -343,7 +374,9 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "history.json").write_text(json.dumps(history) + "\n")
-    plot_history(history, tmp / "training.png")
+    plot_history(history, tmp / "training.png", best_epoch=best_epoch if early_stopping else None,
+                 title=f"{out.name}: training ({parts.method} split), "
+                       f"{'weights of epoch ' + str(best_epoch) + ' kept' if early_stopping else f'{epochs_run} epochs'}")
     plot_confusion(metrics, tmp / "confusion.png", title=f"{out.name}, test ({parts.method} split)")
     return metrics
 

@@ -330,6 +330,7 @@ def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, clas
         scale = max(1.0, max(src.width, src.height) / max_size)
         shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
         data = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        bounds, crs = src.bounds, src.crs
     classes = class_infos(classes)
     table = colour_table(classes)
     rgba = np.array([table[v] for v in range(256)], dtype="float32") / 255.0
@@ -343,8 +344,9 @@ def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, clas
                              label=mask_legend["name"]))
     fig = Figure(figsize=(8, 8 * shape[0] / max(shape[1], 1) + 0.5), dpi=100)
     ax = fig.subplots()
-    ax.imshow(image, interpolation="nearest")
-    ax.set_axis_off()
+    ax.imshow(image, interpolation="nearest",
+              extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
+    _map_axes(ax, bounds, crs)
     ax.set_title(title or Path(cog_path).parent.name)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
@@ -359,3 +361,25 @@ def _sample_layer(store: Location, name: str, shape: tuple[int, int]) -> np.ndar
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * arr.shape[0] / shape[0]).astype(int), arr.shape[0] - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * arr.shape[1] / shape[1]).astype(int), arr.shape[1] - 1)
     return np.asarray(arr.get_orthogonal_selection((rows, cols)))
+
+
+def _map_axes(ax, bounds, crs) -> None:
+    """Axis ticks in the map's CRS and, in metres, a scale bar of a round length."""
+    epsg = crs.to_epsg() if crs is not None else None
+    name = f"EPSG:{epsg}" if epsg else "map units"
+    ax.set_xlabel(f"x ({name})", fontsize=8)
+    ax.set_ylabel(f"y ({name})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    if crs is None or not crs.is_projected or crs.linear_units.lower() not in ("metre", "meter", "m"):
+        return
+    width = bounds.right - bounds.left
+    length = 10 ** np.floor(np.log10(width / 4))
+    length *= max(k for k in (1, 2, 5) if k * length <= width / 4)
+    x0 = bounds.left + 0.05 * width
+    y0 = bounds.bottom + 0.05 * (bounds.top - bounds.bottom)
+    ax.plot([x0, x0 + length], [y0, y0], color="black", linewidth=3, solid_capstyle="butt")
+    label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+    ax.annotate(label, (x0 + length / 2, y0), xytext=(0, 4), textcoords="offset points",
+                ha="center", va="bottom", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})

@@ -181,9 +181,7 @@ def test_storage_503s_are_retried_recorded_and_change_nothing(synth_dir, tiny_mo
     assert retries["total"] == proxy.failed == 7, (retries, proxy.log)
     assert "503 SlowDown" in retries["reasons"]
     assert any(r.startswith("GDAL HTTP 503") for r in retries["reasons"])
-    markers = [json.loads(s3.get_object(Bucket="chaos", Key=o["Key"])["Body"].read())
-               for o in s3.list_objects_v2(Bucket="chaos", Prefix="out/scene/chunks/")["Contents"]]
-    assert sum(m["retries"] for m in markers) == retries["total"]
+    # (the chunk markers that recorded them per chunk leave with the partial output)
     job = json.loads(s3.get_object(Bucket="chaos", Key="out/scene/job.json")["Body"].read())
     assert job["retries"] == retries
     proxy.set_faults([])

@@ -289,10 +289,12 @@ def test_smoothing_with_a_mask_file_is_seamless_and_skips_masked_pixels(scene_di
     assert (classes[90:110, 40:90] == 255).all() and (a["mask"].values[90:110, 40:90] != 0).all()
     # the masked block is not smoothed into: its neighbours equal a scene where it is nodata
     with rasterio.open(scene_dir / "scene.tif") as src:
-        data, prof = src.read(), src.profile
+        data, prof, names = src.read(), src.profile, src.descriptions
     data[:, 90:110, 40:90] = 0
     with rasterio.open(tmp_path / "holed.tif", "w", **prof) as dst:
         dst.write(data)
+        for i, name in enumerate(names, 1):  # band order is never guessed
+            dst.set_band_description(i, name)
     _, c = _job(tmp_path / "holed.tif", scene_dir, tmp_path / "c", one_worker, chunks=4096, smooth=3,
                 uncertainty="least")
     np.testing.assert_array_equal(classes, c["classes"].values)

@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     table = write_table(separable_table(40, seed=1), d / "points.csv")
     out = d / "model"
-    metrics = train(table, out, seed=7, **FAST)
+    metrics = train(table, out, seed=7, split="random", **FAST)  # the tutorial's protocol, by name
     return table, out, metrics
 
 
@@ -102,7 +102,7 @@ def test_evaluate_reproduces_test_metrics(trained, tmp_path, capsys):
 
 def test_seeded_training_is_reproducible(trained, tmp_path):
     table, _, metrics = trained
-    again = train(table, tmp_path / "again", seed=7, **FAST)
+    again = train(table, tmp_path / "again", seed=7, split="random", **FAST)
     assert again["split"]["counts"] == metrics["split"]["counts"]
     assert abs(again["overall_accuracy"] - metrics["overall_accuracy"]) <= 0.03
 
@@ -147,7 +147,7 @@ def test_existing_model_dir_refused_then_overwritten(trained, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert not (out / "keep.txt").exists() and (out / "model.keras").is_file()
-    assert "Epoch 2/2" in printed and "overall accuracy" in printed and "pixel-grouped" in printed
+    assert "trained 2 epoch(s)" in printed and "overall accuracy" in printed and "pixel-grouped" in printed
     contract = json.loads((out / "model.json").read_text())
     assert contract["training"]["optimizer"] == "sgd" and contract["split"]["method"] == "pixel"
     assert not _leftovers(tmp_path)

@@ -65,6 +65,7 @@ from .formats import (
     is_zarr,
     open_zarr,
     safe_layout,
+    stored_band_names,
 )
 from .graph import chunk_pair, scene_array
 from .reader import READ_ENV
@@ -84,6 +85,7 @@ def open_scene(
     chunks: int | tuple[int, int] = 2048,
     resampling: str = "nearest",
     boa_add_offset: int | None = None,
+    names: Sequence[str] | str | None = None,
     retry: RetryPolicy | None = None,
 ) -> xr.DataArray:
     """Open a Sentinel-2 scene as a lazy, chunked ``(band, y, x)`` DataArray.
@@ -112,6 +114,11 @@ def open_scene(
         STAC items only: the DN offset their data carry (``-1000``: baseline 04.00+ values
         with the offset in them, 1000 is subtracted; ``0``: nothing is done), for items
         that do not say it (see :mod:`s2dask.stac`).
+    names
+        The input's bands in stored order (``--bands`` of ``classify``), for a GeoTIFF or
+        Zarr stack whose bands are unnamed; ``bands`` then only selects. Where the input
+        names its bands (descriptions, file names), they must agree (else ``SceneError``
+        quoting both).
     retry
         How GDAL retries failed HTTP requests of remote rasters when the blocks are read
         (:class:`s2dask.retry.RetryPolicy`; ``None``: from each worker's environment).
@@ -127,7 +134,9 @@ def open_scene(
         ``tile_id``, ``sensing_time``, ``processing_baseline``, ``product_level`` where the
         input carries them; ``scl_path`` and ``scl_resolution`` where it has a Scene
         Classification Layer (SAFE L2A, a band folder with an SCL file, a STAC ``scl``
-        asset); for STAC items ``stac_item``, ``offset_notes`` and ``offset_rule``.
+        asset); for STAC items ``stac_item``, ``offset_notes`` and ``offset_rule``;
+        ``bands_named_by``: ``"input"``, ``"names"`` or ``"bands"`` (an unnamed input named
+        by the ``bands`` list).
 
     Raises
     ------
@@ -142,10 +151,11 @@ def open_scene(
     if resampling not in RESAMPLING_METHODS:
         raise SceneError(f"unknown resampling {resampling!r}: use one of {', '.join(RESAMPLING_METHODS)}")
     wanted = canonical_bands(bands) if bands is not None else None
+    given = canonical_bands(names) if names is not None else None
     if isinstance(path, StacScene) or is_stac(path):
         return open_stac_scene(path, wanted, chunk_yx, resampling, boa_add_offset=boa_add_offset)
     if is_remote(path):
-        return _open_remote(os.fspath(path), wanted, chunk_yx, resampling, retry)
+        return _open_remote(os.fspath(path), wanted, chunk_yx, resampling, given, retry)
     src = Path(path).expanduser()
     if not src.exists():
         raise SceneError(
@@ -153,12 +163,15 @@ def open_scene(
         )
     if src.is_dir():
         if is_zarr(src):
-            return open_zarr(src, wanted, chunk_yx)
+            return open_zarr(src, wanted, chunk_yx, names=given)
         kind = "safe" if is_safe(src) else "folder"
         layout = safe_layout(src) if kind == "safe" else folder_layout(src)
         layout.attrs.update(scl_attrs(src, kind, abs(layout.grid.transform[0])))
+        stored_band_names(list(layout.reads), names=given, wanted=None, src=src,
+                          what="band files", ordered=False)
+        layout.attrs["bands_named_by"] = "input"
     else:
-        layout = file_layout(src, wanted)
+        layout = file_layout(src, wanted, given)
     return scene_array(layout, src, wanted, chunk_yx, resampling, retry=retry)
 
 
@@ -202,7 +215,8 @@ def scene_summary(scene: xr.DataArray) -> dict[str, Any]:
 
 
 def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
-                 resampling: str, retry: RetryPolicy | None = None) -> xr.DataArray:
+                 resampling: str, names: list[str] | None = None,
+                 retry: RetryPolicy | None = None) -> xr.DataArray:
     """A scene on an object store: a single GeoTIFF/COG (read by GDAL) or a Zarr store."""
     try:
         check_input_location(url)
@@ -210,7 +224,8 @@ def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
         raise SceneError(str(exc)) from None
     if url.rstrip("/").lower().endswith(".zarr"):
         name = Path(url.rstrip("/").rsplit("/", 1)[-1])
-        return open_zarr(name, wanted, chunk_yx, url=url, storage_options=storage_options_for(url))
+        return open_zarr(name, wanted, chunk_yx, url=url, storage_options=storage_options_for(url),
+                         names=names)
     if protocol_of(url) not in ("s3", "s3a"):
         raise SceneError(f"scene {url}: only s3:// rasters can be read from an object store here; "
                          "copy it locally or use s3://")
@@ -218,7 +233,7 @@ def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
         raise SceneError(f"scene {url}: on an object store a scene must be one GeoTIFF/COG file or a "
                          ".zarr store (band folders and .SAFE products are read from disk)")
     src = Path("/vsis3/" + url.split("://", 1)[1])
-    layout = file_layout(src, wanted)
+    layout = file_layout(src, wanted, names)
     out = scene_array(layout, src, wanted, chunk_yx, resampling, retry=retry)
     out.attrs["source"] = url
     return out

@@ -22,7 +22,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from ..bands import BAND_NAMES, canonical_band, find_band_in_name
+from ..bands import BAND_NAMES, DEFAULT_BANDS, canonical_band, find_band_in_name
 from ..contract import normalise_nodata
 from ..errors import BandError, SceneError
 from ..storage import remote_env, stat
@@ -31,7 +31,7 @@ from .reader import BandRead, Grid
 
 __all__ = ["RASTER_SUFFIXES", "IDENTITY_TAGS", "Layout", "RasterInfo", "inspect_raster",
            "file_layout", "folder_layout", "safe_layout", "stack_layout", "is_safe", "is_zarr", "open_zarr",
-           "select_bands", "safe_id"]
+           "select_bands", "safe_id", "stored_band_names", "unnamed_message"]
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img"}
 IDENTITY_TAGS = ("scene_id", "tile_id", "sensing_time", "processing_baseline", "product_level")
@@ -111,34 +111,88 @@ def _band_from_description(text: str | None) -> str | None:
         return find_band_in_name(text)
 
 
-def file_layout(path: Path, wanted: list[str] | None) -> Layout:
+def stored_band_names(stored: Sequence[str | None], *, names: Sequence[str] | None,
+                      wanted: Sequence[str] | None, src: Any, what: str = "band descriptions",
+                      ordered: bool = True) -> tuple[list[str], str]:
+    """The names of an input's stored bands, in stored order, and what named them.
+
+    ``stored`` holds the input's own name of each band (``None`` where it has none).
+    ``names`` (``--bands`` of ``classify``) names the stored bands in order and must agree
+    with every name the input holds; without it, an unnamed input is named by ``wanted``
+    (an explicit ``bands=`` list: the caller's word, never a guess made here).
+
+    Returns
+    -------
+    tuple
+        ``(names in stored order, how)``, ``how`` one of ``"input"`` (the input named
+        them), ``"names"`` (``names=``) or ``"bands"`` (the ``bands=`` list).
+
+    Raises
+    ------
+    SceneError
+        If ``names`` disagrees with the input's names or counts, or the input is unnamed
+        and neither list names every band.
+    """
+    count = len(stored)
+    if names is not None:
+        names = list(names)
+        given = [str(s) for s in stored if s]
+        if ordered:
+            conflict = bool(given) and (len(names) != count or
+                                        any(s and s != n for s, n in zip(stored, names)))
+        else:
+            conflict = sorted(names) != sorted(given)
+        if conflict:
+            raise SceneError(
+                f"{src}'s {what} say {','.join(s or '?' for s in stored)} but --bands (bands=) says "
+                f"{','.join(names)}: drop --bands (the input names its bands) or fix its {what}"
+            )
+        if len(names) != count:
+            raise SceneError(
+                f"{src} has {count} unnamed band(s) but --bands (bands=) names {len(names)}: "
+                "name every band of the input, in stored order"
+            )
+        return (names if ordered else given), "names"
+    if all(stored) and count:
+        return [str(s) for s in stored], "input"
+    if any(stored):
+        return [str(s) for s in stored if s], "input"
+    if wanted is None or len(wanted) != count:
+        raise SceneError(unnamed_message(src, count, wanted or DEFAULT_BANDS, what=what))
+    return list(wanted), "bands"
+
+
+def unnamed_message(src: Any, count: int, example: Sequence[str], *,
+                    what: str = "band descriptions") -> str:
+    """The refusal of an input whose bands are unnamed, with ``example`` as the ``--bands`` value."""
+    return (f"{src} has {count} band(s) without {what}: s2dask does not guess band order; name "
+            f"every band in stored order with --bands (bands=[...] in Python), e.g. --bands "
+            f"{','.join(example)}")
+
+
+def file_layout(path: Path, wanted: list[str] | None, names: list[str] | None = None) -> Layout:
     info = inspect_raster(path)
     _require_crs(info)
     described = [_band_from_description(d) for d in info.descriptions]
     if any(described):
-        names = [d for d in described if d]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        named = [d for d in described if d]
+        dupes = sorted({n for n in named if named.count(n) > 1})
         if dupes:
             raise SceneError(
                 f"{path} describes band(s) {', '.join(dupes)} more than once: fix the band descriptions"
             )
+    stored, how = stored_band_names(described, names=names, wanted=wanted, src=path)
+    if any(described) and names is None:
         index = {name: i + 1 for i, name in enumerate(described) if name}
     else:
-        if wanted is None:
-            raise SceneError(
-                f"{path} has {info.count} band(s) without band descriptions: pass bands=[...] "
-                "(--bands) naming every band in file order, e.g. B02,B03,B04"
-            )
-        if len(wanted) != info.count:
-            raise SceneError(
-                f"{path} has {info.count} band(s) without band descriptions but bands= names {len(wanted)}: "
-                "name every band of the file, in file order"
-            )
-        index = {name: i + 1 for i, name in enumerate(wanted)}
+        index = {name: i + 1 for i, name in enumerate(stored)}
     reads = {name: BandRead(name, str(path), bidx, 1, 0) for name, bidx in index.items()}
     nodata = _common_nodata({n: info.nodatavals[b - 1] for n, b in index.items()}, path)
     attrs = _tag_identity(info.tags)
-    attrs.update(harmonised=False, offset_applied={})
+    attrs.update(harmonised=False, offset_applied={}, bands_named_by=how)
+    scale = {k.lower(): v for k, v in info.tags.items()}.get("scale", "").lower()
+    if scale in ("dn", "reflectance"):
+        attrs["scale"] = scale
     dtypes = {info.dtypes[b - 1] for b in index.values()}
     return Layout(
         reads=reads,
@@ -424,7 +478,8 @@ def is_zarr(path: Path) -> bool:
 
 
 def open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int], *,
-               url: str | None = None, storage_options: dict | None = None) -> xr.DataArray:
+               url: str | None = None, storage_options: dict | None = None,
+               names: list[str] | None = None) -> xr.DataArray:
     """A Zarr store written by xarray as a lazy ``(band, y, x)`` scene (no pixel reads).
 
     Raises
@@ -445,12 +500,12 @@ def open_zarr(store: Path, wanted: list[str] | None, chunk_yx: tuple[int, int], 
         raise SceneError(
             f"cannot open Zarr store {store} ({type(exc).__name__}: {exc}): give a store written by xarray"
         ) from None
-    arr, names, attrs = _zarr_bands(ds, wanted, chunk_yx, store)
-    return _zarr_scene(ds, arr, names, attrs, chunk_yx, store, url)
+    arr, selected, attrs = _zarr_bands(ds, wanted, chunk_yx, store, names)
+    return _zarr_scene(ds, arr, selected, attrs, chunk_yx, store, url)
 
 
 def _zarr_bands(ds: xr.Dataset, wanted: list[str] | None, chunk_yx: tuple[int, int],
-                store: Path) -> tuple[xr.DataArray, list[str], dict]:
+                store: Path, names_given: list[str] | None = None) -> tuple[xr.DataArray, list[str], dict]:
     """The store's bands as one chunked ``(band, y, x)`` array: per-band variables or one stack."""
     per_band: dict[str, str] = {}
     stacked: list[str] = []
@@ -463,31 +518,28 @@ def _zarr_bands(ds: xr.Dataset, wanted: list[str] | None, chunk_yx: tuple[int, i
         elif arr.ndim == 3 and "band" in arr.dims and {"y", "x"} <= set(arr.dims):
             stacked.append(str(var))
     if per_band:
-        available = [b for b in BAND_NAMES if b in per_band]
+        available, how = stored_band_names([b for b in BAND_NAMES if b in per_band], names=names_given,
+                                           wanted=wanted, src=f"Zarr store {store}",
+                                           what="variables", ordered=False)
         names = select_bands(available, wanted, store)
         # chunk each variable first: combining lazily-indexed (unchunked) variables would load them
         parts = [ds[per_band[b]].chunk({"y": chunk_yx[0], "x": chunk_yx[1]}) for b in names]
         arr = xr.concat(parts, dim="band", coords="minimal", compat="override", join="exact")
         arr = arr.assign_coords(band=names)
-        attrs = {**ds.attrs, **ds[per_band[names[0]]].attrs}
+        attrs = {**ds.attrs, **ds[per_band[names[0]]].attrs, "bands_named_by": how}
     elif len(stacked) == 1:
         arr = ds[stacked[0]].transpose("band", "y", "x")
         stored = [_band_from_description(str(v)) for v in arr["band"].values]
         long_name = arr.attrs.get("long_name")
         if not all(stored) and isinstance(long_name, (list, tuple)) and len(long_name) == arr.sizes["band"]:
             stored = [_band_from_description(str(v)) for v in long_name]
-        if all(stored):
-            available = [str(s) for s in stored]
-            names = select_bands(available, wanted, store)
-        else:
-            if wanted is None or len(wanted) != arr.sizes["band"]:
-                raise SceneError(
-                    f"Zarr store {store} has {arr.sizes['band']} unnamed band(s): pass bands=[...] naming every band in stored order"
-                )
-            available, names = list(wanted), list(wanted)
+        available, how = stored_band_names(
+            stored if all(stored) else [None] * len(stored), names=names_given, wanted=wanted,
+            src=f"Zarr store {store}", what="band names")
+        names = select_bands(available, wanted, store) if how != "bands" else list(wanted)
         arr = arr.chunk({"band": -1, "y": chunk_yx[0], "x": chunk_yx[1]})  # lazy from here on
         arr = arr.assign_coords(band=available).sel(band=names)
-        attrs = {**ds.attrs, **arr.attrs}
+        attrs = {**ds.attrs, **arr.attrs, "bands_named_by": how}
     elif len(stacked) > 1:
         raise SceneError(
             f"Zarr store {store} has several (band, y, x) variables ({', '.join(stacked)}): keep one, or store one variable per band"
@@ -512,7 +564,8 @@ def _zarr_scene(ds: xr.Dataset, arr: xr.DataArray, names: list[str], attrs: dict
     nodata = normalise_nodata(nodata)
     keep = {
         k: attrs[k]
-        for k in (*IDENTITY_TAGS, "harmonised", "offset_applied", "native_resolution", "resampling")
+        for k in (*IDENTITY_TAGS, "harmonised", "offset_applied", "native_resolution", "resampling",
+                  "bands_named_by", "scale")
         if k in attrs
     }
     keep.setdefault("scene_id", safe_id(store.stem))
