@@ -6,7 +6,7 @@ kills a random worker process every ``--kill-every`` seconds (``os._exit`` in th
 as distributed's own tests do; the nanny starts a new one) and the proxy answers a
 fraction of S3 requests with ``503 SlowDown`` or a dropped connection. Reported as JSON:
 scenes completed, outputs equal to the undisturbed run, storage faults injected, retries
-recorded in the job records (once the job records them), worker restarts, and the wall
+recorded in the job records (``job.json`` ``retries``), worker restarts, and the wall
 time against the undisturbed run. Target: every scene completes and equals, wall time
 under 2x at one kill per 10 s.
 
@@ -66,11 +66,13 @@ class ChaosLoop(threading.Thread):
         super().__init__(daemon=True, name="chaos")
         self.client, self.every, self.rng = client, every, random.Random(seed)
         self.kills = 0
+        self.seen: set[str] = set()  # every worker address met: restarted ones get new ones
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.wait(self.every):
             workers = sorted(self.client.scheduler_info()["workers"])
+            self.seen.update(workers)
             if not workers:
                 continue
             victim = self.rng.choice(workers)
@@ -122,9 +124,12 @@ def run(a) -> dict:
     try:
         urls = _upload_scenes(a.scenes, a.size, moto)
         model = C.model_bundle()
-        with LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, memory_limit=a.memory_limit) as cluster, \
-                Client(cluster) as client:
+        cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, memory_limit=a.memory_limit)
+        client = Client(cluster)
+        try:
+            # warm-up (model delivered and built in every worker), so both timed runs start alike
+            _run_batch(urls[:1], model, f"s3://{BUCKET}/warm", client=client, chunks=a.chunks)
             t_ref, ref = _run_batch(urls, model, f"s3://{BUCKET}/ref", client=client, chunks=a.chunks)
             first = set(client.scheduler_info()["workers"])
             proxy.set_faults([
@@ -140,7 +145,13 @@ def run(a) -> dict:
                 chaos.stop()
                 faults = proxy.failed
                 proxy.set_faults([])
-            seen_workers = len(first | set(client.scheduler_info()["workers"]))
+            seen_workers = len(first | chaos.seen | set(client.scheduler_info()["workers"]))
+        finally:  # a worker the nanny is restarting may not stop in time: not a result
+            for closing in (client.close, cluster.close):
+                try:
+                    closing()
+                except Exception as exc:
+                    print(f"closing: {type(exc).__name__}: {exc}", file=sys.stderr)
         scenes = []
         for r0, r1 in zip(ref, res):
             equal = r1.status == "complete" and r0.status == "complete" and _equal(
@@ -155,6 +166,7 @@ def run(a) -> dict:
     return {"undisturbed_wall_s": t_ref, "chaos_wall_s": t_chaos, "wall_ratio": t_chaos / t_ref,
             "scenes": len(scenes), "completed": done, "equal": sum(s["equal"] for s in scenes),
             "worker_kills": chaos.kills, "worker_processes_seen": seen_workers,
+            "worker_restarts": seen_workers - a.workers,
             "storage_faults_injected": faults, "proxy_requests": proxy.requests,
             "retries_recorded_total": sum(s["retries_recorded"] or 0 for s in scenes),
             "per_scene": scenes,

@@ -10,6 +10,7 @@ a time costs. ``bytes_per_chunk_pixel = (peak - baseline) / edge^2`` is the figu
     python benchmarks/memory.py                          # edges 256 512 1024 2048
     python benchmarks/memory.py --edges 512 --probabilities
     python benchmarks/memory.py --limit-check 1.5GiB --size 4096 --workers 2
+    python benchmarks/memory.py --engine-baseline        # worker baseline per engine
 """
 
 from __future__ import annotations
@@ -121,6 +122,53 @@ def limit_check(limit: str, *, size: int, workers: int) -> dict:
             "workers_replaced": restarted}
 
 
+_ENGINE_RSS = """
+import json, sys
+import numpy as np, dask, distributed, xarray, zarr, rasterio, psutil  # a worker's stack
+from s2dask.model import load_model
+engine, bundle = sys.argv[1], sys.argv[2]
+b = load_model(bundle, check_keras=False)
+x = np.random.default_rng(0).integers(0, 3000, (4 * 8192, 10)).astype("float32")
+if engine == "openvino":
+    from s2dask.engine import get_openvino_predictor
+    from s2dask.openvino_ir import load_ir
+    pred = get_openvino_predictor(b.sha256, b.contract, lambda: load_ir(bundle), precision="fp32",
+                                  batch_size=8192, threads=1)
+else:
+    pred = b.predictor(batch_size=8192)
+pred.predict_rows(x)  # warm: every buffer of the forward pass allocated
+print(json.dumps({"engine": engine, "rss_bytes": psutil.Process().memory_info().rss,
+                  "tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+def engine_baselines() -> dict:
+    """RSS of a fresh process with a worker's imports, the model built and one warm batch,
+    per engine (s2dask.engine directly: OpenVINO from the bundle's stored IR, no TensorFlow).
+
+    The Dask worker itself adds to this: the TensorFlow figure here against the 1.05 GiB
+    measured in a real worker gives that overhead, added to the OpenVINO figure for
+    :data:`s2dask.memory.OPENVINO_BASELINE_BYTES`.
+    """
+    import json
+    import subprocess
+
+    from s2dask.openvino_ir import export_ir
+
+    bundle = C.scratch("memory-ir") / "bundle"
+    if not (bundle / "model.xml").is_file():
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.copytree(C.model_bundle(), bundle)
+        export_ir(bundle)
+    out = {}
+    for engine in ("openvino", "tensorflow"):
+        proc = subprocess.run([sys.executable, "-c", _ENGINE_RSS, engine, str(bundle)],
+                              capture_output=True, text=True, check=True)
+        out[engine] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[engine]["rss_gib"] = out[engine]["rss_bytes"] / 2**30
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--edges", type=int, nargs="*", default=[256, 512, 1024, 2048])
@@ -129,8 +177,15 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=4096, help="scene edge of the limit check")
     p.add_argument("--workers", type=int, default=2, help="workers of the limit check")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/memory.json)")
+    p.add_argument("--engine-baseline", action="store_true",
+                   help="RSS of a process with the model built, per engine (OpenVINO, TensorFlow)")
     a = p.parse_args(argv)
     data = C.header("memory", vars(a))
+    if a.engine_baseline:
+        data["engine_baseline"] = engine_baselines()
+        print({e: round(r["rss_gib"], 3) for e, r in data["engine_baseline"].items()})
+        C.write_json(data, a.json, "memory-engine-baseline.json")
+        return 0
     if a.limit_check:
         data["limit_check"] = limit_check(a.limit_check, size=a.size, workers=a.workers)
         print(data["limit_check"])

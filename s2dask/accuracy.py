@@ -32,8 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import OutputExistsError, ParameterError, SamplesError
 from .design import allocate, design
+from .errors import OutputExistsError, ParameterError, SamplesError
 from .maps import DEFAULT_CHUNK, RasterSource, open_map, write_atomically
 from .storage import atomic_write_text
 

@@ -358,6 +358,15 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                        help="replace existing outputs (the old one goes only when the new is complete)")
     state.add_argument("--resume", action="store_true",
                        help="finish an interrupted job: compute only the chunks not yet written")
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="retries of a failed storage request, with backoff (default 5, or "
+                   "$S2DASK_RETRIES; 0 = none); recorded per chunk in job.json")
+    p.add_argument("--scheduler-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds without an answer from the scheduler before the job stops, "
+                   "keeping finished chunks for --resume (default 60)")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="memory limit per worker of the embedded cluster, e.g. 1.5GiB (default: "
+                   "the machine's memory shared out); chunks are picked to fit it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_mask_options(p)
     p.set_defaults(handler=_cmd_classify)
@@ -395,7 +404,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 "tf_threads": None}
     starter = ClusterStart(args.model, delivery=delivery, scheduler=args.scheduler,
                            scheduler_file=args.scheduler_file, security=security, timeout=args.timeout,
-                           workers=args.workers, threads_per_worker=args.threads_per_worker, gpu=args.gpu)
+                           workers=args.workers, threads_per_worker=args.threads_per_worker, gpu=args.gpu,
+                           memory_limit=args.memory_limit or "auto")
     try:
         from .job import classify
 
@@ -410,7 +420,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             bands=_band_list(args.bands),
             engine=args.engine, precision=args.precision, progress=False if args.quiet else None,
             mask=args.mask, mask_classes=args.mask_classes, boa_add_offset=args.boa_add_offset,
-            uncertainty=args.uncertainty, smooth=args.smooth,
+            uncertainty=args.uncertainty, smooth=args.smooth, retries=args.retries,
+            scheduler_timeout=args.scheduler_timeout, memory_limit=args.memory_limit,
+            resume_command=_resume_command(getattr(args, "argv", None)),
         )
     finally:
         starter.close()  # only if the job did not take it over (it failed before)
@@ -422,6 +434,16 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             failed += 1
             print(f"s2dask classify: error: {r.error}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _resume_command(argv: Sequence[str] | None) -> str | None:
+    """``s2dask classify ... --resume``: this command, made to finish an interrupted job."""
+    if argv is None:
+        return None
+    import shlex
+
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["s2dask", *kept, "--resume"])
 
 
 def _job_line(record: dict) -> str:
@@ -542,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -25,6 +25,7 @@ __all__ = [
     "local_cluster_size",
     "cluster_summary",
     "host_thread_counts",
+    "register_plugin",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,31 @@ def host_thread_counts(client) -> dict[str, int]:
         host = info.get("host") or addr.split("://")[-1].rsplit(":", 1)[0]
         counts[host] += int(info.get("nthreads", 1))
     return dict(counts)
+
+
+def register_plugin(client, plugin, *, attempts: int = 3) -> None:
+    """``client.register_plugin(plugin)``, again when a worker left while it was delivered.
+
+    The scheduler keeps the plugin for workers that join later and sends it to every
+    current worker; a worker retired or lost at that moment makes the broadcast fail with
+    a closed connection although the others have it. Registering again is harmless (the
+    model plugin builds each model once per process).
+
+    Raises
+    ------
+    ClusterError
+        If the connection keeps failing ``attempts`` times.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            client.register_plugin(plugin)
+            return
+        except OSError as exc:  # distributed's CommClosedError: a worker went away
+            if attempt == attempts:
+                raise ClusterError(f"could not deliver the model to the workers of "
+                                   f"{client.scheduler.address}: {' '.join(str(exc).split())[:200]}; "
+                                   "workers keep leaving: check their logs") from None
+            log.info("a worker left while the model was delivered (%s): again", exc)
 
 
 # ---------------------------------------------------------------- clusters
@@ -148,7 +174,9 @@ def connect(
     Raises
     ------
     ClusterError
-        If the scheduler cannot be reached, refuses the connection (TLS), or the
+        If nothing listens at ``scheduler`` or what answers there is not a Dask scheduler
+        (:func:`s2dask.watchdog.check_scheduler`), if the scheduler cannot be reached,
+        refuses the connection (TLS), or the
         scheduler file is missing, or ``gpu`` is asked without dask-cuda.
     """
     import dask
@@ -161,6 +189,10 @@ def connect(
         if scheduler_file and not Path(scheduler_file).is_file():
             raise ClusterError(f"scheduler file {scheduler_file} does not exist: start the cluster "
                                "first (cluster/local/start.sh) or give --scheduler ADDRESS")
+        if scheduler:  # something that answers but is not a Dask scheduler: one line, now
+            from .watchdog import check_scheduler
+
+            check_scheduler(scheduler, timeout=timeout, security=security)
         kwargs: dict[str, Any] = {"timeout": timeout}
         if security is not None:
             kwargs["security"] = security

@@ -21,6 +21,7 @@ __all__ = [
     "StorageError",
     "JobError",
     "ParameterError",
+    "detached",
 ]
 
 
@@ -29,6 +30,21 @@ class S2DaskError(Exception):
 
     def __str__(self) -> str:  # one line, always
         return " ".join(super().__str__().split())
+
+
+def detached(exc: BaseException) -> BaseException:
+    """``exc`` without its causes, so that it survives the trip from a worker to the client.
+
+    distributed pickles a task's exception with its whole ``__cause__``/``__context__``
+    chain; one cause that does not unpickle (botocore's ``ClientError`` does not) turns the
+    error into a plain ``Exception("StorageError(...)")`` on the client, and the one-line
+    message is lost. Task functions raise their :class:`S2DaskError` through this: the
+    message already says what the cause was.
+    """
+    exc.__cause__ = None
+    exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc.with_traceback(None)
 
 
 class SamplesError(S2DaskError, ValueError):

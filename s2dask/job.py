@@ -36,30 +36,45 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from distributed import as_completed
 
-from .bands import canonical_bands
 from .cluster import cluster_summary
 from .contract import OUTPUT_NODATA
-from .engine import check_options
-from .errors import (BandError, JobError, OutputExistsError, ParameterError, S2DaskError, SceneError,
-                     StorageError)
-from .ledger import N_COUNTS, N_TOTALS, PARAMS_FILE, check_resumable, clear_ledger, read_ledger
-from .mask import MaskSpec, parse_mask_option
+from .errors import (
+    BandError,
+    JobError,
+    OutputExistsError,
+    ParameterError,
+    S2DaskError,
+    SceneError,
+    StorageError,
+)
+from .ledger import (
+    N_COUNTS,
+    N_TOTALS,
+    PARAMS_FILE,
+    check_resumable,
+    clear_ledger,
+    read_ledger,
+    recorded_chunks,
+    retry_totals,
+)
+from .memory import DEFAULT_CHUNKS, auto_chunks, fit_scene_chunks  # noqa: F401 (auto_chunks: API)
 from .metrics import metrics_summary
 from .model import ModelBundle, library_versions, load_model
-from .outputs import cog_layers, map_options, map_record, zarr_layers
+from .options import JobOptions
+from .outputs import cog_layers, map_record, zarr_layers
 from .pipeline import run_pipelined
 from .progress import Progress
 from .records import json_text_default
+from .retry import RetryPolicy, redact
 from .scene import open_scene
 from .scene.checks import check_fits, missing_bands_message
-from .scene.graph import chunk_pair
 from .scene_mask import SceneMask, record_mask, scene_mask
 from .stac import expand_inputs
 from .startup import ClusterStart, Timeline, deliver_for_job, delivery_options, startup_timings
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
 from .task_graph import prediction_graph
+from .watchdog import completed
 from .worker import ModelRef, write_rasters
 from .write import layout_zarr
 
@@ -68,100 +83,6 @@ __all__ = ["classify", "JobOptions", "JobResult", "scene_output_dir"]
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-#: spatial chunk edge when none is given (smaller for small scenes: see auto_chunks)
-DEFAULT_CHUNKS = 2048
-_MIN_AUTO_CHUNKS = 256
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """How :func:`classify` runs; every field is also a keyword of :func:`classify`.
-
-    Raises
-    ------
-    ParameterError
-        On construction, if ``chunks`` or ``batch_size`` is not positive, or both
-        ``overwrite`` and ``resume`` are asked for.
-    """
-
-    #: spatial chunk edge in pixels, or ``(y, x)``; ``None``: 2048, or smaller for a scene
-    #: of fewer than 4 such chunks. Memory per task scales with it.
-    chunks: int | tuple[int, int] | None = None
-    #: also write per-class probabilities (uint8 percent) to the Zarr store
-    probabilities: bool = False
-    #: replace existing outputs (the old one is removed only once the new one is complete)
-    overwrite: bool = False
-    #: finish an interrupted job: only chunks without a marker are computed
-    resume: bool = False
-    #: pixels per forward call (``None``: the engine's default, Keras 8192, OpenVINO 2048)
-    batch_size: int | None = None
-    #: threads of a task's forward pass (``None``: the cores / the Dask threads per host)
-    tf_threads: int | None = None
-    #: ``auto|keras|openvino`` and ``auto|fp32|bf16``, resolved on each worker (s2dask.engine)
-    engine: str = "auto"
-    precision: str = "auto"
-    #: write the COG (and the quick-look)
-    cog: bool = True
-    #: draw the quick-look PNG
-    quicklook: bool = True
-    #: COG overview resampling, ``"mode"`` or ``"nearest"``
-    overview_resampling: str = "mode"
-    #: draw a progress bar (``None``: when stderr is a terminal)
-    progress: bool | None = None
-    #: the cluster to join when no client is given (else an embedded LocalCluster starts)
-    scheduler: str | None = None
-    #: a scheduler file to join instead of an address
-    scheduler_file: str | None = None
-    #: ``distributed.Security`` for a TLS cluster (:func:`s2dask.cluster.make_security`)
-    security: Any = None
-    #: workers and threads of the embedded LocalCluster (``None``: one 1-thread worker per core)
-    workers: int | None = None
-    threads_per_worker: int | None = None
-    #: embedded cluster of one worker per GPU (dask-cuda)
-    gpu: bool = False
-    #: seconds to wait for a scheduler
-    connect_timeout: float = 20.0
-    #: uncertainty layers (``entropy``, ``margin``, ``least``); N x N smoothing window (odd; None: none)
-    uncertainty: tuple[str, ...] = ()
-    smooth: int | None = None
-    #: ``"scl"``, ``"none"`` or a mask raster (non-zero = invalid); ``None``: the SCL where the scene has one
-    mask: str | None = None
-    #: SCL classes masked (``"0,1,3,8,9,10"``; ``None``: :data:`s2dask.mask.DEFAULT_MASK_CLASSES`)
-    mask_classes: str | tuple[int, ...] | None = None
-    #: STAC items: the DN offset their data carry (-1000 or 0), for items that do not say it
-    boa_add_offset: int | None = None
-    #: the scenes' bands in stored order, for GeoTIFFs without band descriptions (never guessed)
-    bands: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "uncertainty", map_options(self.uncertainty, self.smooth))
-        if self.chunks is not None:
-            object.__setattr__(self, "chunks", chunk_pair(self.chunks, error=ParameterError))
-        if self.batch_size is not None and int(self.batch_size) <= 0:
-            raise ParameterError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if self.overwrite and self.resume:
-            raise ParameterError("--overwrite and --resume exclude each other: choose one")
-        check_options(self.engine, self.precision)
-        if self.bands is not None:
-            object.__setattr__(self, "bands", tuple(canonical_bands(self.bands)))
-        self.mask_spec()
-
-    def mask_spec(self) -> MaskSpec:
-        """``mask`` and ``mask_classes`` parsed (raises ParameterError)."""
-        return parse_mask_option(self.mask, classes=self.mask_classes)
-
-    @classmethod
-    def build(cls, options: "JobOptions | None" = None, **keywords: Any) -> "JobOptions":
-        """``options`` (default: the defaults) with ``keywords`` replacing fields.
-
-        Raises
-        ------
-        TypeError
-            If a keyword is not a field.
-        ParameterError
-            If a value is invalid.
-        """
-        return dataclasses.replace(options or cls(), **keywords) if keywords else options or cls()
 
 
 @dataclass
@@ -192,6 +113,8 @@ class _SceneJob:
     resume_from: int  # chunks already done (resume)
     chunks: tuple[int, int] = (DEFAULT_CHUNKS, DEFAULT_CHUNKS)
     mask: SceneMask | None = None
+    chunks_from: str = "auto"  # "given" (--chunks), "recorded" (a resumed output's), "auto"
+    where: Any = None  # what open_scene opened (a path, URL or parsed STAC item)
 
 
 @dataclass(frozen=True)
@@ -255,7 +178,7 @@ def classify(
         ``resume``, ``batch_size``, ``tf_threads``, ``engine``, ``precision``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
         ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
-        ``mask``, ``mask_classes``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``bands``:
+        ``mask``, ``mask_classes``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``retries``, ``scheduler_timeout``, ``memory_limit``, ``bands``:
         the scene's bands in stored order, for files without band names), replacing those of
         ``options``.
 
@@ -324,13 +247,15 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
     """Connect (unless given a client), deliver the model, run every scene; close what we opened."""
     results: dict[str, JobResult] = {}
     own_cluster, starter = None, client if isinstance(client, ClusterStart) else None
+    own_client = starter is not None
     if starter is not None:  # classify() gives one when it was given no client
         client, own_cluster = starter.result()
-    try:
+    try:  # chunks that fit the workers' memory; a --chunks too large is refused here
+        fit_scene_chunks(prepared, client, bundle, options, reopen=_open_checked)
         run = _start(client, bundle, out=out, options=options, t_open=t_open, starter=starter)
 
         def failed(job: _SceneJob, exc: S2DaskError) -> None:
-            if single:
+            if single or getattr(exc, "scheduler_lost", False):  # no scheduler: stop the batch
                 raise exc
             results[job.source] = _failed(job.source, exc)
 
@@ -339,10 +264,12 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
 
         # the next scene's chunks run while the previous scene is finished (s2dask.pipeline)
         run_pipelined(prepared, submit=lambda job, prev: _submit(job, run, prev), finish=finish,
-                      cancel=lambda flight: client.cancel(flight.futures), failed=failed)
+                      cancel=lambda flight: client.status == "running" and client.cancel(flight.futures),
+                      failed=failed)
     finally:
+        if own_client:  # a client of a dead scheduler closes in bounded time
+            client.close(timeout=60 if client.status == "running" else 5)
         if own_cluster is not None:
-            client.close()
             own_cluster.close()
     return results
 
@@ -368,19 +295,6 @@ def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t
 # ------------------------------------------------------------------------------ prepare
 
 
-def auto_chunks(ny: int, nx: int) -> tuple[int, int]:
-    """2048, halved (down to 256) until the scene has at least 4 chunks.
-
-    A scene smaller than one chunk would otherwise be a single task and leave all but one
-    worker idle (benchmarks/scaling.py: 0.42 vs 0.75 Mpx/s on 2048^2 with 2 workers). It
-    depends on the scene's shape only, so a resumed job finds the same chunks.
-    """
-    c = DEFAULT_CHUNKS
-    while c > _MIN_AUTO_CHUNKS and -(-ny // c) * -(-nx // c) < 4:
-        c //= 2
-    return c, c
-
-
 def _scene_identity(scene) -> dict:
     keep = ("scene_id", "tile_id", "sensing_time", "processing_baseline", "product_level",
             "harmonised", "offset_applied", "offset_notes", "offset_rule", "stac_item",
@@ -399,7 +313,8 @@ def _scene_identity(scene) -> dict:
 def _open_checked(src: str, bundle: ModelBundle, options: JobOptions,
                   chunks: tuple[int, int] | None, *, where: Any):
     """The scene with the model's bands, checked against its contract (headers and a sample)."""
-    kw = {"names": options.bands, "boa_add_offset": options.boa_add_offset}
+    kw = {"names": options.bands, "boa_add_offset": options.boa_add_offset,
+          "retry": RetryPolicy.of(options.retries)}
     try:
         scene = open_scene(where, bands=bundle.bands, chunks=chunks or DEFAULT_CHUNKS, **kw)
     except BandError:  # say which model needs what the scene lacks
@@ -441,11 +356,15 @@ def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Locati
 
 def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions,
                  parsed: Any = None) -> _SceneJob:
-    scene, scene_chunks = _open_checked(src, bundle, options, options.chunks, where=parsed or src)
+    where, chunks_from = parsed or src, "given" if options.chunks else "auto"
+    scene, scene_chunks = _open_checked(src, bundle, options, options.chunks, where=where)
     sid = str(scene.attrs.get("scene_id") or Path(str(src).rstrip("/")).stem)
+    final, partial = out.join(sid), out.join(f".{sid}{PARTIAL_SUFFIX}")
+    if options.chunks is None and options.resume and partial.exists():  # the chunks it was made with
+        chunks_from, recorded = "recorded", recorded_chunks(partial)
+        if recorded and recorded != scene_chunks:
+            scene, scene_chunks = _open_checked(src, bundle, options, recorded, where=where)
     mask = scene_mask(scene, options.mask_spec(), scene_id=sid)
-    final = out.join(sid)
-    partial = out.join(f".{sid}{PARTIAL_SUFFIX}")
     done = 0
     if final.exists() and not options.overwrite:
         raise OutputExistsError(f"output {final} already exists: pass --overwrite to "
@@ -459,7 +378,7 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
             raise OutputExistsError(
                 f"an unfinished output of scene {src} is in {partial}: pass --resume to "
                 "finish it, or --overwrite to start again")
-    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, mask)
+    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, mask, chunks_from, where)
 
 
 # ------------------------------------------------------------------------------ one scene
@@ -518,6 +437,7 @@ def _conclude(flight: _Flight, run: _Run) -> JobResult:
                **startup_timings(run.timeline, run.client, time.time() - time.perf_counter() + flight.t_submit)}
     record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
                      cog_report=cog_report, timings=timings)
+    record["retries"] = retry_totals(flight.markers)  # storage retries of every chunk (markers)
     atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
@@ -556,15 +476,17 @@ def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarra
     bar = Progress(nyb * nxb, job.scene_id, bool(run.show))
     bar.update(len(done))
     if futures:
-        client = run.client
+        client, opts = run.client, run.options
         try:
-            for fut in as_completed(futures, loop=client.loop):
+            for fut in completed(client, futures, timeout=opts.scheduler_timeout, kept=str(job.partial),
+                                 resume=opts.resume_command or "rerun the same command with --resume"):
                 if fut.status == "error":
                     raise _task_error(fut.exception(), job)
                 totals += fut.result().reshape(N_TOTALS)
                 bar.update()
-        except BaseException:
-            client.cancel(futures)
+        except BaseException as exc:
+            if not getattr(exc, "scheduler_lost", False):  # nobody to cancel them with
+                client.cancel(futures)
             raise
     return done, totals, time.perf_counter() - t0, bool(futures)
 
@@ -636,14 +558,15 @@ def _record(job: _SceneJob, run: _Run, *, ident: dict, totals: np.ndarray, resum
 
 
 def _task_error(exc: BaseException, job: _SceneJob) -> S2DaskError:
-    if isinstance(exc, S2DaskError):
-        return exc
+    if isinstance(exc, S2DaskError):  # one line from the worker: which chunk, which input
+        return type(exc)(f"scene {job.source}: {redact(str(exc))}; finished chunks are kept in "
+                         f"{job.partial}: rerun with --resume")
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         return StorageError(f"writing the output of {job.source} failed: "
                             f"{exc.strerror or exc}{where}; "
                             f"free space or fix permissions, then rerun with --resume "
                             f"(finished chunks are kept in {job.partial})")
-    text = " ".join(str(exc).split())[:300]
+    text = redact(" ".join(str(exc).split())[:300])
     return JobError(f"classifying {job.source} failed in a worker: {type(exc).__name__}: {text}; "
                     f"finished chunks are kept in {job.partial}, rerun with --resume")

@@ -19,10 +19,12 @@ import numpy as np
 from .errors import OutputExistsError
 from .mask import MASK_CODES
 from .records import json_text_default
+from .retry import RetryCounter
 from .storage import Location, atomic_write_text
 
 __all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "MARKERS_DIR", "write_marker",
-           "read_marker", "read_ledger", "check_resumable", "clear_ledger"]
+           "read_marker", "read_ledger", "check_resumable", "clear_ledger", "retry_totals",
+           "recorded_chunks"]
 
 #: bincount length: every uint8 class value, 255 = nodata
 N_COUNTS = 256
@@ -37,9 +39,13 @@ MARKERS_DIR = "chunks"
 
 
 def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], x: tuple[int, int],
-                 counts: np.ndarray, mask_counts: np.ndarray | None = None) -> None:
+                 counts: np.ndarray, mask_counts: np.ndarray | None = None, *,
+                 retries: RetryCounter | None = None) -> None:
     """Record chunk ``(iy, ix)`` (rows ``y``, columns ``x``) as done with its class ``counts``
     (and its mask code counts).
+
+    ``retries``: the storage retries the chunk needed (its reads and writes), recorded as
+    ``"retries"`` (a number) and ``"retry_reasons"`` (the first few, e.g. ``"503 SlowDown"``).
 
     Raises
     ------
@@ -47,9 +53,14 @@ def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], 
         If the marker cannot be written.
     """
     iy, ix = chunk
-    text = json.dumps({"chunk": [iy, ix], "y": list(y), "x": list(x),
-                       "counts": {str(v): int(c) for v, c in enumerate(counts) if c},
-                       "mask_counts": [int(c) for c in (mask_counts if mask_counts is not None else ())]})
+    record: dict[str, Any] = {
+        "chunk": [iy, ix], "y": list(y), "x": list(x),
+        "counts": {str(v): int(c) for v, c in enumerate(counts) if c},
+        "mask_counts": [int(c) for c in (mask_counts if mask_counts is not None else ())]}
+    if retries is not None:
+        record["retries"] = retries.retries
+        record["retry_reasons"] = list(retries.reasons)
+    text = json.dumps(record)
     atomic_write_text(markers.join(f"{iy}_{ix}.json"), text)
 
 
@@ -102,6 +113,34 @@ def check_resumable(partial: Location, markers: Location, want: Mapping[str, Any
             raise OutputExistsError(f"cannot resume {partial}: its {key} differs from this run's; "
                                     "pass --overwrite to start again with the new settings")
     return len(markers.list("*.json"))
+
+
+def retry_totals(markers: Location) -> dict:
+    """The storage retries of every finished chunk, summed for the job record.
+
+    Returns
+    -------
+    dict
+        ``{"total", "chunks_retried", "max_per_chunk", "reasons"}`` (``reasons``: up to 5
+        distinct ones).
+    """
+    total = retried = most = 0
+    reasons: list[str] = []
+    for marker in markers.list("*.json"):
+        data = json.loads(marker.read_text())
+        n = int(data.get("retries") or 0)
+        total, retried, most = total + n, retried + (n > 0), max(most, n)
+        reasons += [r for r in data.get("retry_reasons") or [] if r not in reasons][:5 - len(reasons)]
+    return {"total": total, "chunks_retried": retried, "max_per_chunk": most, "reasons": reasons}
+
+
+def recorded_chunks(partial: Location) -> tuple[int, int] | None:
+    """The chunks an unfinished output was made with (its ``params.json``), if readable."""
+    try:
+        chunks = json.loads(partial.join(PARAMS_FILE).read_text()).get("chunks")
+        return (int(chunks[0]), int(chunks[1]))
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return None
 
 
 def clear_ledger(output: Location) -> None:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from .errors import ParameterError, S2DaskError, StorageError
+from .remote import protocol_of
 
 __all__ = [
     "RetryPolicy",
@@ -54,6 +55,9 @@ __all__ = [
     "count_gdal_retries",
     "single_layer",
     "redact",
+    "note_read_retries",
+    "take_read_retries",
+    "retries_off",
     "TRANSIENT",
     "PERMANENT",
     "OTHER",
@@ -169,14 +173,25 @@ class RetryPolicy:
         only layer that retries, so each retry is counted once and never multiplied.
         Other protocols: ``options`` unchanged.
         """
-        from .storage import protocol_of
-
         out = dict(options or {})
         if protocol_of(url) in ("s3", "s3a"):
             config = dict(out.get("config_kwargs") or {})
             config["retries"] = {"total_max_attempts": 1, "mode": "standard"}
             out["config_kwargs"] = config
         return out
+
+    @classmethod
+    def of(cls, retries: int | None, env: Mapping[str, str] | None = None) -> "RetryPolicy":
+        """:meth:`from_env` with ``retries`` (``--retries``) replacing its number, if given.
+
+        Raises
+        ------
+        ParameterError
+            If ``retries`` or a value in the environment is negative or not a number.
+        """
+        policy = cls.from_env(env)
+        return policy if retries is None else cls(retries, policy.base_delay, policy.max_delay,
+                                                  policy.jitter)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RetryPolicy":
@@ -506,3 +521,37 @@ def single_layer(fs: Any) -> Any:
     if type(fs).__name__ == "S3FileSystem" and hasattr(fs, "retries"):
         fs.retries = 1
     return fs
+
+
+def retries_off(options: Mapping[str, Any] | None) -> bool:
+    """Whether fsspec ``options`` come from :meth:`RetryPolicy.storage_options` (botocore's
+    retries off): a filesystem made with them gets :func:`single_layer` as well, and every
+    call on it is wrapped in :func:`call_with_retry`."""
+    retries = ((options or {}).get("config_kwargs") or {}).get("retries") or {}
+    return retries.get("total_max_attempts") == 1
+
+
+# ------------------------------------------------------------ from a chunk's read to its marker
+
+_LAST_READ = threading.local()
+
+
+def note_read_retries(window: tuple[int, int, int, int], counter: RetryCounter) -> None:
+    """Leave the retries of reading ``window`` (y0, x0, height, width) for this thread's next task.
+
+    Dask fuses a chunk's read into its prediction task, so both run in one thread, one
+    after the other: the prediction task picks the read's retries up with
+    :func:`take_read_retries` and records them in the chunk's marker with its own.
+    """
+    _LAST_READ.value = (tuple(window), counter)
+
+
+def take_read_retries(window: tuple[int, int, int, int]) -> RetryCounter:
+    """The counter :func:`note_read_retries` left for ``window`` in this thread (consumed), or a
+    new one (a read of another window, or none: its retries are not attributed here)."""
+    left = getattr(_LAST_READ, "value", None)
+    _LAST_READ.value = None
+    if left is not None and left[0] == tuple(window):
+        return left[1]
+    return RetryCounter()
+

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import connect, host_thread_counts
+from .cluster import connect, host_thread_counts, register_plugin
 from .errors import ClusterError
 
 __all__ = ["Timeline", "Delivery", "ClusterStart", "deliver_model", "deliver_for_job", "delivery_options",
@@ -96,7 +96,7 @@ def deliver_model(client, bundle, *, engine: str = "auto", precision: str = "aut
 
     plugin = ModelPlugin(bundle.handle(), batch_size=batch_size, tf_threads=tf_threads,
                          host_threads=host_thread_counts(client), engine=engine, precision=precision)
-    client.register_plugin(plugin)  # a model the workers cannot build fails here
+    register_plugin(client, plugin)  # a model the workers cannot build fails here (again on churn)
     ref = ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), batch_size, engine, precision)
     try:
         engines = {addr: rec for addr, rec in client.run(engine_record, ref).items() if rec}
@@ -130,7 +130,8 @@ def connect_options(options) -> dict:
     o = options
     return {"scheduler": o.scheduler, "scheduler_file": o.scheduler_file, "security": o.security,
             "timeout": o.connect_timeout, "workers": o.workers,
-            "threads_per_worker": o.threads_per_worker, "gpu": o.gpu}
+            "threads_per_worker": o.threads_per_worker, "gpu": o.gpu,
+            "memory_limit": o.memory_limit or "auto"}
 
 
 class ClusterStart:

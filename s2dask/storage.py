@@ -42,6 +42,7 @@ from .remote import (
     protocol_of,
     storage_options_for,
 )
+from .retry import RetryPolicy, retries_off, single_layer
 
 __all__ = ["is_remote", "protocol_of", "join", "storage_options_for", "gdal_env_for", "fs_for",
            "check_output_location", "check_input_location", "Location", "as_location",
@@ -251,8 +252,13 @@ class Location:
 
     @property
     def fs(self):
-        """The fsspec filesystem of a remote location (fsspec caches the instance)."""
-        return fs_for(self.url, storage_options=self.options)[0]
+        """The fsspec filesystem of a remote location (fsspec caches the instance).
+
+        With options from :meth:`s2dask.retry.RetryPolicy.storage_options` its own retry
+        loops are off (:func:`s2dask.retry.single_layer`): the caller retries.
+        """
+        fs = fs_for(self.url, storage_options=self.options)[0]
+        return single_layer(fs) if retries_off(self.options) else fs
 
     @property
     def name(self) -> str:
@@ -497,10 +503,17 @@ def vsi_to_url(path: str) -> str | None:
     return None
 
 
-def remote_env(path: str) -> dict[str, str]:
-    """GDAL options for reading a ``/vsis3/`` or ``/vsicurl/`` path; none for local files."""
+def remote_env(path: str, policy: RetryPolicy | None = None) -> dict[str, str]:
+    """GDAL options for reading a ``/vsis3/`` or ``/vsicurl/`` path; none for local files.
+
+    Endpoint and region (:func:`gdal_env_for`), and GDAL's own retries of failed HTTP
+    requests (:meth:`s2dask.retry.RetryPolicy.gdal_env`; ``policy`` default: from
+    ``S2DASK_RETRIES``/``S2DASK_RETRY_DELAY``, else 5 retries).
+    """
     url = vsi_to_url(path)
-    return {} if url is None else gdal_env_for(url)
+    if url is None:
+        return {}
+    return {**gdal_env_for(url), **(policy or RetryPolicy.from_env()).gdal_env()}
 
 
 def stat(path: str | os.PathLike) -> FileStat:
@@ -520,6 +533,12 @@ def open_array(store: "Location | str | os.PathLike", name: str):
     import zarr
 
     loc = as_location(store)
+    if loc.remote and retries_off(loc.options):  # the caller retries: one layer (s2dask.retry)
+        from zarr.storage import FsspecStore
+
+        fs, path = fs_for(loc.url, storage_options={**(loc.options or {}), "asynchronous": True})
+        return zarr.open_array(store=FsspecStore(single_layer(fs), path=path), path=name, mode="r+",
+                               zarr_format=3)  # s2dask's stores: one metadata GET, not three
     if loc.remote:
         return zarr.open_array(store=loc.url, path=name, mode="r+", storage_options=loc.options)
     return zarr.open_array(store=loc.url, path=name, mode="r+")

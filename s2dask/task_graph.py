@@ -20,6 +20,7 @@ import numpy as np
 from .halo import halo_array
 from .ledger import N_TOTALS
 from .outputs import map_spec
+from .retry import RetryPolicy
 from .storage import Location
 from .worker import ModelRef, predict_and_store
 
@@ -61,6 +62,7 @@ def prediction_graph(scene: Any, *, chunks: tuple[int, int], ref: ModelRef, stor
     counts = da.map_blocks(
         predict_and_store, data, ref=ref, store=store, markers=markers,
         probabilities=options.probabilities, mask=mask, maps=maps, dtype="int64",
+        retry=RetryPolicy.of(getattr(options, "retries", None)),
         chunks=((1,), (1,) * nyb, (1,) * nxb, (N_TOTALS,)), new_axis=3,
         meta=np.empty((0, 0, 0, 0), dtype="int64"),
         name=f"s2dask-predict-{name}-{uuid.uuid4().hex[:8]}",

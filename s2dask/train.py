@@ -23,9 +23,9 @@ from .bands import canonical_bands
 from .crossval import cross_validate, format_cv_report
 from .errors import ModelError, OutputExistsError, SamplesError
 from .metrics import classification_metrics, format_report, plot_confusion, plot_history
-from .progress import epoch_callback
 from .model import build_model, load_model, save_bundle
 from .openvino_ir import export_ir
+from .progress import epoch_callback
 from .samples import (
     DEFAULT_FRACTIONS,
     SPLIT_METHODS,

@@ -18,13 +18,16 @@ with one line (exit 2) instead of a long hang or a traceback.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import threading
 import time
 from typing import Any, Iterable, Iterator
 
 from .errors import ClusterError, JobError, ParameterError
 
-__all__ = ["SchedulerWatch", "completed", "check_scheduler", "DEFAULT_SCHEDULER_TIMEOUT"]
+__all__ = ["SchedulerWatch", "completed", "check_scheduler", "check_timeout",
+           "DEFAULT_SCHEDULER_TIMEOUT"]
 
 #: seconds without an answer from the scheduler before a job stops
 DEFAULT_SCHEDULER_TIMEOUT = 60.0
@@ -36,6 +39,32 @@ def _scheduler_address(client) -> str:
         return str(client.scheduler.address)
     except Exception:
         return "(unknown address)"
+
+
+def check_timeout(timeout: Any) -> None:
+    """Refuse a scheduler timeout that is not a positive number of seconds.
+
+    Raises
+    ------
+    ParameterError
+        One line, with an example.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ParameterError(f"the scheduler timeout must be a positive number of seconds, "
+                             f"got {timeout!r}: use for example --scheduler-timeout 60")
+
+
+def _quiet_client_logs() -> int:
+    """The client's own tracebacks of failed reconnects would bury the job's one line.
+
+    They start the moment the connection drops, before any watch notices; the job reports
+    a lost scheduler itself. ``S2DASK_DEBUG=1`` keeps them. Returns the level before.
+    """
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    if not os.environ.get("S2DASK_DEBUG"):
+        logger.setLevel(logging.CRITICAL)
+    return level
 
 
 class SchedulerWatch:
@@ -64,9 +93,7 @@ class SchedulerWatch:
     def __init__(self, client, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
                  resume: str = "rerun the same command with --resume", kept: str | None = None,
                  probe_every: float | None = None):
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ParameterError(f"the scheduler timeout must be a positive number of seconds, "
-                                 f"got {timeout!r}: use for example --scheduler-timeout 60")
+        check_timeout(timeout)
         self.client, self.timeout, self.resume, self.kept = client, float(timeout), resume, kept
         self.address = _scheduler_address(client)
         self.probe_every = probe_every if probe_every is not None else min(5.0, self.timeout / 4)
@@ -86,6 +113,7 @@ class SchedulerWatch:
         """Whether the scheduler answers now (cheap: probes at most every ``probe_every`` s)."""
         now = time.monotonic()
         if getattr(self.client, "status", "running") in _LOST_STATES:
+            _quiet_client_logs()
             return False
         if now - self._last_probe < self.probe_every:
             return True
@@ -108,9 +136,17 @@ class SchedulerWatch:
         silent = now - self.last_ok
         if silent >= self.timeout:
             where = f" in {self.kept}" if self.kept else ""
-            raise JobError(f"the Dask scheduler {self.address} is gone (no answer for "
-                           f"{silent:.0f} s): the finished chunks are kept{where}; start a "
-                           f"scheduler and workers, then finish the job with: {self.resume}")
+            raise _lost(f"the Dask scheduler {self.address} is gone (no answer for "
+                        f"{silent:.0f} s): the finished chunks are kept{where}; start a "
+                        f"scheduler and workers, then finish the job with: {self.resume}")
+
+
+def _lost(message: str) -> JobError:
+    """The job's error when its scheduler is gone: ``scheduler_lost`` tells the job not to
+    cancel futures or start other scenes (nobody would answer)."""
+    error = JobError(message)
+    error.scheduler_lost = True  # type: ignore[attr-defined]
+    return error
 
 
 def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
@@ -134,9 +170,20 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
     JobError
         When the scheduler has not answered for ``timeout`` seconds.
     """
+    watch = SchedulerWatch(client, timeout=timeout, resume=resume, kept=kept)
+    level = _quiet_client_logs()  # while waiting; left quiet once the scheduler is gone
+    try:
+        yield from _wait(client, futures, watch, resume=resume, kept=kept, poll=poll)
+    except GeneratorExit:
+        logging.getLogger("distributed.client").setLevel(level)
+        raise
+    logging.getLogger("distributed.client").setLevel(level)
+
+
+def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept: str | None,
+          poll: float) -> Iterator[Any]:
     from distributed import as_completed
 
-    watch = SchedulerWatch(client, timeout=timeout, resume=resume, kept=kept)
     pending = as_completed(list(futures), loop=client.loop)
     lost = 0  # futures the client cancelled itself: its scheduler connection broke
     while True:
@@ -150,9 +197,9 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
         if pending.is_empty() and not lost:
             return
         if lost and getattr(client, "status", None) == "running" and watch._probe():
-            raise JobError(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
-                           "(it restarted, or they were cancelled): the finished chunks are kept"
-                           f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
+            raise _lost(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
+                        "(it restarted, or they were cancelled): the finished chunks are kept"
+                        f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
         watch.check()
         time.sleep(poll)
 
@@ -162,8 +209,10 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
 
 async def _identity(address: str, timeout: float, security) -> dict:
     from distributed.comm import connect
+    from distributed.security import Security
 
-    kwargs = security.get_connection_args("client") if security is not None else {}
+    # no Security given: Dask's own TLS configuration (DASK_DISTRIBUTED__COMM__TLS__*) applies
+    kwargs = (security if security is not None else Security()).get_connection_args("client")
     comm = await connect(address, timeout=timeout, **kwargs)
     try:
         await comm.write({"op": "identity", "reply": True})

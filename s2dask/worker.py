@@ -15,6 +15,7 @@ COG and the quick-look, streamed from the Zarr store next to the data).
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import tempfile
 import threading
@@ -26,12 +27,13 @@ import numpy as np
 from .backend import configure_threads
 from .contract import OUTPUT_NODATA, ClassInfo
 from .engine import EngineChoice, build_predictor, describe, detect_device, resolve
-from .errors import ModelError
+from .errors import ModelError, S2DaskError, detached
 from .ledger import N_COUNTS, N_TOTALS, write_marker
 from .mask import NODATA, VALID, ChunkMask, count_codes
 from .model import ModelHandle, check_model_shape, load_model
 from .outputs import MapSpec
 from .predict import block_outputs
+from .retry import RetryPolicy, call_with_retry, take_read_retries
 from .storage import Location, put_file
 from .write import MASK, validate_cog, write_cog, write_layer, write_quicklook, write_region
 
@@ -212,12 +214,14 @@ class ModelPlugin(WorkerPlugin):
 
 def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, markers: Location,
                       probabilities: bool, mask: ChunkMask | None = None, block_info=None,
-                      maps: MapSpec | None = None) -> np.ndarray:
+                      maps: MapSpec | None = None, retry: RetryPolicy | None = None) -> np.ndarray:
     """One prediction task: predict a ``(band, y, x)`` block, write it, return its counts.
 
     The model comes from the worker's cache (put there by :class:`ModelPlugin`); only
-    ``ref`` travels with the task. The chunk's marker is written last, so a marker means
-    the chunk's region is in the store.
+    ``ref`` travels with the task. The chunk's region and then its marker are written, each
+    retried on transient storage errors (:func:`s2dask.retry.call_with_retry`; both are
+    idempotent); the marker records the retries of the chunk's read and writes. A marker
+    means the chunk's region is in the store.
 
     Parameters
     ----------
@@ -239,17 +243,27 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
         Uncertainty layers and smoothing (:class:`s2dask.outputs.MapSpec`); with
         ``maps.smooth > 1`` the block is the chunk plus a halo (:func:`s2dask.halo.halo_array`)
         and only the chunk is written.
+    retry
+        How to retry the writes (default :class:`~s2dask.retry.RetryPolicy`).
 
     Returns
     -------
     numpy.ndarray
         ``(1, 1, 1, N_TOTALS)`` int64: class counts, then mask code counts.
+
+    Raises
+    ------
+    StorageError
+        A write failed for good: at once when permanent, after the retries when transient
+        (one line naming the chunk window and the store).
     """
     where = block_info[0]["array-location"]
     iy, ix = block_info[0]["chunk-location"][1:]
+    # the read's retries (a read fused into this task, of this very window)
+    counter = take_read_retries((where[1][0], where[2][0], where[1][1] - where[1][0],
+                                 where[2][1] - where[2][0]))
     if maps is not None:
         where = maps.location(iy, ix)  # the chunk itself, without its halo
-    ys, xs = slice(*where[1]), slice(*where[2])
     predictor = get_predictor(ref)
     chunk_mask = mask or ChunkMask()
     if maps is None:
@@ -259,23 +273,72 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     valid = codes == VALID
     if valid.any():
         _FORWARDS[ref.sha256] += 1
+    layers: dict[str, np.ndarray] = {}
     if maps is None:
         out = block_outputs(predictor, block, probabilities=probabilities, valid=valid)
     else:
         out, layers = maps.outputs(predictor, block, chunk=(iy, ix), probabilities=probabilities, valid=valid)
         codes, valid = maps.inner(codes, chunk=(iy, ix)), maps.inner(valid, chunk=(iy, ix))
-        for name, layer in layers.items():
-            write_layer(store, name, layer, y=ys, x=xs)
     codes[valid & (out[0] == OUTPUT_NODATA)] = NODATA  # what the model's own nodata test refused
-    write_region(store, out, y=ys, x=xs, probabilities=probabilities)
     if mask is not None and mask.layer:
-        write_layer(store, MASK, codes, y=ys, x=xs)
+        layers[MASK] = codes
     counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
     mask_counts = count_codes(codes)
-    write_marker(markers, (iy, ix), where[1], where[2], counts, mask_counts)
+    _store_chunk(store, markers, out, layers, where=where, chunk=(iy, ix), counts=counts,
+                 mask_counts=mask_counts, probabilities=probabilities,
+                 policy=retry or RetryPolicy(), counter=counter)
     return np.concatenate([counts, mask_counts]).reshape(1, 1, 1, N_TOTALS)
 
 
+def _store_chunk(store: Location, markers: Location, out: np.ndarray, layers: dict, *, where,
+                 chunk: tuple[int, int], counts: np.ndarray, mask_counts: np.ndarray,
+                 probabilities: bool, policy: RetryPolicy, counter) -> None:
+    """Write a chunk's region, its extra layers, then its marker, each storage request retried
+    on its own (:func:`s2dask.retry.call_with_retry`; all idempotent). A failure for good
+    raises one :class:`StorageError` line naming the chunk window and the store."""
+    (y0, y1), (x0, x1) = where[1], where[2]
+    ys, xs = slice(y0, y1), slice(x0, x1)
+    window = f"chunk y={y0}:{y1} x={x0}:{x1}"
+    error = None
+    try:
+        each = functools.partial(call_with_retry, policy=policy, action="write",
+                                 what=f"{window} of {store}", counter=counter)
+        wstore = _retrying(store, policy)
+        write_region(wstore, out, y=ys, x=xs, probabilities=probabilities, call=each)
+        for name, layer in layers.items():
+            each(write_layer, wstore, name, layer, y=ys, x=xs)
+        call_with_retry(write_marker, _retrying(markers, policy), chunk, where[1], where[2],
+                        counts, mask_counts, retries=counter, policy=policy, action="write",
+                        what=f"the marker of {window} in {markers}", counter=counter)
+    except S2DaskError as exc:
+        error = exc
+    if error is not None:
+        raise detached(error)  # outside the handler: no cause travels (see errors.detached)
+
+
+def _retrying(loc: Location, policy: RetryPolicy) -> Location:
+    """``loc`` with the storage's own retry layers off: :func:`call_with_retry` is the one."""
+    if not loc.remote:
+        return loc
+    return Location(loc.url, policy.storage_options(loc.url, loc.options))
+
+
+def _portable(fn: Callable) -> Callable:
+    """Raise a task's :class:`S2DaskError` without its causes (see :func:`errors.detached`)."""
+
+    @functools.wraps(fn)
+    def task(*args, **kwargs):
+        error = None
+        try:
+            return fn(*args, **kwargs)
+        except S2DaskError as exc:
+            error = exc
+        raise detached(error)
+
+    return task
+
+
+@_portable
 def write_rasters(store: Location, partial: Location, *, classes: Sequence[ClassInfo], crs: str,
                   transform, overview_resampling: str, quicklook: bool, title: str,
                   tags: dict, mask_legend: dict | None = None,

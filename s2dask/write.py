@@ -14,7 +14,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import dask.array as da
 import numpy as np
@@ -143,7 +143,8 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
 
 
 def write_region(store: Location | str | os.PathLike, outputs: np.ndarray, *, y: slice, x: slice,
-                 probabilities: bool, storage_options: dict | None = None) -> None:
+                 probabilities: bool, storage_options: dict | None = None,
+                 call: Callable[..., Any] | None = None) -> None:
     """Write one block's ``(k, y, x)`` outputs into the Zarr arrays at ``[y, x]``.
 
     Parameters
@@ -158,6 +159,10 @@ def write_region(store: Location | str | os.PathLike, outputs: np.ndarray, *, y:
         Also write layers 2.. into the ``probabilities`` array.
     storage_options
         fsspec options of a store given as a URL (default: from the environment).
+    call
+        Runs each storage step as ``call(fn, *args)`` (each array's open, each region
+        write), e.g. :func:`s2dask.retry.call_with_retry` bound to a policy, so that a
+        failed request repeats only its own step. Default: called directly.
 
     Raises
     ------
@@ -165,10 +170,12 @@ def write_region(store: Location | str | os.PathLike, outputs: np.ndarray, *, y:
         If the store cannot be written (disk full, permission denied).
     """
     loc = as_location(store, storage_options)
-    open_array(loc, CLASSES)[y, x] = outputs[0]
-    open_array(loc, CONFIDENCE)[y, x] = outputs[1]
+    run = call or (lambda fn, *args: fn(*args))
+    steps = [(CLASSES, (y, x), outputs[0]), (CONFIDENCE, (y, x), outputs[1])]
     if probabilities:
-        open_array(loc, PROBABILITIES)[:, y, x] = outputs[2:]
+        steps.append((PROBABILITIES, (slice(None), y, x), outputs[2:]))
+    for name, where, values in steps:
+        run(run(open_array, loc, name).__setitem__, where, values)
 
 
 def write_layer(store: Location | str | os.PathLike, name: str, data: np.ndarray, *, y: slice,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from s2dask.errors import ParameterError
-from s2dask.memory import check_chunks_fit, max_chunk_edge, task_bytes
+from s2dask.memory import (OPENVINO_BASELINE_BYTES, baseline_for, check_chunks_fit, fit_chunks,
+                           max_chunk_edge, task_bytes)
 
 GIB = 2**30
 
@@ -38,5 +39,28 @@ def test_check_chunks_fit_refuses_with_the_largest_that_fits():
     assert msg == ("chunks of 2048 x 2048 pixels do not fit workers with a memory limit of 1.50 GiB "
                    "and 1 thread(s): the largest that fits is --chunks 1024 (or give the workers "
                    "more memory)")
-    with pytest.raises(ParameterError, match=r"at least 1\.4 GiB"):
+    with pytest.raises(ParameterError, match=r"at least 1\.5 GiB"):
         check_chunks_fit(256, _workers(1 * GIB), 10)
+
+
+def test_baseline_depends_on_the_engine():
+    assert baseline_for("openvino") == OPENVINO_BASELINE_BYTES < baseline_for("tensorflow")
+    assert baseline_for(None) == baseline_for("auto") == baseline_for("tensorflow")  # unknown: the larger
+    assert max_chunk_edge(1.5 * GIB, 10, baseline_bytes=baseline_for("openvino")) == 3328
+    check_chunks_fit(2048, _workers(1.5 * GIB), 10, baseline_bytes=baseline_for("openvino"))
+
+
+def test_fit_chunks_caps_automatic_chunks_and_checks_given_ones():
+    from types import SimpleNamespace as NS
+
+    bundle = NS(bands=list(range(10)), classes=list(range(5)))
+    tf, ov = NS(probabilities=False), NS(probabilities=False, engine="openvino")
+    small = _workers(1.5 * GIB)
+    assert fit_chunks((2048, 2048), small, bundle, tf, given=False) == (1024, 1024)
+    assert fit_chunks((512, 512), small, bundle, tf, given=False) == (512, 512)
+    assert fit_chunks((2048, 2048), _workers(0), bundle, tf, given=False) == (2048, 2048)  # no limit
+    assert fit_chunks((2048, 2048), small, bundle, ov, given=False) == (2048, 2048)
+    with pytest.raises(ParameterError, match="largest that fits is --chunks 1024"):
+        fit_chunks((2048, 2048), small, bundle, tf, given=True)
+    with pytest.raises(ParameterError, match="cannot hold the model"):
+        fit_chunks((2048, 2048), _workers(1 * GIB), bundle, tf, given=False)

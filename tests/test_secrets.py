@@ -1,13 +1,15 @@
 """Credentials never reach job.json, batch.json, logs, error lines or written files.
 
 ``s2dask classify`` runs as a subprocess with a unique test secret in its environment,
-reading from and writing to moto's S3 on loopback; then every object written to the
-bucket, every file under the test's directory, and the command's stdout and stderr are
+reading from and writing to moto's S3 on loopback (through the fault proxy, so that storage
+retries and their reasons are recorded in chunk markers and job.json, and the worker logs
+are on stderr with ``S2DASK_DEBUG=1``); then every object written to the bucket, every file under the test's directory, and the command's stdout and stderr are
 searched for the secret (and for the access key id).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
 
 from _cluster import make_tiny_model, make_tiny_scene, recipe_env  # noqa: E402
+from _faulty_proxy import Fault, FaultyProxy  # noqa: E402
 
 BUCKET = "s2dask-secrets"
 
@@ -69,11 +72,25 @@ def test_no_secret_in_outputs_records_logs_or_errors(moto_url, tmp_path):
     scene = make_tiny_scene(tmp_path / "scene.tif")
     s3.upload_file(str(scene), BUCKET, "scenes/scene.tif")
     model = make_tiny_model(tmp_path / "model")
-    env = _env(moto_url, tmp_path, key, secret, token)
+    # through the fault proxy: retries happen, and their reasons go to markers and job.json
+    proxy = FaultyProxy(moto_url, [
+        Fault(methods={"PUT"}, path=r"\.partial/(classes\.zarr/classes/c/|chunks/)", first=3),
+        Fault(methods={"GET"}, path=r"/scenes/scene\.tif", fraction=0.2, seed=3),
+    ]).start()
+    env = _env(proxy.url, tmp_path, key, secret, token)
+    env["S2DASK_RETRY_DELAY"] = "0.05"
     cli = [sys.executable, "-m", "s2dask.cli", "classify"]
-    ok = subprocess.run([*cli, f"s3://{BUCKET}/scenes/scene.tif", str(scene), "--model", str(model),
-                         "--out", f"s3://{BUCKET}/out", "--chunks", "32", "--workers", "1"],
-                        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    try:
+        ok = subprocess.run([*cli, f"s3://{BUCKET}/scenes/scene.tif", str(scene), "--model",
+                             str(model), "--out", f"s3://{BUCKET}/out", "--chunks", "32",
+                             "--workers", "1"],
+                            env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        proxy.stop()
+    # the second scene has the same id: it fails with its own line (checked for secrets too)
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key="out/scene/job.json")["Body"].read())
+    assert record["retries"]["total"] >= 3 and "503 SlowDown" in record["retries"]["reasons"]
+    env = _env(moto_url, tmp_path, key, secret, token)
     # a failing scene: its error line goes to stderr and batch.json
     bad = subprocess.run([*cli, f"s3://{BUCKET}/scenes/missing.tif", "--model", str(model),
                           "--out", f"s3://{BUCKET}/out2", "--workers", "1"],

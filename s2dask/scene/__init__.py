@@ -53,6 +53,7 @@ import xarray as xr
 from ..bands import canonical_bands
 from ..errors import SceneError, StorageError
 from ..grid import grid_to_raster
+from ..retry import RetryPolicy
 from ..stac import StacScene, is_stac
 from ..storage import check_input_location, is_remote, protocol_of, storage_options_for
 from .formats import (
@@ -85,6 +86,7 @@ def open_scene(
     resampling: str = "nearest",
     boa_add_offset: int | None = None,
     names: Sequence[str] | str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> xr.DataArray:
     """Open a Sentinel-2 scene as a lazy, chunked ``(band, y, x)`` DataArray.
 
@@ -117,6 +119,9 @@ def open_scene(
         Zarr stack whose bands are unnamed; ``bands`` then only selects. Where the input
         names its bands (descriptions, file names), they must agree (else ``SceneError``
         quoting both).
+    retry
+        How GDAL retries failed HTTP requests of remote rasters when the blocks are read
+        (:class:`s2dask.retry.RetryPolicy`; ``None``: from each worker's environment).
 
     Returns
     -------
@@ -150,7 +155,7 @@ def open_scene(
     if isinstance(path, StacScene) or is_stac(path):
         return open_stac_scene(path, wanted, chunk_yx, resampling, boa_add_offset=boa_add_offset)
     if is_remote(path):
-        return _open_remote(os.fspath(path), wanted, chunk_yx, resampling, given)
+        return _open_remote(os.fspath(path), wanted, chunk_yx, resampling, given, retry)
     src = Path(path).expanduser()
     if not src.exists():
         raise SceneError(
@@ -167,7 +172,7 @@ def open_scene(
         layout.attrs["bands_named_by"] = "input"
     else:
         layout = file_layout(src, wanted, given)
-    return scene_array(layout, src, wanted, chunk_yx, resampling)
+    return scene_array(layout, src, wanted, chunk_yx, resampling, retry=retry)
 
 
 def scene_summary(scene: xr.DataArray) -> dict[str, Any]:
@@ -210,7 +215,8 @@ def scene_summary(scene: xr.DataArray) -> dict[str, Any]:
 
 
 def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
-                 resampling: str, names: list[str] | None = None) -> xr.DataArray:
+                 resampling: str, names: list[str] | None = None,
+                 retry: RetryPolicy | None = None) -> xr.DataArray:
     """A scene on an object store: a single GeoTIFF/COG (read by GDAL) or a Zarr store."""
     try:
         check_input_location(url)
@@ -228,6 +234,6 @@ def _open_remote(url: str, wanted: list[str] | None, chunk_yx: tuple[int, int],
                          ".zarr store (band folders and .SAFE products are read from disk)")
     src = Path("/vsis3/" + url.split("://", 1)[1])
     layout = file_layout(src, wanted, names)
-    out = scene_array(layout, src, wanted, chunk_yx, resampling)
+    out = scene_array(layout, src, wanted, chunk_yx, resampling, retry=retry)
     out.attrs["source"] = url
     return out

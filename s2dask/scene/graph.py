@@ -23,6 +23,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import S2DaskError, SceneError
+from ..retry import RetryPolicy
 from .formats import Layout, safe_id, select_bands
 from .reader import BlockReader, RasterReader
 
@@ -105,8 +106,10 @@ def block_reader(array: da.Array) -> BlockReader | None:
 
 
 def scene_array(layout: Layout, src: Path, wanted: list[str] | None, chunk_yx: tuple[int, int],
-                resampling: str) -> xr.DataArray:
+                resampling: str, *, retry: RetryPolicy | None = None) -> xr.DataArray:
     """The lazy ``(band, y, x)`` DataArray of a layout: graph, coordinates, CRS, identity.
+
+    ``retry`` travels in the reader: how GDAL retries failed HTTP requests.
 
     Raises
     ------
@@ -121,6 +124,7 @@ def scene_array(layout: Layout, src: Path, wanted: list[str] | None, chunk_yx: t
         resampling=resampling,
         dtype=layout.dtype,
         nodata=layout.nodata,
+        retry=retry,
     )
     data = block_graph(reader, height=grid.height, width=grid.width, chunks=chunk_yx,
                        token=layout.stamp)

@@ -9,7 +9,8 @@ and closes its own rasterio handles (never shared between threads, so no lock), 
 :data:`READ_ENV` (``GDAL_NUM_THREADS=1``: Dask supplies the parallelism), brings coarser
 bands onto the finest grid (nearest: exact ``k x k`` replication of the source window;
 bilinear: a ``WarpedVRT`` onto the full target grid, seamless across chunks) and applies the
-processing-baseline offset. It runs on workers.
+processing-baseline offset. Failed HTTP requests of remote files are retried by GDAL itself
+(:mod:`s2dask.retry`), counted, and left for the chunk's marker. It runs on workers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..errors import StorageError
+from ..errors import StorageError, detached
+from ..retry import RetryCounter, RetryPolicy, note_read_retries, read_with_retry
 from ..storage import remote_env
 
 __all__ = ["READ_ENV", "BandRead", "Grid", "BlockReader", "RasterReader"]
@@ -85,6 +87,8 @@ class RasterReader:
     resampling: str
     dtype: str
     nodata: float
+    #: retries of failed HTTP requests (GDAL's own); ``None``: from the worker's environment
+    retry: RetryPolicy | None = None
 
     @property
     def n_bands(self) -> int:
@@ -93,23 +97,36 @@ class RasterReader:
     def __call__(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         out = np.empty((len(self.reads), height, width), dtype=self.dtype)
         groups: dict[tuple[str, int], list[int]] = {}
-        path = ""
         for k, r in enumerate(self.reads):
             groups.setdefault((r.path, r.factor), []).append(k)
-        try:
-            with rasterio.Env(**READ_ENV):
-                for (path, factor), positions in groups.items():
-                    idxs = [self.reads[k].bidx for k in positions]
-                    with rasterio.Env(**remote_env(path)), rasterio.open(path) as src:
-                        data = self._read(src, idxs, factor, y0, x0, height, width)
-                    for row, k in enumerate(positions):
-                        out[k] = _apply_offset(data[row], self.reads[k].offset, self.nodata)
-        except (RasterioError, OSError) as exc:
-            raise StorageError(
-                f"reading window y={y0}:{y0 + height} x={x0}:{x0 + width} of {path} failed "
-                f"({exc}): check that the file is complete and readable"
-            ) from exc
+        policy = self.retry or RetryPolicy.from_env()
+        counter = RetryCounter()
+        error = None
+        with rasterio.Env(**READ_ENV):
+            for (path, factor), positions in groups.items():
+                idxs = [self.reads[k].bidx for k in positions]
+                window = f"window y={y0}:{y0 + height} x={x0}:{x0 + width} of {path}"
+                try:  # GDAL retries each failed HTTP request itself; counted here
+                    data = read_with_retry(self._read_file, path, idxs, factor, y0, x0, height,
+                                           width, policy=policy, what=window, counter=counter)
+                except StorageError as exc:
+                    error = exc
+                except (RasterioError, OSError) as exc:
+                    error = StorageError(f"reading {window} failed ({exc}): check that the file is "
+                                         "complete and readable")
+                if error is not None:
+                    break
+                for row, k in enumerate(positions):
+                    out[k] = _apply_offset(data[row], self.reads[k].offset, self.nodata)
+        if error is not None:
+            raise detached(error)  # outside the handler: no cause travels (see errors.detached)
+        note_read_retries((y0, x0, height, width), counter)
         return out
+
+    def _read_file(self, path: str, idxs: list[int], factor: int, y0: int, x0: int, height: int,
+                   width: int) -> np.ndarray:
+        with rasterio.Env(**remote_env(path, self.retry)), rasterio.open(path) as src:
+            return self._read(src, idxs, factor, y0, x0, height, width)
 
     def _read(
         self, src: Any, idxs: list[int], factor: int, y0: int, x0: int, height: int, width: int
