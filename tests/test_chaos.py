@@ -164,10 +164,14 @@ def test_storage_503s_are_retried_recorded_and_change_nothing(synth_dir, tiny_mo
 
     proxy, s3 = s3_via_proxy
     s3.upload_file(str(synth_dir / "scene.tif"), "chaos", "in/scene.tif")
-    from s2dask.scene import open_scene
+    import rasterio
 
-    open_scene("s3://chaos/in/scene.tif")  # GDAL caches the header here: the job's own open
-    proxy.set_faults([                        # then reads nothing, so GET faults hit workers
+    from s2dask.storage import gdal_env_for
+
+    url = "s3://chaos/in/scene.tif"  # GDAL caches the file in this process here: the job's own
+    with rasterio.Env(**gdal_env_for(url)), rasterio.open(url) as src:  # open and sample read
+        src.read()                    # then read nothing from S3, so the GET faults hit workers
+    proxy.set_faults([
         Fault(methods={"PUT"}, path=r"\.partial/classes\.zarr/(classes|confidence)/c/", first=3),
         Fault(methods={"PUT"}, path=r"\.partial/chunks/\d+_\d+\.json", first=2),
         Fault(methods={"GET"}, path=r"/in/scene\.tif", first=2),
