@@ -20,6 +20,7 @@ from .backend import worker_devices
 from .errors import ClusterError
 
 __all__ = [
+    "close_cluster",
     "connect",
     "make_security",
     "local_cluster_size",
@@ -266,3 +267,21 @@ def cluster_summary(client) -> dict:
         "memory_limit_bytes": sum(int(w.get("memory_limit") or 0) for w in workers.values()),
         "hosts": sorted({w.get("host", "") for w in workers.values()}),
     }
+
+
+def close_cluster(client, cluster=None, *, timeout: float = 60) -> None:
+    """Close a client and the embedded cluster it was made with, never failing the caller.
+
+    A job's outputs are committed before this runs, so a worker that is slow to stop (a
+    nanny's kill timing out on a loaded machine) is logged, not raised.
+    """
+    try:
+        if client is not None:
+            client.close(timeout=timeout if client.status == "running" else 5)
+    except (TimeoutError, OSError) as exc:
+        log.warning("the client did not close cleanly: %s", exc or type(exc).__name__)
+    try:
+        if cluster is not None:
+            cluster.close(timeout=timeout)
+    except (TimeoutError, OSError) as exc:
+        log.warning("the embedded cluster did not stop cleanly: %s", exc or type(exc).__name__)

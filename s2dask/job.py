@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .cluster import cluster_summary
+from .cluster import close_cluster, cluster_summary
 from .contract import OUTPUT_NODATA
 from .errors import (
     BandError,
@@ -266,11 +266,8 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
         run_pipelined(prepared, submit=lambda job, prev: _submit(job, run, prev), finish=finish,
                       cancel=lambda flight: client.status == "running" and client.cancel(flight.futures),
                       failed=failed)
-    finally:
-        if own_client:  # a client of a dead scheduler closes in bounded time
-            client.close(timeout=60 if client.status == "running" else 5)
-        if own_cluster is not None:
-            own_cluster.close()
+    finally:  # a client of a dead scheduler closes in bounded time; never fails the job
+        close_cluster(client if own_client else None, own_cluster)
     return results
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import connect, host_thread_counts, register_plugin
+from .cluster import close_cluster, connect, host_thread_counts, register_plugin
 from .errors import ClusterError
 
 __all__ = ["Timeline", "Delivery", "ClusterStart", "deliver_model", "deliver_for_job", "delivery_options",
@@ -223,9 +223,7 @@ class ClusterStart:
         if self._out is not None and not self._taken:
             client, cluster = self._out
             self._out = None
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            close_cluster(client, cluster)
 
 
 def first_task_start(client, since: float) -> float | None:
