@@ -155,7 +155,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                 args.scene, args.labels, out=args.out, label=args.label, name_column=args.name_column,
                 bands=_band_list(args.bands), per_feature=args.per_feature, buffer=args.buffer,
                 all_touched=args.all_touched, seed=args.seed, labels_crs=args.labels_crs,
-                chunks=args.chunks, client=client, overwrite=args.overwrite,
+                chunks=args.chunks, mask=args.mask, mask_classes=args.mask_classes,
+                client=client, overwrite=args.overwrite,
             )
         finally:
             if client is not None:
@@ -191,6 +192,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="CRS of a CSV's x,y (or of a vector file declaring none), e.g. EPSG:32617")
     p.add_argument("--chunks", type=_positive_int, default=1024, metavar="N",
                    help="chunk edge of the scene reads (default 1024); each touched chunk is one task")
+    _add_mask_args(p, "pixels left out of the table and counted (as classify masks them)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler")
     where.add_argument("--scheduler-file", metavar="FILE", help="join the scheduler of this scheduler file")
@@ -373,14 +375,18 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_mask_options(p: argparse.ArgumentParser) -> None:
+    _add_mask_args(p, "pixels not to classify (class 255, Zarr 'mask' layer)")
+    _add_boa_option(p)
+
+
+def _add_mask_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--mask", metavar="scl|none|FILE", default=None,
-                   help="pixels not to classify (class 255, Zarr 'mask' layer): scl = the scene's Scene "
+                   help=f"{what}: scl = the scene's Scene "
                    "Classification Layer, none, or a single-band raster on the scene's grid (non-zero = "
                    "invalid); default: scl where the scene has one (L2A SAFE, SCL file, STAC scl asset)")
     p.add_argument("--mask-classes", metavar="0,1,3,8,9,10", default=None,
                    help="SCL classes masked (default 0,1,3,8,9,10: no data, defective, cloud shadow, "
                    "clouds, cirrus; snow 11 and water 6 are kept)")
-    _add_boa_option(p)
 
 
 def _add_boa_option(p: argparse.ArgumentParser) -> None:

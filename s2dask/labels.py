@@ -16,6 +16,15 @@ becomes one read task (the scene's own chunk task, every band of that window) fo
 gather task that keeps just the labelled pixels; untouched chunks are never read (the
 graph is culled), so labels spread over a 10980 x 10980 tile read only their chunks, and
 memory per worker is bounded by the chunk. The table is assembled on the client.
+
+Masks
+-----
+``mask``/``mask_classes`` mean what they mean to ``classify`` (:func:`s2dask.mask.parse_mask_option`;
+default: the scene's SCL where it has one). With a mask, each gather task also computes its
+chunk's mask codes (:meth:`s2dask.mask.ChunkMask.codes`) and hands back those of its pixels;
+rows on masked pixels are left out of the table and counted per class and per reason. A pixel
+the SCL calls "no data" counts as nodata, as in ``job.json``. When the mask resolves to none
+the reads are exactly those of an unmasked run.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ import numpy as np
 import xarray as xr
 
 from .errors import OutputExistsError, ParameterError, SamplesError, SceneError, StorageError
+from .mask import MASK_CODES, NODATA, VALID, ChunkMask, parse_mask_option
 from .progress import gather
+from .scene_mask import SceneMask, scene_mask
 from .storage import atomic_write_text, staged_file
 from .vector import LabelFeatures, crs_text, feature_pixels, labels_in_scene, read_labels
 
@@ -80,6 +91,13 @@ def _gather(block: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
     return np.ascontiguousarray(block[:, rows, cols].T)
 
 
+def _gather_masked(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, mask: ChunkMask,
+                   y0: int, x0: int) -> tuple[np.ndarray, np.ndarray]:
+    """Worker side: the labelled pixels of one chunk ``(n, band)`` and their mask codes ``(n,)``."""
+    codes = mask.codes(block, y0, x0)
+    return np.ascontiguousarray(block[:, rows, cols].T), np.ascontiguousarray(codes[rows, cols])
+
+
 @dataclass(frozen=True)
 class PixelReads:
     """The read plan of :func:`plan_reads`: one Dask task per chunk that labels touch.
@@ -88,7 +106,8 @@ class PixelReads:
     ----------
     tasks
         ``dask.delayed`` objects, each gathering ``(n, band)`` values from one chunk (the
-        scene's own read task for that chunk is its only input).
+        scene's own read task for that chunk is its only input); with a mask, each returns
+        ``(values, codes)``, the codes uint8 ``(n,)``.
     positions
         For each task, the positions in ``flat`` of the pixels it returns, in its order.
     chunks
@@ -100,7 +119,7 @@ class PixelReads:
     chunks: int
 
 
-def plan_reads(scene: xr.DataArray, flat: np.ndarray) -> PixelReads:
+def plan_reads(scene: xr.DataArray, flat: np.ndarray, *, mask: ChunkMask | None = None) -> PixelReads:
     """Plan the reads of the pixels at flat indices ``row * width + col`` of ``scene``.
 
     Parameters
@@ -109,6 +128,8 @@ def plan_reads(scene: xr.DataArray, flat: np.ndarray) -> PixelReads:
         A chunked ``(band, y, x)`` DataArray from :func:`~s2dask.scene.open_scene`.
     flat
         int64 flat pixel indices (unique, or not: each position gets its value).
+    mask
+        The scene's :class:`~s2dask.mask.ChunkMask`: each task also returns its pixels' codes.
 
     Returns
     -------
@@ -134,7 +155,11 @@ def plan_reads(scene: xr.DataArray, flat: np.ndarray) -> PixelReads:
         i, j = int(ci[part[0]]), int(cj[part[0]])
         r = (rows[part] - ybounds[i]).astype("int32")
         c = (cols[part] - xbounds[j]).astype("int32")
-        tasks.append(delayed(_gather, pure=True)(blocks[0, i, j], r, c))
+        if mask is None:
+            tasks.append(delayed(_gather, pure=True)(blocks[0, i, j], r, c))
+        else:
+            tasks.append(delayed(_gather_masked, pure=True)(blocks[0, i, j], r, c, mask,
+                                                            int(ybounds[i]), int(xbounds[j])))
         where.append(part)
     return PixelReads(tasks, where, (len(ybounds) - 1) * (len(xbounds) - 1))
 
@@ -156,15 +181,24 @@ def _compute(tasks: list, client: Any) -> list:
     return gather(client, client.compute(tasks), "sampling")  # a bar on a terminal only
 
 
-def _read_pixels(scene: xr.DataArray, flat: np.ndarray, client: Any) -> tuple[np.ndarray, dict]:
-    """Band values ``(len(flat), band)``; each touched chunk read once, no other chunk."""
+def _read_pixels(scene: xr.DataArray, flat: np.ndarray, client: Any,
+                 mask: ChunkMask | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Band values ``(len(flat), band)`` and mask codes ``(len(flat),)`` (all VALID without a mask).
+
+    Each touched chunk is read once, no other chunk.
+    """
     unique, inverse = np.unique(flat, return_inverse=True)
-    plan = plan_reads(scene, unique)
+    plan = plan_reads(scene, unique, mask=mask)
     values = np.empty((len(unique), scene.sizes["band"]), dtype=scene.dtype)
+    codes = np.full(len(unique), VALID, dtype="uint8")
     for part, got in zip(plan.positions, _compute(plan.tasks, client)):
-        values[part] = got
-    return values[inverse.reshape(-1)], {"chunks_read": len(plan.tasks), "chunks": plan.chunks,
-                                          "unique_pixels": int(len(unique))}
+        if mask is None:
+            values[part] = got
+        else:
+            values[part], codes[part] = got
+    inverse = inverse.reshape(-1)
+    return values[inverse], codes[inverse], {"chunks_read": len(plan.tasks), "chunks": plan.chunks,
+                                             "unique_pixels": int(len(unique))}
 
 
 # --------------------------------------------------------------------------- the table
@@ -227,8 +261,14 @@ def _shared_pixels(flat: np.ndarray, label: np.ndarray) -> dict:
             "with_different_labels": int((multi & (first != last)).sum())}
 
 
+def _masked_by_reason(codes: np.ndarray, masked: np.ndarray) -> dict[str, int]:
+    """Rows left out by the mask, per reason (every masking reason, 0 where none)."""
+    found = np.bincount(codes[masked], minlength=len(MASK_CODES))
+    return {c.name: int(found[c.code]) for c in MASK_CODES if c.code not in (VALID, NODATA)}
+
+
 def _class_rows(lab: LabelFeatures, feat: np.ndarray, pixels: list, nodata: np.ndarray,
-                kept: np.ndarray, valid: np.ndarray) -> list[dict]:
+                kept: np.ndarray, valid: np.ndarray, codes: np.ndarray, masked: np.ndarray) -> list[dict]:
     out = []
     lengths = np.array([len(p) for p in pixels])
     for v in np.unique(lab.value):
@@ -244,6 +284,8 @@ def _class_rows(lab: LabelFeatures, feat: np.ndarray, pixels: list, nodata: np.n
             "pixels": int((rows & kept).sum()),
             "nodata_pixels_left_out": int((rows & nodata).sum()),
             "pixels_dropped_by_per_feature": int((rows & valid & ~kept).sum()),
+            "masked_pixels_left_out": int((rows & masked).sum()),
+            "masked_by_reason": _masked_by_reason(codes, rows & masked),
         })
     return out
 
@@ -324,6 +366,23 @@ def _check_options(per_feature: int | None, buffer: float | None) -> None:
         raise ParameterError(f"--buffer must be a finite number of metres, got {buffer!r}")
 
 
+def _every_row_left_out(da: xr.DataArray, nodata: np.ndarray, masked: np.ndarray,
+                        codes: np.ndarray) -> SamplesError:
+    if not masked.any():
+        return SamplesError(f"every labelled pixel ({len(nodata)}) is nodata in scene "
+                            f"{da.attrs.get('source')}: the labels fall where the scene has no data")
+    why = ", ".join(f"{k} {v}" for k, v in _masked_by_reason(codes, masked).items() if v)
+    return SamplesError(f"every labelled pixel ({len(nodata)}) is nodata ({int(nodata.sum())}) or masked "
+                        f"({why}) in scene {da.attrs.get('source')}: label clear pixels, or pass --mask none "
+                        "(or other --mask-classes) to keep them")
+
+
+def _scene_mask(da: xr.DataArray, mask: Any, mask_classes: Any) -> SceneMask:
+    """The scene's mask as ``classify`` resolves it (parse first: bad options fail before any read)."""
+    spec = parse_mask_option(mask, classes=mask_classes)
+    return scene_mask(da, spec, scene_id=str(da.attrs.get("scene_id") or da.attrs.get("source") or "scene"))
+
+
 def sample(
     scene: str | os.PathLike | xr.DataArray,
     labels: str | os.PathLike,
@@ -338,6 +397,8 @@ def sample(
     seed: int = 0,
     labels_crs: Any = None,
     chunks: int | tuple[int, int] = 1024,
+    mask: str | os.PathLike | None = None,
+    mask_classes: str | Sequence[int] | None = None,
     client: Any = None,
     overwrite: bool = False,
 ) -> SampleResult:
@@ -371,6 +432,12 @@ def sample(
         CRS of a CSV's ``x``,``y`` (or of a vector file declaring none).
     chunks
         Spatial chunk edge of the scene reads; each touched chunk is one read task.
+    mask
+        ``"scl"``, ``"none"`` or a raster on the scene's grid (non-zero = invalid), as for
+        ``classify``; ``None``: the scene's SCL where it has one. Rows on masked pixels are left
+        out and counted per class and reason.
+    mask_classes
+        SCL classes masked (default :data:`s2dask.mask.DEFAULT_MASK_CLASSES`).
     client
         A ``distributed.Client``; ``None`` starts an embedded LocalCluster for the call
         (:func:`s2dask.cluster.connect`); ``"threads"``/``"synchronous"`` use Dask's
@@ -387,9 +454,10 @@ def sample(
     SamplesError
         If the label file is unreadable, has no CRS, lacks the label column or it is empty,
         holds geometries other than points and polygons, misses the scene, labels no pixel,
-        or every labelled pixel is nodata.
+        or every labelled pixel is nodata or masked.
     SceneError, BandError
-        If the scene cannot be opened or lacks a band.
+        If the scene cannot be opened or lacks a band, ``mask="scl"`` is asked of a scene
+        without an SCL, or the mask raster is not on the scene's grid.
     ParameterError
         If an option is invalid (see the message).
     OutputExistsError
@@ -400,7 +468,9 @@ def sample(
     t0 = time.perf_counter()
     path, summary_path, fmt = _check_out(out, overwrite)
     _check_options(per_feature, buffer)
+    parse_mask_option(mask, classes=mask_classes)
     da = _open(scene, bands, chunks)
+    smask = _scene_mask(da, mask, mask_classes)
     frame, report = read_labels(labels, label=label, name_column=name_column, labels_crs=labels_crs)
     reserved = {"x", "y", "feature_id", "scene_id", *map(str, da["band"].values)}
     for col in (report["label_column"], report["name_column"]):
@@ -417,13 +487,15 @@ def sample(
                            f"{report['source']} (features too small or buffered away): use "
                            "--all-touched, a smaller negative --buffer or larger polygons")
     t1 = time.perf_counter()
-    values, reads = _read_pixels(da, flat, client)
+    values, codes, reads = _read_pixels(da, flat, client, smask.chunk if smask.chunk.readers else None)
     timings["read"] = time.perf_counter() - t1
     nodata = _nodata_rows(values, da.rio.nodata if da.rio.nodata is not None else da.attrs.get("nodata"))
-    if nodata.all():
-        raise SamplesError(f"every labelled pixel ({len(flat)}) is nodata in scene "
-                           f"{da.attrs.get('source')}: the labels fall where the scene has no data")
-    kept = _draw(feat, ~nodata, per_feature, seed)
+    nodata |= codes == NODATA  # SCL "no data": nodata, as in job.json
+    masked = ~nodata & (codes != VALID)
+    valid = ~nodata & ~masked
+    if not valid.any():
+        raise _every_row_left_out(da, nodata, masked, codes)
+    kept = _draw(feat, valid, per_feature, seed)
     df = _table(da, lab, feat[kept], flat[kept], values[kept], report)
     summary = {
         "table": str(path), "format": fmt, "rows": int(kept.sum()),
@@ -431,9 +503,12 @@ def sample(
                   "crs": crs_text(da.rio.crs), "bands": [str(b) for b in da["band"].values],
                   "shape": [int(n) for n in da.shape]},
         "labels": report, "label_crs": report["crs"], "scene_crs": crs_text(da.rio.crs),
-        "classes": _class_rows(lab, feat, pixels, nodata, kept, ~nodata),
+        "classes": _class_rows(lab, feat, pixels, nodata, kept, valid, codes, masked),
         "labels_outside_scene": report["features_outside_scene"],
         "nodata_pixels_left_out": int(nodata.sum()),
+        "masked_pixels_left_out": int(masked.sum()),
+        "masked_by_reason": _masked_by_reason(codes, masked),
+        "mask": smask.spec.to_json(),
         "features_without_pixels": int(sum(len(p) == 0 for p in pixels)),
         "shared_pixels": _shared_pixels(flat[kept], lab.value[feat[kept]]),
         "reads": reads,
@@ -454,11 +529,20 @@ def format_summary(summary: dict) -> str:
     lines = [f"sampled {summary['rows']} pixels from {lab['source']} ({summary['label_crs']}) in scene "
              f"{summary['scene']['id']} ({summary['scene_crs']}); read {reads['chunks_read']} of "
              f"{reads['chunks']} chunks"]
-    lines.append(f"  {'value':>5}  {'class':<24} {'features':>8} {'pixels':>8} {'nodata':>8} {'dropped':>8}")
+    masking = summary.get("mask", {}).get("mode", "none") != "none"
+    lines.append(f"  {'value':>5}  {'class':<24} {'features':>8} {'pixels':>8} {'nodata':>8} {'dropped':>8}"
+                 + (f" {'masked':>8}" if masking else ""))
     for c in summary["classes"]:
         lines.append(f"  {c['value']:>5}  {str(c['name'] or ''):<24} {c['features']:>8} {c['pixels']:>8} "
-                     f"{c['nodata_pixels_left_out']:>8} {c['pixels_dropped_by_per_feature']:>8}")
+                     f"{c['nodata_pixels_left_out']:>8} {c['pixels_dropped_by_per_feature']:>8}"
+                     + (f" {c['masked_pixels_left_out']:>8}" if masking else ""))
     notes = []
+    if masking:
+        m = summary["mask"]
+        why = ", ".join(f"{k} {v}" for k, v in summary["masked_by_reason"].items() if v)
+        notes.append(f"masked pixels left out: {summary['masked_pixels_left_out']}" + (f" ({why})" if why else "")
+                     + f"; mask {m['mode']}" + (f" {m['path']}" if m.get("path") else "")
+                     + (f", SCL classes {','.join(map(str, m['scl_classes']))}" if "scl_classes" in m else ""))
     for key, text in (("features_outside_scene", "outside the scene"),
                       ("features_without_label", "without a label value (skipped)"),
                       ("features_without_geometry", "without a geometry (skipped)"),
