@@ -265,6 +265,8 @@ def check_scheduler(address: str, *, timeout: float = 10.0, security=None) -> di
             if address.startswith("tcp://") else ""
         raise ClusterError(f"something listens at {address} but did not answer Dask's handshake "
                            f"within {timeout:g} s: it is not a Dask scheduler{tls}; {port_hint}")
+    if exc is not None and _speaks_tls(address, timeout):
+        return {}  # a TLS scheduler this client cannot talk to: connect() says how to fix it
     if exc is not None:
         raise ClusterError(f"{address} answers but is not a Dask scheduler (it does not speak "
                            f"Dask's protocol: {type(exc).__name__}): {port_hint}")
@@ -273,6 +275,28 @@ def check_scheduler(address: str, *, timeout: float = 10.0, security=None) -> di
         raise ClusterError(f"{address} answers but is not a Dask scheduler (it is a {kind}): "
                            f"{port_hint}")
     return value
+
+
+def _speaks_tls(address: str, timeout: float) -> bool:
+    """Whether what listens at ``address`` answers a TLS handshake (a ``tls://`` scheduler
+    reached without certificates, or as ``tcp://``): then the connection error, not "not
+    Dask", is the message that helps."""
+    import socket
+    import ssl
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    host, port = parse_host_port(parse_address(address)[1])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host):
+                return True  # the handshake completed
+    except ssl.SSLError as exc:  # the server answered with a TLS alert: it speaks TLS
+        return "ALERT" in str(exc).upper()
+    except OSError:
+        return False
 
 
 def _check_listening(address: str, timeout: float, hint: str) -> None:
