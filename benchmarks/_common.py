@@ -205,12 +205,16 @@ def scratch(*parts: str) -> Path:
     return p
 
 
-def model_bundle(seed: int = 0) -> Path:
-    """The tutorial's MLP (10 -> 4x200 -> 5), random weights, saved as a bundle (cached)."""
+def model_bundle(seed: int = 0, *, ir: bool = True) -> Path:
+    """The tutorial's MLP (10 -> 4x200 -> 5), random weights, saved as a bundle (cached).
+
+    With its OpenVINO IR beside ``model.keras``, as ``s2dask train`` writes it (``ir=False``:
+    without, so that workers convert the Keras model themselves).
+    """
     from s2dask.bands import DEFAULT_BANDS
     from s2dask.synthetic import SYNTHETIC_CLASSES
 
-    out = SCRATCH / f"model-{seed}"
+    out = SCRATCH / f"model-{seed}{'-ir' if ir else ''}"
     if (out / "model.json").is_file():
         return out
     from s2dask.model import build_model, save_bundle
@@ -222,6 +226,10 @@ def model_bundle(seed: int = 0) -> Path:
                         units=UNITS, seed=seed)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=scratch()))
     save_bundle(model, tmp, bands=list(DEFAULT_BANDS), classes=classes)
+    if ir:
+        from s2dask.openvino_ir import export_ir
+
+        export_ir(tmp, keras_model=model)
     try:
         os.replace(tmp, out)
     except OSError:  # another process made it meanwhile

@@ -103,8 +103,8 @@ def main(argv=None) -> int:
         r["vs_naive_100"] = e / n100
         r["vs_naive_large"] = e / nbig
         r["with_cluster_start_vs_naive_100"] = r["mpx_s_with_cluster_start"] / n100
-        rows.append((f"s2dask classify end to end", r["chunks"], e, e / n100, e / nbig))
-        rows.append((f"  incl. cluster start", r["chunks"], r["mpx_s_with_cluster_start"],
+        rows.append(("s2dask classify end to end", r["chunks"], e, e / n100, e / nbig))
+        rows.append(("  incl. cluster start", r["chunks"], r["mpx_s_with_cluster_start"],
                      r["mpx_s_with_cluster_start"] / n100, r["mpx_s_with_cluster_start"] / nbig))
     if a.cli:
         print("s2dask classify, the whole CLI process ...", file=sys.stderr)

@@ -257,9 +257,11 @@ def startup(model: str, ir_model: str) -> dict:
 
 
 def ir_bundle(model: str) -> str:
-    """A copy of the benchmark bundle with the IR stored in it (cached)."""
+    """The benchmark bundle with the IR stored in it (a cached copy if it has none)."""
     from s2dask.engine import export_ir
 
+    if (Path(model) / "model.xml").is_file():
+        return model
     out = C.scratch() / (Path(model).name + "-ir")
     if not (out / "model.xml").is_file():
         tmp = C.scratch() / f".ir-{os.getpid()}"

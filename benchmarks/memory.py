@@ -153,13 +153,7 @@ def engine_baselines() -> dict:
     import json
     import subprocess
 
-    from s2dask.openvino_ir import export_ir
-
-    bundle = C.scratch("memory-ir") / "bundle"
-    if not (bundle / "model.xml").is_file():
-        shutil.rmtree(bundle, ignore_errors=True)
-        shutil.copytree(C.model_bundle(), bundle)
-        export_ir(bundle)
+    bundle = C.model_bundle()  # with its IR, as 's2dask train' writes it
     out = {}
     for engine in ("openvino", "tensorflow"):
         proc = subprocess.run([sys.executable, "-c", _ENGINE_RSS, engine, str(bundle)],

@@ -28,20 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
-def _bundle(ir: bool) -> Path:
-    base = C.model_bundle()
-    if not ir:
-        return base
-    out = C.SCRATCH / "model-0-ir"
-    if not (out / "model.xml").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(base, out)
-        from s2dask.engine import export_ir
-
-        export_ir(out)
-    return out
-
-
 def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -70,7 +56,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    scene, bundle = C.scene(args.size), _bundle(not args.no_ir)
+    scene, bundle = C.scene(args.size), C.model_bundle(ir=not args.no_ir)
     extra = ["--workers", str(args.workers)] if args.workers else []
     runs = [run_once(scene, bundle, C.scratch("startup-out") / str(i), extra) for i in range(args.repeat)]
     keys = ["imports", "cluster_up", "scenes_checked", "model_delivered", "first_chunk"]

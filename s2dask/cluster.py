@@ -1,7 +1,9 @@
 """Client side: make or join a Dask cluster, and describe it.
 
 :func:`connect` joins a running scheduler (TCP or TLS, :func:`make_security`) or starts
-an embedded ``LocalCluster`` sized by :func:`local_cluster_size`; :func:`cluster_summary`
+an embedded ``LocalCluster`` sized by :func:`local_cluster_size`, its worker processes
+forked from a server that has imported the worker side once (:func:`start_fork_server`);
+:func:`cluster_summary`
 and :func:`host_thread_counts` describe it for job records and thread sizing. Nothing
 here runs on workers: the model plugin, the per-process model cache and the task
 functions are in :mod:`s2dask.worker`.
@@ -27,6 +29,7 @@ __all__ = [
     "cluster_summary",
     "host_thread_counts",
     "register_plugin",
+    "start_fork_server",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,61 @@ def __getattr__(name: str):
     if name in _MOVED:
         return getattr(import_module(_MOVED[name]), name)
     raise AttributeError(f"module 's2dask.cluster' has no attribute {name!r}")
+
+
+#: what the fork server imports once, so that each worker process starts with it in memory
+WORKER_PRELOAD = ("distributed", "numpy", "s2dask.worker")
+_METHOD_KEY = "distributed.worker.multiprocessing-method"
+
+
+def start_fork_server(*, openvino: bool = True) -> bool:
+    """Start embedded workers from a fork server that has the worker side imported.
+
+    Worker processes of a ``LocalCluster`` are spawned by default: each new interpreter
+    imports distributed, numpy, rasterio and :mod:`s2dask.worker` (and OpenVINO) again,
+    about two core-seconds apiece, all competing for the same cores as the client's own
+    imports. A ``forkserver`` imports them once, in a single-threaded server process,
+    and forks every worker (and every worker a nanny restarts) from it. Sets
+    ``distributed.worker.multiprocessing-method`` to ``forkserver`` for this process and
+    starts the server now, in the background, so that the server's imports overlap the
+    caller's. Idempotent.
+
+    Nothing changes where the user chose a start method (the
+    ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD`` environment variable, or a
+    configured value other than ``spawn``), or where the platform has no fork server.
+
+    Parameters
+    ----------
+    openvino
+        Preload OpenVINO too (the engine of CPU workers unless ``--engine keras``).
+        TensorFlow is never preloaded: it is not safe to fork once imported.
+
+    Returns
+    -------
+    bool
+        Whether the embedded workers will be forked from the server.
+    """
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    import dask
+
+    method = dask.config.get(_METHOD_KEY, "spawn")
+    if method == "forkserver":
+        return True
+    if (os.environ.get("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD") or method != "spawn"
+            or "forkserver" not in multiprocessing.get_all_start_methods()):
+        return False
+    # the server is the parent of every worker: give it the environment a nanny would set
+    # before spawning one (one thread for OpenMP/BLAS pools; memory trimming)
+    env = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    os.environ.setdefault("PYTHONHASHSEED", "6640")  # as a nanny sets it for its workers
+    modules = [*WORKER_PRELOAD, *(("openvino",) if openvino else ())]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+    dask.config.set({_METHOD_KEY: "forkserver"})
+    multiprocessing.forkserver.ensure_running()
+    return True
 
 
 def host_thread_counts(client) -> dict[str, int]:
@@ -221,6 +279,7 @@ def connect(
                                    dashboard_address=":0" if dashboard else None)
         return Client(cluster), cluster
     n, t = local_cluster_size(workers, threads_per_worker)
+    start_fork_server()
     # a failed task is reported once, by the job, as one line; the workers' own tracebacks
     # of it would bury that line (S2DASK_DEBUG=1 keeps them)
     quiet = logging.CRITICAL if not os.environ.get("S2DASK_DEBUG") else logging.WARNING

@@ -4,6 +4,7 @@ IR in the bundle (no TensorFlow on OpenVINO workers), job.json's engine records,
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,43 @@ def test_classify_without_client_starts_its_cluster_while_checking(synth_dir, ir
     assert 0 < startup["cluster_up"] <= startup["model_delivered"] <= startup["first_chunk"]
     [rec] = res.record["engine"]["workers"].values()
     assert (rec["engine"], rec["precision"], rec["model_source"]) == ("openvino", "fp32", "ir")
+
+
+_FORK_CHECK = """
+import os, sys
+from s2dask.cluster import close_cluster, connect
+
+def info():
+    import multiprocessing, os, sys
+    return ["s2dask.worker" in sys.modules, "openvino" in sys.modules, os.environ.get("OMP_NUM_THREADS")]
+
+if __name__ == "__main__":
+    client, cluster = connect(workers=1, threads_per_worker=1, dashboard=False)
+    try:
+        import dask
+        [got] = client.run(info).values()
+        print(dask.config.get("distributed.worker.multiprocessing-method"), *got)
+    finally:
+        close_cluster(client, cluster)
+"""
+
+
+@pytest.mark.parametrize("method", [None, "spawn"])
+def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
+    """An embedded cluster's workers are forked from a server that imported the worker side
+    (and OpenVINO) once, with the nanny's one-thread BLAS environment; a start method the
+    user chose is kept."""
+    script = tmp_path / "check.py"
+    script.write_text(_FORK_CHECK)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
+                                                            "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD")}
+    if method:
+        env["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = method
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    if method is None:
+        assert line == "forkserver True True 1"
+    else:  # spawned: a fresh interpreter that imported neither (yet)
+        assert line == "spawn False False 1"
