@@ -11,11 +11,16 @@ import argparse
 __all__ = ["positive_int", "chunk_size", "metres"]
 
 
-def positive_int(text: str) -> int:
+def _parse(text: str, parse, what: str):
+    """``parse(text)``, or the usage error ``'<text>' is not <what>``."""
     try:
-        value = int(text)
+        return parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _parse(text, int, "an integer")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
@@ -33,10 +38,7 @@ def chunk_size(text: str) -> int:
 
 
 def metres(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of metres") from None
+    value = _parse(text, float, "a number of metres")
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 metres, got {text}")
     return value
