@@ -9,7 +9,6 @@ baseline 05.10 offset (+1000) that the items declare in two different ways.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -235,31 +234,13 @@ def test_user_mask_file(scenes, tiny_model, cluster_client, tmp_path):
 
 
 @pytest.fixture
-def s3(monkeypatch, tmp_path):
-    """AWS_* pointing at a moto server on loopback, with a fresh bucket (as tests/test_storage.py)."""
-    pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+def s3(moto_url, moto_s3):
+    """AWS_* pointing at moto's S3 on loopback, with a fresh bucket (conftest: moto_s3);
+    the client and the endpoint URL."""
+    from _s3 import fresh_bucket
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key in list(os.environ):
-            if key.startswith("AWS_"):
-                monkeypatch.delenv(key)
-        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_REGION", "us-east-1")
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="s2dask-stac-job")
-        yield client, f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with fresh_bucket(moto_s3, "s2dask-stac-job"):
+        yield moto_s3, moto_url
 
 
 def _upload_item(s3client, scenes, prefix: str, *, href_base: str | None = None) -> None:
