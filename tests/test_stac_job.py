@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import xarray as xr
 from _rasters import CRS, X0, Y0, make_scene
+from _stac_fixtures import add_cog_asset, l2a_item, write_cog
 
 from s2dask import cli
 from s2dask.bands import BANDS
@@ -58,14 +57,7 @@ def expected_codes() -> np.ndarray:
 
 
 def write_tif(path: Path, data: np.ndarray, res: float) -> Path:
-    from rasterio.transform import from_origin
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs=CRS, transform=from_origin(X0, Y0, res, res), nodata=0,
-                       COMPRESS="DEFLATE", BLOCKSIZE=256) as dst:
-        dst.write(data, 1)
-    return path
+    return write_cog(path, data, res, crs=CRS, x0=X0, y0=Y0, BLOCKSIZE=256)
 
 
 def native(data: np.ndarray, band: str) -> tuple[np.ndarray, int]:
@@ -76,11 +68,8 @@ def native(data: np.ndarray, band: str) -> tuple[np.ndarray, int]:
 def build_item(folder: Path, raw: np.ndarray, convention: str, *, with_scl: bool = True,
                item_id: str | None = None) -> "pystac.Item":
     """An L2A item whose COG assets hold ``raw`` (offset DNs): es1 says it in raster:bands, pc by baseline."""
-    props = {"constellation": "sentinel-2", "platform": "sentinel-2b", "proj:code": CRS,
-             "s2:processing_baseline": "05.10", "s2:mgrs_tile": "17TNH", "s2:product_type": "S2MSI2A"}
-    item = pystac.Item(item_id or (ES1_ID if convention == "es1" else PC_ID), geometry=None, bbox=None,
-                       properties=props, datetime=datetime(2023, 8, 1, 16, tzinfo=timezone.utc),
-                       collection="sentinel-2-c1-l2a" if convention == "es1" else "sentinel-2-l2a")
+    item = l2a_item(item_id or (ES1_ID if convention == "es1" else PC_ID), properties={"proj:code": CRS},
+                    collection="sentinel-2-c1-l2a" if convention == "es1" else "sentinel-2-l2a")
     for k, band in enumerate(BAND_ORDER + (["SCL"] if with_scl else [])):
         key = ES1[band] if convention == "es1" else band
         values, res = (scl_grid(), 20) if band == "SCL" else native(raw[k], band)
@@ -88,8 +77,7 @@ def build_item(folder: Path, raw: np.ndarray, convention: str, *, with_scl: bool
         extra = {"gsd": res, "proj:shape": list(values.shape), "proj:transform": [res, 0, X0, 0, -res, Y0]}
         if convention == "es1" and band != "SCL":
             extra["raster:bands"] = [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": -0.1}]
-        item.add_asset(key, pystac.Asset(f"./{path.name}", media_type=pystac.MediaType.COG, roles=["data"],
-                                         extra_fields=extra))
+        add_cog_asset(item, key, f"./{path.name}", extra)
     return item
 
 
