@@ -33,8 +33,8 @@ from typing import Sequence
 import numpy as np
 
 from .design import allocate, design
-from .errors import OutputExistsError, ParameterError, SamplesError
-from .maps import DEFAULT_CHUNK, RasterSource, open_map, write_atomically
+from .errors import ParameterError, SamplesError
+from .maps import DEFAULT_CHUNK, RasterSource, check_output, open_map, write_atomically
 from .storage import atomic_write_text
 
 __all__ = ["Z95", "Assessment", "estimate", "allocate", "design", "assess"]
@@ -337,9 +337,7 @@ def _scan_map(src: RasterSource, rows: np.ndarray, cols: np.ndarray, chunk: int)
     totals: dict[int, int] = {}
     at_points = np.full(len(rows), -1, dtype="int64")
     on_data = np.zeros(len(rows), dtype=bool)
-    for y0, y1, x0, x1 in src.windows(chunk):
-        block = src.read(y0, y1, x0, x1)
-        valid = src.valid(block)
+    for (y0, y1, x0, x1), block, valid in src.blocks(chunk):
         vals, cnt = np.unique(block[valid], return_counts=True)
         for v, c in zip(vals, cnt):
             totals[int(v)] = totals.get(int(v), 0) + int(c)
@@ -356,8 +354,7 @@ def _check_outputs(out: str | os.PathLike | None, overwrite: bool) -> tuple[Path
     js = Path(out)
     png = js.with_suffix(".png")
     for p in (js, png):
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{p} already exists; pass overwrite=True (--overwrite) to replace it")
+        check_output(p, overwrite)
     return js, png
 
 

@@ -12,31 +12,11 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
+from .cli_args import chunk_size, positive_int
 from .cli_maps import add_classify_options, add_subcommands
 from .errors import S2DaskError
 
 Handler = Callable[[argparse.Namespace], int | None]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _chunk_size(text: str) -> int:
-    """``--chunks`` of classify, checked here: a bad value is refused before a cluster starts."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid chunks={text!r}: chunk size must be a positive integer")
-    return value
 
 
 # --------------------------------------------------------------------------- train / evaluate
@@ -95,13 +75,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="groups for --split group (default feature_id, written by 's2dask sample')")
     p.add_argument("--block-size", type=float, default=250.0, metavar="M",
                    help="block side in metres for --split block (default 250)")
-    p.add_argument("--folds", type=_positive_int, default=None, metavar="K",
+    p.add_argument("--folds", type=positive_int, default=None, metavar="K",
                    help="cross-validate first: K models on K disjoint test folds grouped like "
                    "--split; report mean, sd and range across folds (the bundle is then fitted "
                    "on the usual train/validation part)")
     p.add_argument("--seed", type=int, default=0, help="seed for split and training (default 0)")
-    p.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default 100)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="mini-batch (default 64)")
+    p.add_argument("--epochs", type=positive_int, default=100, help="maximum epochs (default 100)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch (default 64)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="default 0.001")
     p.add_argument("--optimizer", choices=("adam", "sgd", "rmsprop"), default="adam")
     p.add_argument("--units", type=_ints, default=[200, 200, 200, 200],
@@ -181,7 +161,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="integer class column of the labels (default Class_ID)")
     p.add_argument("--name-column", metavar="COL", help="class-name column to copy into the table")
     _add_bands(p, "select")
-    p.add_argument("--per-feature", type=_positive_int, metavar="N",
+    p.add_argument("--per-feature", type=positive_int, metavar="N",
                    help="at most N pixels per feature, drawn with --seed")
     p.add_argument("--buffer", type=float, metavar="METRES",
                    help="buffer geometries first; negative shrinks polygons (keeps mixed edge pixels out)")
@@ -190,7 +170,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --per-feature draw (default 0)")
     p.add_argument("--labels-crs", metavar="CRS",
                    help="CRS of a CSV's x,y (or of a vector file declaring none), e.g. EPSG:32617")
-    p.add_argument("--chunks", type=_positive_int, default=1024, metavar="N",
+    p.add_argument("--chunks", type=positive_int, default=1024, metavar="N",
                    help="chunk edge of the scene reads (default 1024); each touched chunk is one task")
     _add_mask_args(p, "pixels left out of the table and counted (as classify masks them)")
     where = p.add_mutually_exclusive_group()
@@ -270,7 +250,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scene", metavar="SCENE",
                    help="multi-band GeoTIFF, band folder, .SAFE product, Zarr store or STAC item (FILE#ID)")
     _add_bands(p, "select")
-    p.add_argument("--chunks", type=_positive_int, default=2048, help="spatial chunk edge (default 2048)")
+    p.add_argument("--chunks", type=positive_int, default=2048, help="spatial chunk edge (default 2048)")
     _add_boa_option(p)
     p.set_defaults(handler=_cmd_inspect)
 
@@ -324,7 +304,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    "collection / catalogue (one scene per item; several allowed)")
     p.add_argument("--model", "-m", required=True, metavar="MODEL_DIR", help="bundle from 's2dask train'")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--chunks", type=_chunk_size, default=None, metavar="N",
+    p.add_argument("--chunks", type=chunk_size, default=None, metavar="N",
                    help="spatial chunk edge in pixels (default 2048, smaller for scenes of fewer than "
                    "4 such chunks); memory per task scales with it")
     p.add_argument("--probabilities", action="store_true",
@@ -339,13 +319,13 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", metavar="FILE", help="client key of a TLS cluster")
     p.add_argument("--timeout", type=float, default=20.0, metavar="S",
                    help="seconds to wait for the scheduler (default 20)")
-    p.add_argument("--workers", type=_positive_int, metavar="N",
+    p.add_argument("--workers", type=positive_int, metavar="N",
                    help="workers of the embedded cluster (default: one per core)")
-    p.add_argument("--threads-per-worker", type=_positive_int, metavar="N",
+    p.add_argument("--threads-per-worker", type=positive_int, metavar="N",
                    help="threads per worker of the embedded cluster (default 1)")
     p.add_argument("--gpu", action="store_true",
                    help="embedded cluster of one worker per GPU (needs the gpu extra: dask-cuda)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="pixels per forward call (default: the engine's, Keras 8192, OpenVINO 2048)")
     p.add_argument("--engine", choices=("auto", "keras", "openvino"), default="auto",
                    help="inference engine (default auto, chosen on each worker: OpenVINO on CPU "
@@ -483,9 +463,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", help="folder holding buffalo/ (default: $S2DASK_SAMPLE_DATA or ../shared/data)")
     p.add_argument("--synthetic", action="store_true", help="use the synthetic scene even if sample data exists")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: a quick run)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: a quick run)")
     p.add_argument("--chunks", type=int, default=None, metavar="N", help="chunk edge for the classification")
-    p.add_argument("--workers", type=_positive_int, metavar="N", help="workers (default: one per core)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="workers (default: one per core)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo in DIR")
     p.set_defaults(handler=_cmd_demo)
 

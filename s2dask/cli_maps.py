@@ -11,27 +11,9 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_args import metres, positive_int
+
 __all__ = ["add_subcommands", "add_classify_options"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _metres(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of metres") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 metres, got {text}")
-    return value
 
 
 def add_classify_options(p: argparse.ArgumentParser) -> None:
@@ -85,9 +67,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "single-band uncertainty GeoTIFF) and write the N most uncertain pixels, at least "
         "--min-distance metres apart, as a GeoPackage of points with their predicted class.")
     p.add_argument("map", metavar="MAP_DIR", help="job output folder, its classes.zarr, or an uncertainty GeoTIFF")
-    p.add_argument("--n", type=_positive_int, default=200, help="points to suggest (default 200)")
+    p.add_argument("--n", type=positive_int, default=200, help="points to suggest (default 200)")
     p.add_argument("--out", "-o", required=True, metavar="CANDIDATES.gpkg", help="GeoPackage to write")
-    p.add_argument("--min-distance", type=_metres, default=0.0, metavar="METRES",
+    p.add_argument("--min-distance", type=metres, default=0.0, metavar="METRES",
                    help="minimum distance between points (default 0)")
     p.add_argument("--layer", choices=("entropy", "margin", "least"), default="entropy",
                    help="uncertainty measure (default entropy)")
@@ -100,7 +82,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "minimum per class (capped by the class's pixels), as Olofsson et al. (2014) recommend. "
         "Writes points at pixel centres with an empty 'reference' column.")
     p.add_argument("map", metavar="MAP", help="job output folder or single-band class raster")
-    p.add_argument("--n", type=_positive_int, required=True, help="target sample size")
+    p.add_argument("--n", type=positive_int, required=True, help="target sample size")
     p.add_argument("--out", "-o", required=True, metavar="REFERENCE.gpkg", help="GeoPackage to write")
     p.add_argument("--min-per-class", type=int, default=50, help="minimum points per class (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -11,12 +11,11 @@ Runs on the client; the map is read one window at a time (:mod:`s2dask.maps`).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputExistsError, ParameterError
-from .maps import DEFAULT_CHUNK, RasterSource, open_map, write_points
+from .errors import ParameterError
+from .maps import DEFAULT_CHUNK, RasterSource, check_output, class_names, open_map, write_map_points
 
 __all__ = ["allocate", "design"]
 
@@ -53,9 +52,8 @@ def allocate(mapped_pixels: dict[int, int], n: int, *, min_per_class: int = 50) 
 def _count_windows(src: RasterSource, chunk: int) -> tuple[list, list[dict[int, int]]]:
     """First pass: the windows and the pixel count of each class in each."""
     windows, counts = [], []
-    for w in src.windows(chunk):
-        block = src.read(*w)
-        vals, cnt = np.unique(block[src.valid(block)], return_counts=True)
+    for w, block, valid in src.blocks(chunk):
+        vals, cnt = np.unique(block[valid], return_counts=True)
         windows.append(w)
         counts.append({int(v): int(c) for v, c in zip(vals, cnt)})
     return windows, counts
@@ -112,7 +110,7 @@ def design(map: str | os.PathLike, *, n: int, out: str | os.PathLike, min_per_cl
     Returns
     -------
     geopandas.GeoDataFrame
-        The points written.
+        The points written, by stratum (class value), then row and column.
 
     Raises
     ------
@@ -123,12 +121,8 @@ def design(map: str | os.PathLike, *, n: int, out: str | os.PathLike, min_per_cl
     OutputExistsError
         If ``out`` exists and ``overwrite`` is False (checked before reading the map).
     """
-    import geopandas as gpd
-
     allocate({1: 1}, n, min_per_class=min_per_class)  # validates n and min_per_class early
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    out = check_output(out, overwrite)
     src, table = open_map(map)
     windows, counts = _count_windows(src, chunk)
     totals: dict[int, int] = {}
@@ -150,16 +144,15 @@ def design(map: str | os.PathLike, *, n: int, out: str | os.PathLike, min_per_cl
     order = np.lexsort((cols_a, rows_a, vals_a))
     rows_a, cols_a, vals_a = rows_a[order], cols_a[order], vals_a[order]
     xs, ys = src.xy(rows_a, cols_a)
-    names = {c["value"]: c["name"] for c in (table or [])}
-    frame = gpd.GeoDataFrame(
+    names = class_names(table)
+    return write_map_points(
+        out, src,
         {"id": np.arange(1, len(vals_a) + 1), "map_value": vals_a.astype("int64"),
          "map_class": [names.get(int(v), str(int(v))) for v in vals_a],
          "reference": _empty_strings(len(vals_a)),
          "stratum_pixels": [totals[int(v)] for v in vals_a],
-         "stratum_sample": [sizes[int(v)] for v in vals_a], "x": xs, "y": ys},
-        geometry=gpd.points_from_xy(xs, ys), crs=src.crs)
-    write_points(frame, out, overwrite=overwrite)
-    return frame
+         "stratum_sample": [sizes[int(v)] for v in vals_a]},
+        xs, ys, overwrite=overwrite)
 
 
 def _empty_strings(k: int):

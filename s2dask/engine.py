@@ -36,11 +36,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .contract import OUTPUT_NODATA
 from .errors import ModelError, ParameterError
 from .openvino_ir import contract_field as _get
 from .openvino_ir import convert, core, export_ir, ir_from_bytes, load_ir
 from .predict import DEFAULT_BATCH_SIZE as DEFAULT_KERAS_BATCH_SIZE
+from .predict import RowPredictor
 
 __all__ = [
     "ENGINES",
@@ -286,7 +286,7 @@ def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n
     return ov.Model(outs, model.get_parameters(), f"s2dask-{kind}")
 
 
-class OpenVINOPredictor:
+class OpenVINOPredictor(RowPredictor):
     """A bundle's forward pass compiled by OpenVINO, with :class:`s2dask.predict.Predictor`'s interface.
 
     Parameters
@@ -373,25 +373,13 @@ class OpenVINOPredictor:
             req = reqs[kind] = self._compile(kind).create_infer_request()
         return req
 
-    def _batch_buffer(self) -> np.ndarray:
-        buf = getattr(self._local, "x", None)
-        if buf is None:
-            buf = self._local.x = np.zeros((self.batch_size, self.n_bands), dtype="float32")
-        return buf
-
     def _run(self, kind: str, values: np.ndarray, outs: list[np.ndarray]) -> None:
         """Fill ``outs`` (one array per graph output, first axis N) batch by batch."""
-        n, bs = values.shape[0], self.batch_size
-        req, buf = self._request(kind), self._batch_buffer()
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            m = stop - start
-            buf[:m] = values[start:stop]
-            if m < bs:
-                buf[m:] = 0.0
+        req = self._request(kind)
+        for start, stop, buf in self._padded_batches(values):
             res = req.infer({0: buf}, share_inputs=True, share_outputs=True)
             for i, out in enumerate(outs):
-                out[start:stop] = res[i][:m]
+                out[start:stop] = res[i][:stop - start]
 
     def forward(self, values: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, C)`` float32 for valid rows ``(N, bands)``; no nodata handling."""
@@ -401,57 +389,12 @@ class OpenVINOPredictor:
         self._run("full", values, outs)
         return outs[3]
 
-    def valid_mask(self, values: np.ndarray) -> np.ndarray:
-        """True for rows whose bands are all finite and none equals the input nodata."""
-        valid = np.ones(values.shape[0], dtype=bool)
-        if np.issubdtype(values.dtype, np.floating):
-            valid &= np.isfinite(values).all(axis=1)
-        if self.input_nodata is not None:
-            valid &= ~(values == self.input_nodata).any(axis=1)
-        return valid
-
-    def predict_proba(self, values: np.ndarray) -> np.ndarray:
-        """Probabilities ``(N, C)``; NaN rows where any band is nodata."""
-        valid = self.valid_mask(values)
-        out = np.full((values.shape[0], self.n_classes), np.nan, dtype="float32")
-        if valid.any():
-            out[valid] = self.forward(values[valid])
-        return out
-
-    def predict_classes(self, values: np.ndarray) -> np.ndarray:
-        """Class values (uint8); :data:`~s2dask.model.OUTPUT_NODATA` where any band is nodata."""
-        classes, _, _ = self.predict_rows(values, probabilities=False)
-        return classes
-
-    def predict_rows(self, values: np.ndarray, *, probabilities: bool = False):
-        """Classes, confidence (uint8 percent) and optionally probabilities (uint8 percent).
-
-        Returns
-        -------
-        classes : (N,) uint8, 255 where nodata
-        confidence : (N,) uint8, max probability in percent, 0 where nodata
-        probs : (N, C) uint8 percent (0 where nodata) or None
-        """
-        n = values.shape[0]
-        valid = self.valid_mask(values)
-        classes = np.full(n, OUTPUT_NODATA, dtype="uint8")
-        confidence = np.zeros(n, dtype="uint8")
-        probs = np.zeros((n, self.n_classes), dtype="uint8") if probabilities else None
-        kind = "full" if probabilities else "rows"
-        if valid.all():  # the common case: the graph writes straight into the outputs
-            outs = [classes, confidence] + ([probs, _Discard()] if probabilities else [])
-            self._run(kind, values, outs)
-        elif valid.any():
-            rows = values[valid]
-            m = rows.shape[0]
-            outs = [np.empty(m, "uint8"), np.empty(m, "uint8")]
-            if probabilities:
-                outs += [np.empty((m, self.n_classes), "uint8"), _Discard()]
-            self._run(kind, rows, outs)
-            classes[valid], confidence[valid] = outs[0], outs[1]
-            if probabilities:
-                probs[valid] = outs[2]
-        return classes, confidence, probs
+    def _fill_rows(self, values, classes, confidence, probs) -> None:
+        """The graph writes the class values, confidence (and uint8 probabilities) straight
+        into the given arrays; the float probabilities are dropped."""
+        kind = "full" if probs is not None else "rows"
+        outs = [classes, confidence] + ([probs, _Discard()] if probs is not None else [])
+        self._run(kind, values, outs)
 
 
 class _Discard:

@@ -30,8 +30,8 @@ from rasterio.transform import Affine
 from .errors import OutputExistsError, SceneError, StorageError
 from .storage import staged_file
 
-__all__ = ["RasterSource", "open_map", "open_layer", "class_table", "write_atomically",
-           "write_points", "DEFAULT_CHUNK"]
+__all__ = ["RasterSource", "open_map", "open_layer", "class_table", "class_names", "check_output",
+           "write_atomically", "write_points", "write_map_points", "DEFAULT_CHUNK"]
 
 DEFAULT_CHUNK = 2048
 """Edge of the windows a map is read in (pixels): 2048^2 uint8 = 4 MiB per window."""
@@ -62,6 +62,14 @@ class RasterSource:
         for y0 in range(0, ny, chunk):
             for x0 in range(0, nx, chunk):
                 yield y0, min(y0 + chunk, ny), x0, min(x0 + chunk, nx)
+
+    def blocks(self, chunk: int = DEFAULT_CHUNK
+               ) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]]:
+        """``(window, block, valid)`` for each of :meth:`windows`, read one at a time: the
+        chunk-wise walk over the whole map (``valid`` is :meth:`valid` of the block)."""
+        for w in self.windows(chunk):
+            block = self.read(*w)
+            yield w, block, self.valid(block)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Read the ``[y0:y1, x0:x1]`` window as a 2-D array."""
@@ -258,6 +266,25 @@ def class_table(path: str | os.PathLike) -> list[dict] | None:
     return None
 
 
+def class_names(table: list[dict] | None) -> dict[int, str]:
+    """``{value: name}`` of a class table (empty for None: the caller names classes by value)."""
+    return {c["value"]: c["name"] for c in (table or [])}
+
+
+def check_output(dst: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``dst`` as a Path, refused when it exists and ``overwrite`` is False.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``dst`` exists and ``overwrite`` is False.
+    """
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise OutputExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+    return dst
+
+
 def write_atomically(dst: str | os.PathLike, write: Callable[[Path], None], *,
                      overwrite: bool = False, suffix: str = "") -> str:
     """Call ``write(tmp)`` on a temporary name next to ``dst``, then move it to ``dst``.
@@ -284,9 +311,7 @@ def write_atomically(dst: str | os.PathLike, write: Callable[[Path], None], *,
     StorageError
         If the folder cannot be written.
     """
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+    dst = check_output(dst, overwrite)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with staged_file(dst, suffix=suffix) as part:
@@ -313,3 +338,23 @@ def write_points(frame, dst: str | os.PathLike, *, overwrite: bool = False) -> s
         pyogrio.write_dataframe(frame, part, layer=dst.stem, driver="GPKG")
 
     return write_atomically(dst, _write, overwrite=overwrite, suffix=".gpkg")
+
+
+def write_map_points(dst: str | os.PathLike, src: RasterSource, columns: dict[str, Any],
+                     xs: np.ndarray, ys: np.ndarray, *, overwrite: bool = False):
+    """Points of a map at ``(xs, ys)`` (pixel centres, ``src``'s CRS) as a GeoPackage.
+
+    The frame has ``columns`` (in their order), then ``x`` and ``y``, and point geometries;
+    it is written with :func:`write_points` and returned.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``dst`` exists and ``overwrite`` is False.
+    """
+    import geopandas as gpd
+
+    frame = gpd.GeoDataFrame({**columns, "x": xs, "y": ys}, geometry=gpd.points_from_xy(xs, ys),
+                             crs=src.crs)
+    write_points(frame, dst, overwrite=overwrite)
+    return frame

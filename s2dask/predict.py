@@ -18,7 +18,7 @@ import numpy as np
 from .backend import compile_forward
 from .contract import OUTPUT_NODATA, InputContract
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "block_outputs"]
+__all__ = ["DEFAULT_BATCH_SIZE", "RowPredictor", "Predictor", "block_outputs"]
 
 #: pixels per forward call: large enough that per-call overhead is negligible, small
 #: enough that a batch's activations (batch x 200 float32 x a few) stay in cache-friendly MBs;
@@ -26,63 +26,33 @@ __all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "block_outputs"]
 DEFAULT_BATCH_SIZE = 8192
 
 
-class Predictor:
-    """The compiled, fixed-batch forward pass of a model bundle.
+class RowPredictor:
+    """What every predictor shares: nodata rows, the fixed padded batch, and the outputs.
 
-    Parameters
-    ----------
-    model
-        The Keras model (normalisation inside; takes raw values).
-    contract
-        The bundle's :class:`~s2dask.contract.InputContract` (bands, classes, nodata), or
-        its ``model.json`` dict.
-    batch_size
-        Pixels per forward call. Every call is padded to this size.
-
-    Raises
-    ------
-    ModelError
-        If a contract given as a dict is invalid.
+    A subclass sets ``batch_size``, ``n_bands``, ``n_classes``, ``class_values`` (uint8),
+    ``input_nodata`` and ``_local`` (a ``threading.local``), and provides ``forward`` (probabilities of valid rows) and
+    ``_fill_rows`` (classes, confidence and optionally uint8 probabilities of valid rows,
+    written into the arrays it is given). :class:`Predictor` (Keras) and
+    :class:`s2dask.engine.OpenVINOPredictor` are the two.
     """
 
-    def __init__(self, model, contract: InputContract | Mapping[str, Any], *,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
-        if not isinstance(contract, InputContract):
-            contract = InputContract.from_dict(contract)
-        self.model = model
-        self.contract = contract
-        self.batch_size = int(batch_size)
-        self.n_bands = len(contract.bands)
-        self.n_classes = len(contract.classes)
-        self.class_values = np.array(contract.class_values, dtype="uint8")
-        self.input_nodata = contract.input_nodata
-        #: threads of a forward pass when the caller set them (the backend's), for records
-        self.threads: int | None = None
-        self._forward = compile_forward(model, self.batch_size, self.n_bands)
-        self._buffer = threading.local()
-
-    @property
-    def engine(self) -> str:
-        return "keras"
-
-    def record(self) -> dict:
-        """What a job record stores about this predictor (per worker)."""
-        keras = sys.modules.get("keras")
-        return {"engine": "keras", "precision": "fp32", "batch_size": self.batch_size,
-                "threads": self.threads, "model_source": "keras",
-                "backend": keras.backend.backend() if keras else None}
+    batch_size: int
+    n_bands: int
+    n_classes: int
+    class_values: np.ndarray
+    input_nodata: Any
 
     def _batch_buffer(self) -> np.ndarray:
-        buf = getattr(self._buffer, "x", None)
+        """This thread's ``(batch_size, bands)`` float32 input buffer (created on first use)."""
+        buf = getattr(self._local, "x", None)
         if buf is None:
-            buf = self._buffer.x = np.zeros((self.batch_size, self.n_bands), dtype="float32")
+            buf = self._local.x = np.zeros((self.batch_size, self.n_bands), dtype="float32")
         return buf
 
-    def forward(self, values: np.ndarray) -> np.ndarray:
-        """Probabilities ``(N, C)`` float32 for valid rows ``(N, bands)``; no nodata handling."""
-        n = values.shape[0]
-        out = np.empty((n, self.n_classes), dtype="float32")
-        bs = self.batch_size
+    def _padded_batches(self, values: np.ndarray):
+        """Yield ``(start, stop, buf)``: rows ``start:stop`` of ``values`` copied into the
+        fixed batch buffer, the rest of it zeroed (the last, ragged batch)."""
+        n, bs = values.shape[0], self.batch_size
         buf = self._batch_buffer()
         for start in range(0, n, bs):
             stop = min(start + bs, n)
@@ -90,8 +60,7 @@ class Predictor:
             buf[:m] = values[start:stop]
             if m < bs:
                 buf[m:] = 0.0
-            out[start:stop] = self._forward(buf)[:m]
-        return out
+            yield start, stop, buf
 
     def valid_mask(self, values: np.ndarray) -> np.ndarray:
         """True for rows whose bands are all finite and none equals the input nodata."""
@@ -129,21 +98,87 @@ class Predictor:
         classes = np.full(n, OUTPUT_NODATA, dtype="uint8")
         confidence = np.zeros(n, dtype="uint8")
         probs = np.zeros((n, self.n_classes), dtype="uint8") if probabilities else None
-        if valid.all():  # the common case: no compaction copy, write results in place
-            p = self.forward(values)
-            best = p.argmax(axis=1)
-            classes[:] = self.class_values[best]
-            confidence[:] = _percent(p[np.arange(n), best])
-            if probabilities:
-                probs[:] = _percent(p)
+        if valid.all():  # the common case: no compaction copy, results written in place
+            self._fill_rows(values, classes, confidence, probs)
         elif valid.any():
-            p = self.forward(values[valid])
-            best = p.argmax(axis=1)
-            classes[valid] = self.class_values[best]
-            confidence[valid] = _percent(p[np.arange(p.shape[0]), best])
+            rows = values[valid]
+            m = rows.shape[0]
+            part = (np.empty(m, "uint8"), np.empty(m, "uint8"),
+                    np.empty((m, self.n_classes), "uint8") if probabilities else None)
+            self._fill_rows(rows, *part)
+            classes[valid], confidence[valid] = part[0], part[1]
             if probabilities:
-                probs[valid] = _percent(p)
+                probs[valid] = part[2]
         return classes, confidence, probs
+
+    def forward(self, values: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fill_rows(self, values: np.ndarray, classes: np.ndarray, confidence: np.ndarray,
+                   probs: np.ndarray | None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Predictor(RowPredictor):
+    """The compiled, fixed-batch forward pass of a model bundle.
+
+    Parameters
+    ----------
+    model
+        The Keras model (normalisation inside; takes raw values).
+    contract
+        The bundle's :class:`~s2dask.contract.InputContract` (bands, classes, nodata), or
+        its ``model.json`` dict.
+    batch_size
+        Pixels per forward call. Every call is padded to this size.
+
+    Raises
+    ------
+    ModelError
+        If a contract given as a dict is invalid.
+    """
+
+    def __init__(self, model, contract: InputContract | Mapping[str, Any], *,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        if not isinstance(contract, InputContract):
+            contract = InputContract.from_dict(contract)
+        self.model = model
+        self.contract = contract
+        self.batch_size = int(batch_size)
+        self.n_bands = len(contract.bands)
+        self.n_classes = len(contract.classes)
+        self.class_values = np.array(contract.class_values, dtype="uint8")
+        self.input_nodata = contract.input_nodata
+        #: threads of a forward pass when the caller set them (the backend's), for records
+        self.threads: int | None = None
+        self._forward = compile_forward(model, self.batch_size, self.n_bands)
+        self._local = threading.local()
+
+    @property
+    def engine(self) -> str:
+        return "keras"
+
+    def record(self) -> dict:
+        """What a job record stores about this predictor (per worker)."""
+        keras = sys.modules.get("keras")
+        return {"engine": "keras", "precision": "fp32", "batch_size": self.batch_size,
+                "threads": self.threads, "model_source": "keras",
+                "backend": keras.backend.backend() if keras else None}
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, C)`` float32 for valid rows ``(N, bands)``; no nodata handling."""
+        out = np.empty((values.shape[0], self.n_classes), dtype="float32")
+        for start, stop, buf in self._padded_batches(values):
+            out[start:stop] = self._forward(buf)[:stop - start]
+        return out
+
+    def _fill_rows(self, values, classes, confidence, probs) -> None:
+        p = self.forward(values)
+        best = p.argmax(axis=1)
+        classes[:] = self.class_values[best]
+        confidence[:] = _percent(p[np.arange(p.shape[0]), best])
+        if probs is not None:
+            probs[:] = _percent(p)
 
 
 def _percent(p: np.ndarray) -> np.ndarray:

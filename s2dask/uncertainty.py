@@ -35,8 +35,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import OutputExistsError, ParameterError, SceneError
-from .maps import DEFAULT_CHUNK, RasterSource, open_layer, open_map, write_points
+from .errors import ParameterError, SceneError
+from .maps import (
+    DEFAULT_CHUNK,
+    RasterSource,
+    check_output,
+    class_names,
+    open_layer,
+    open_map,
+    write_map_points,
+)
 
 __all__ = ["KINDS", "NODATA", "SCALE", "entropy", "margin", "least", "compute_layers",
            "parse_kinds", "layer_name", "cog_name", "layer_attrs", "suggest"]
@@ -198,11 +206,12 @@ def _greedy(xs: np.ndarray, ys: np.ndarray, *, n: int, min_distance: float) -> n
     return np.asarray(picked, dtype="int64")
 
 
-def _candidates(src: RasterSource, classes: RasterSource | None, window, *, n: int,
-                min_distance: float) -> dict[str, np.ndarray]:
+def _candidates(src: RasterSource, classes: RasterSource | None, window, u: np.ndarray,
+                valid: np.ndarray, *, n: int, min_distance: float) -> dict[str, np.ndarray]:
+    """The window's candidates: its valid pixels ``u`` (read at ``window``), most uncertain first,
+    thinned by :func:`_greedy` to at most ``n``."""
     y0, y1, x0, x1 = window
-    u = src.read(y0, y1, x0, x1)
-    ok = src.valid(u) & (u <= SCALE)
+    ok = valid & (u <= SCALE)
     rows, cols = np.nonzero(ok)
     vals = u[rows, cols]
     order = np.argsort(-vals.astype("int16"), kind="stable")  # most uncertain first, then scan order
@@ -254,7 +263,7 @@ def suggest(path: str | os.PathLike, *, n: int, out: str | os.PathLike, min_dist
     Returns
     -------
     geopandas.GeoDataFrame
-        The points written.
+        The points written, most uncertain first (``rank`` 1, 2, ...).
 
     Raises
     ------
@@ -266,38 +275,33 @@ def suggest(path: str | os.PathLike, *, n: int, out: str | os.PathLike, min_dist
     OutputExistsError
         If ``out`` exists and ``overwrite`` is False (checked before reading anything).
     """
-    import geopandas as gpd
-
     if int(n) < 1:
         raise ParameterError(f"--n must be a positive number of points, got {n}")
     if not np.isfinite(min_distance) or min_distance < 0:
         raise ParameterError(f"--min-distance must be >= 0 metres, got {min_distance}")
     kind = parse_kinds([layer])[0] if layer else "entropy"
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    out = check_output(out, overwrite)
     src = open_layer(path, layer_name(kind))
     if min_distance > 0 and not src.metric:
         raise ParameterError(f"--min-distance is in metres but {path} is not in a metric CRS "
                              f"({src.crs}); reproject the map or use --min-distance 0")
     classes, table = _classes_for(Path(path), src)
-    parts = [_candidates(src, classes, w, n=int(n), min_distance=min_distance) for w in src.windows(chunk)]
+    parts = [_candidates(src, classes, w, u, valid, n=int(n), min_distance=min_distance)
+             for w, u, valid in src.blocks(chunk)]
     cand = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.lexsort((cand["col"], cand["row"], -cand["value"].astype("int16")))
     cand = {k: v[order] for k, v in cand.items()}
     keep = _greedy(cand["x"], cand["y"], n=int(n), min_distance=min_distance)
-    names = {c["value"]: c["name"] for c in (table or [])}
+    names = class_names(table)
     cls = cand["class"][keep] if "class" in cand else np.full(len(keep), -1)
-    frame = gpd.GeoDataFrame(
+    return write_map_points(
+        out, src,
         {"rank": np.arange(1, len(keep) + 1), "uncertainty": cand["value"][keep].astype("int64"),
          "layer": kind,
          "class_value": [int(v) if v >= 0 and v != NODATA else None for v in cls],
          "class_name": [names.get(int(v), str(int(v))) if v >= 0 and v != NODATA else None for v in cls],
-         "row": cand["row"][keep], "col": cand["col"][keep],
-         "x": cand["x"][keep], "y": cand["y"][keep]},
-        geometry=gpd.points_from_xy(cand["x"][keep], cand["y"][keep]), crs=src.crs)
-    write_points(frame, out, overwrite=overwrite)
-    return frame
+         "row": cand["row"][keep], "col": cand["col"][keep]},
+        cand["x"][keep], cand["y"][keep], overwrite=overwrite)
 
 
 def _classes_for(path: Path, src: RasterSource) -> tuple[RasterSource | None, list[dict] | None]:

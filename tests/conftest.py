@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny trained model bundle, synthetic scenes, a real LocalCluster."""
+"""Shared fixtures: a tiny trained model bundle, synthetic scenes, a real LocalCluster, moto's S3."""
 
 from __future__ import annotations
 
@@ -66,6 +66,27 @@ def cluster_client():
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """moto's S3 server on loopback, one per test module; its endpoint URL (tests/_s3.py)."""
+    pytest.importorskip("moto.server")
+    from _s3 import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def moto_s3(moto_url, monkeypatch, tmp_path):
+    """This process's AWS_* pointing at :func:`moto_url` with fake credentials and nothing from
+    the machine (tests/_s3.py: isolate_aws); a boto3 S3 client for it."""
+    boto3 = pytest.importorskip("boto3")
+    from _s3 import isolate_aws
+
+    isolate_aws(monkeypatch, tmp_path, endpoint=moto_url)
+    return boto3.client("s3")
 
 
 def sample_data_dir() -> Path | None:

@@ -12,7 +12,7 @@ from s2dask.storage import Location, atomic_write_json, atomic_write_text, commi
 pytest.importorskip("moto")
 pytest.importorskip("s3fs")
 
-from test_storage import BUCKET, moto_server, s3  # noqa: E402,F401  (fixtures)
+from test_storage import BUCKET, s3  # noqa: E402,F401  (the fixture)
 
 
 def _listing(folder):

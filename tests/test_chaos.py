@@ -115,27 +115,16 @@ def test_scheduler_sigkill_then_resume_on_a_fresh_scheduler(synth_dir, tiny_mode
 
 
 @pytest.fixture
-def s3_via_proxy(cluster_client, monkeypatch, tmp_path):
+def s3_via_proxy(cluster_client, moto_url, monkeypatch, tmp_path):
     """moto's S3 behind the fault proxy; this process and the cluster's workers point at it."""
-    pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
     from _faulty_proxy import FaultyProxy
+    from _s3 import fresh_bucket, isolate_aws
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    moto = f"http://{host}:{port}"
-    proxy = FaultyProxy(moto).start()
-    env = {"AWS_ACCESS_KEY_ID": "chaos-key", "AWS_SECRET_ACCESS_KEY": "chaos-secret",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": proxy.url,
-           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "S2DASK_RETRY_DELAY": "0.05"}
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    proxy = FaultyProxy(moto_url).start()
+    env = {**isolate_aws(monkeypatch, tmp_path, endpoint=proxy.url, key="chaos-key", secret="chaos-secret"),
+           "S2DASK_RETRY_DELAY": "0.05"}
+    monkeypatch.setenv("S2DASK_RETRY_DELAY", env["S2DASK_RETRY_DELAY"])
 
     def set_env(values, drop):  # on the workers (they are already running)
         import os as _os
@@ -147,15 +136,14 @@ def s3_via_proxy(cluster_client, monkeypatch, tmp_path):
     saved = cluster_client.run(lambda: {k: v for k, v in os.environ.items()
                                         if k.startswith("AWS_") or k.startswith("S2DASK_RETRY")})
     cluster_client.run(set_env, env, [k for k in next(iter(saved.values())) if k not in env])
-    s3 = boto3.client("s3", endpoint_url=moto)
-    s3.create_bucket(Bucket="chaos")
+    s3 = boto3.client("s3", endpoint_url=moto_url)
     try:
-        yield proxy, s3
+        with fresh_bucket(s3, "chaos"):
+            yield proxy, s3
     finally:
         for addr, old in saved.items():
             cluster_client.run(set_env, old, list(env), workers=[addr])
         proxy.stop()
-        server.stop()
 
 
 def test_storage_503s_are_retried_recorded_and_change_nothing(synth_dir, tiny_model, reference,

@@ -6,7 +6,6 @@ between them and moto is made unreliable, by tests/_faulty_proxy.py.
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -18,6 +17,7 @@ boto3 = pytest.importorskip("boto3")
 
 from _cluster import make_tiny_scene  # noqa: E402
 from _faulty_proxy import Fault, FaultyProxy  # noqa: E402
+from _s3 import fresh_bucket, isolate_aws  # noqa: E402
 
 from s2dask import storage  # noqa: E402
 from s2dask.errors import ParameterError, StorageError  # noqa: E402
@@ -28,42 +28,18 @@ BUCKET = "s2dask-retry"
 FAST = RetryPolicy(retries=3, base_delay=0.01, max_delay=0.05)
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def proxy(moto_url, monkeypatch, tmp_path):
     """A fault proxy in front of moto, AWS_* pointing at it, a bucket holding scene.tif."""
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    isolate_aws(monkeypatch, tmp_path)
     client = boto3.client("s3", endpoint_url=moto_url)
-    client.create_bucket(Bucket=BUCKET)
-    local = make_tiny_scene(tmp_path / "scene.tif", width=128, height=96)
-    client.upload_file(str(local), BUCKET, "scene.tif")
-    with FaultyProxy(moto_url) as p:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
-        p.local_scene = local
-        yield p
-    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
-        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+    with fresh_bucket(client, BUCKET):
+        local = make_tiny_scene(tmp_path / "scene.tif", width=128, height=96)
+        client.upload_file(str(local), BUCKET, "scene.tif")
+        with FaultyProxy(moto_url) as p:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+            p.local_scene = local
+            yield p
 
 
 def s3fs_single_layer(url: str):

@@ -22,29 +22,15 @@ boto3 = pytest.importorskip("boto3")
 
 from _cluster import make_tiny_model, make_tiny_scene, recipe_env  # noqa: E402
 from _faulty_proxy import Fault, FaultyProxy  # noqa: E402
+from _s3 import aws_env  # noqa: E402
 
 BUCKET = "s2dask-secrets"
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def _env(moto_url, tmp_path, key, secret, token):
+def _env(endpoint, tmp_path, key, secret, token):
     env = {k: v for k, v in recipe_env().items() if not k.startswith("AWS_")}
-    env.update({"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": token,
-                "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_url,
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "S2DASK_DEBUG": "1"})
+    env.update(aws_env(tmp_path, endpoint=endpoint, key=key, secret=secret, token=token))
+    env["S2DASK_DEBUG"] = "1"
     return env
 
 

@@ -14,6 +14,8 @@ import pytest
 pystac = pytest.importorskip("pystac")
 rasterio = pytest.importorskip("rasterio")
 
+from _stac_fixtures import add_cog_asset, l2a_item, write_cog  # noqa: E402
+
 from s2dask.errors import BandError, SceneError  # noqa: E402
 from s2dask.stac import (  # noqa: E402
     expand_inputs,
@@ -55,13 +57,7 @@ def dn(band: str, seed: int = 0) -> np.ndarray:
 
 
 def write_asset(path: Path, data: np.ndarray, res: float, *, epsg: int, x0: float, y0: float) -> Path:
-    from affine import Affine
-
-    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs=f"EPSG:{epsg}", transform=Affine(res, 0, x0, 0, -res, y0),
-                       nodata=0, COMPRESS="DEFLATE") as dst:
-        dst.write(data, 1)
-    return path
+    return write_cog(path, data, res, crs=f"EPSG:{epsg}", x0=x0, y0=y0)
 
 
 def point_item_at_rasters(item: dict, folder: Path, keys: dict[str, str], *, relative: bool = True) -> dict:
@@ -226,15 +222,8 @@ def build_item(folder: Path, convention: str, *, item_id: str = "S2B_T17TNH_2023
                bands=("B02", "B03", "B04", "B05", "B8A", "B11"), scl: bool = True,
                properties: dict | None = None, raster: bool = False) -> "pystac.Item":
     """An L2A item whose assets are small COGs in ``folder`` (Earth Search v1 or PC names)."""
-    from datetime import datetime, timezone
-
     inverse = {v: k for k, v in ES1_KEYS.items()}
-    props = {"constellation": "sentinel-2", "platform": "sentinel-2b", "proj:code": "EPSG:32617",
-             "s2:processing_baseline": "05.10", "s2:mgrs_tile": "17TNH", "s2:product_type": "S2MSI2A"}
-    props.update(properties or {})
-    item = pystac.Item(item_id, geometry=None, bbox=None, properties=props,
-                       datetime=datetime(2023, 8, 1, 16, 0, tzinfo=timezone.utc),
-                       collection="sentinel-2-l2a")
+    item = l2a_item(item_id, collection="sentinel-2-l2a", properties=properties)
     folder.mkdir(parents=True, exist_ok=True)
     for band in (*bands, *(("SCL",) if scl else ())):
         key = (inverse.get(band, "scl") if convention == "es1" else band)
@@ -244,8 +233,7 @@ def build_item(folder: Path, convention: str, *, item_id: str = "S2B_T17TNH_2023
             extra["eo:bands"] = [{"name": band}]
             if raster:
                 extra["raster:bands"] = [{"nodata": 0, "scale": 0.0001, "offset": -0.1}]
-        item.add_asset(key, pystac.Asset(str(path), media_type=pystac.MediaType.COG, roles=["data"],
-                                         extra_fields=extra))
+        add_cog_asset(item, key, str(path), extra)
     return item
 
 
@@ -330,32 +318,13 @@ def test_catalogue_walk_bad_item_fails_alone(tmp_path):
 
 
 @pytest.fixture
-def s3(monkeypatch, tmp_path):
-    """AWS_* pointing at a moto server on loopback, with a fresh bucket (as tests/test_storage.py)."""
-    pytest.importorskip("moto.server")
+def s3(moto_s3):
+    """AWS_* pointing at moto's S3 on loopback, with a fresh bucket (conftest: moto_s3)."""
     pytest.importorskip("s3fs")
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+    from _s3 import fresh_bucket
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key in list(os.environ):
-            if key.startswith("AWS_"):
-                monkeypatch.delenv(key)
-        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_REGION", "us-east-1")
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="s2dask-stac")
-        yield client
-    finally:
-        server.stop()
+    with fresh_bucket(moto_s3, "s2dask-stac"):
+        yield moto_s3
 
 
 def test_item_on_s3(s3, tmp_path):

@@ -9,17 +9,15 @@ baseline 05.10 offset (+1000) that the items declare in two different ways.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import xarray as xr
 from _rasters import CRS, X0, Y0, make_scene
+from _stac_fixtures import add_cog_asset, l2a_item, write_cog
 
 from s2dask import cli
 from s2dask.bands import BANDS
@@ -59,14 +57,7 @@ def expected_codes() -> np.ndarray:
 
 
 def write_tif(path: Path, data: np.ndarray, res: float) -> Path:
-    from rasterio.transform import from_origin
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs=CRS, transform=from_origin(X0, Y0, res, res), nodata=0,
-                       COMPRESS="DEFLATE", BLOCKSIZE=256) as dst:
-        dst.write(data, 1)
-    return path
+    return write_cog(path, data, res, crs=CRS, x0=X0, y0=Y0, BLOCKSIZE=256)
 
 
 def native(data: np.ndarray, band: str) -> tuple[np.ndarray, int]:
@@ -77,11 +68,8 @@ def native(data: np.ndarray, band: str) -> tuple[np.ndarray, int]:
 def build_item(folder: Path, raw: np.ndarray, convention: str, *, with_scl: bool = True,
                item_id: str | None = None) -> "pystac.Item":
     """An L2A item whose COG assets hold ``raw`` (offset DNs): es1 says it in raster:bands, pc by baseline."""
-    props = {"constellation": "sentinel-2", "platform": "sentinel-2b", "proj:code": CRS,
-             "s2:processing_baseline": "05.10", "s2:mgrs_tile": "17TNH", "s2:product_type": "S2MSI2A"}
-    item = pystac.Item(item_id or (ES1_ID if convention == "es1" else PC_ID), geometry=None, bbox=None,
-                       properties=props, datetime=datetime(2023, 8, 1, 16, tzinfo=timezone.utc),
-                       collection="sentinel-2-c1-l2a" if convention == "es1" else "sentinel-2-l2a")
+    item = l2a_item(item_id or (ES1_ID if convention == "es1" else PC_ID), properties={"proj:code": CRS},
+                    collection="sentinel-2-c1-l2a" if convention == "es1" else "sentinel-2-l2a")
     for k, band in enumerate(BAND_ORDER + (["SCL"] if with_scl else [])):
         key = ES1[band] if convention == "es1" else band
         values, res = (scl_grid(), 20) if band == "SCL" else native(raw[k], band)
@@ -89,8 +77,7 @@ def build_item(folder: Path, raw: np.ndarray, convention: str, *, with_scl: bool
         extra = {"gsd": res, "proj:shape": list(values.shape), "proj:transform": [res, 0, X0, 0, -res, Y0]}
         if convention == "es1" and band != "SCL":
             extra["raster:bands"] = [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": -0.1}]
-        item.add_asset(key, pystac.Asset(f"./{path.name}", media_type=pystac.MediaType.COG, roles=["data"],
-                                         extra_fields=extra))
+        add_cog_asset(item, key, f"./{path.name}", extra)
     return item
 
 
@@ -235,31 +222,13 @@ def test_user_mask_file(scenes, tiny_model, cluster_client, tmp_path):
 
 
 @pytest.fixture
-def s3(monkeypatch, tmp_path):
-    """AWS_* pointing at a moto server on loopback, with a fresh bucket (as tests/test_storage.py)."""
-    pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+def s3(moto_url, moto_s3):
+    """AWS_* pointing at moto's S3 on loopback, with a fresh bucket (conftest: moto_s3);
+    the client and the endpoint URL."""
+    from _s3 import fresh_bucket
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key in list(os.environ):
-            if key.startswith("AWS_"):
-                monkeypatch.delenv(key)
-        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_REGION", "us-east-1")
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="s2dask-stac-job")
-        yield client, f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with fresh_bucket(moto_s3, "s2dask-stac-job"):
+        yield moto_s3, moto_url
 
 
 def _upload_item(s3client, scenes, prefix: str, *, href_base: str | None = None) -> None:

@@ -12,6 +12,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("boto3")
 
 from _cluster import make_tiny_scene  # noqa: E402
+from _s3 import fresh_bucket  # noqa: E402
 
 from s2dask import storage  # noqa: E402
 from s2dask.errors import StorageError  # noqa: E402
@@ -19,46 +20,11 @@ from s2dask.errors import StorageError  # noqa: E402
 BUCKET = "s2dask-test"
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def _isolate_aws(monkeypatch, tmp_path):
-    """No credentials from this machine's files, and never the EC2 metadata service."""
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
 @pytest.fixture
-def s3(moto_server, monkeypatch, tmp_path):
+def s3(moto_url, moto_s3):
     """AWS_* pointing at the moto server, a fresh bucket; yields the endpoint URL."""
-    import boto3
-
-    _isolate_aws(monkeypatch, tmp_path)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=BUCKET)
-    yield moto_server
-    objects = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
-    for obj in objects:
-        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+    with fresh_bucket(moto_s3, BUCKET):
+        yield moto_url
 
 
 # ------------------------------------------------------------------------------- pure helpers
