@@ -65,7 +65,9 @@ def _rate(fn, units: float, seconds: float) -> float:
 
 def _peaks(threads: int, quick: bool) -> dict:
     """name -> (fn, flop per call): the float32 and bf16 matmul references."""
-    import openvino as ov
+    from s2dask.openvino_ir import import_openvino
+
+    ov = import_openvino()
     import openvino.opset13 as ops
 
     rng = np.random.default_rng(0)
@@ -314,7 +316,9 @@ def main(argv=None) -> int:
                                 "repeat": repeat, "batch_sizes": sizes, "model": "10->4x200->5 MLP",
                                 "keras_batch_size": DEFAULT_BATCH_SIZE, "openvino_batch_size": ovb,
                                 "default_choice": default.record()})
-    import openvino
+    from s2dask.openvino_ir import import_openvino
+
+    openvino = import_openvino()
 
     data["versions"]["openvino"] = openvino.__version__
     data["groups"], rows = {}, []

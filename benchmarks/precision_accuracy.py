@@ -68,7 +68,9 @@ def prepare(folder: Path, epochs: int | None, seed: int) -> tuple[Path, Path]:
 def int8_model(ov_model, x_train: np.ndarray, batch_size: int):
     """NNCF post-training quantisation calibrated on the training rows."""
     import nncf
-    import openvino as ov
+    from s2dask.openvino_ir import import_openvino
+
+    ov = import_openvino()
 
     static = ov_model.clone()
     static.reshape({static.inputs[0]: ov.PartialShape([batch_size, x_train.shape[1]])})

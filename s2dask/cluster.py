@@ -47,11 +47,11 @@ def __getattr__(name: str):
 
 
 #: what the fork server imports once, so that each worker process starts with it in memory
-WORKER_PRELOAD = ("distributed", "numpy", "s2dask.worker")
+WORKER_PRELOAD = ("s2dask.preload",)
 _METHOD_KEY = "distributed.worker.multiprocessing-method"
 
 
-def start_fork_server(*, openvino: bool = True) -> bool:
+def start_fork_server() -> bool:
     """Start embedded workers from a fork server that has the worker side imported.
 
     Worker processes of a ``LocalCluster`` are spawned by default: each new interpreter
@@ -67,11 +67,8 @@ def start_fork_server(*, openvino: bool = True) -> bool:
     ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD`` environment variable, or a
     configured value other than ``spawn``), or where the platform has no fork server.
 
-    Parameters
-    ----------
-    openvino
-        Preload OpenVINO too (the engine of CPU workers unless ``--engine keras``).
-        TensorFlow is never preloaded: it is not safe to fork once imported.
+    What the server imports is :mod:`s2dask.preload` (OpenVINO included; TensorFlow never:
+    it is not safe to fork once imported).
 
     Returns
     -------
@@ -94,8 +91,7 @@ def start_fork_server(*, openvino: bool = True) -> bool:
     env = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
     os.environ.update({k: str(v) for k, v in env.items()})
     os.environ.setdefault("PYTHONHASHSEED", "6640")  # as a nanny sets it for its workers
-    modules = [*WORKER_PRELOAD, *(("openvino",) if openvino else ())]
-    multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
     dask.config.set({_METHOD_KEY: "forkserver"})
     multiprocessing.forkserver.ensure_running()
     return True

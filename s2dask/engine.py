@@ -38,7 +38,7 @@ import numpy as np
 
 from .errors import ModelError, ParameterError
 from .openvino_ir import contract_field as _get
-from .openvino_ir import convert, core, export_ir, ir_from_bytes, load_ir
+from .openvino_ir import convert, core, export_ir, import_openvino, ir_from_bytes, load_ir
 from .predict import DEFAULT_BATCH_SIZE as DEFAULT_KERAS_BATCH_SIZE
 from .predict import RowPredictor
 
@@ -261,7 +261,7 @@ def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n
     ``rows``: class value (u8) and confidence (u8 percent); ``full``: those plus
     probabilities in u8 percent and float32.
     """
-    import openvino as ov
+    ov = import_openvino()
     import openvino.opset13 as ops
 
     model = model.clone()
@@ -340,7 +340,7 @@ class OpenVINOPredictor(RowPredictor):
 
     def record(self) -> dict:
         """What a job record stores about this predictor (per worker)."""
-        import openvino as ov
+        ov = import_openvino()
 
         return {"engine": "openvino", "precision": self.precision, "batch_size": self.batch_size,
                 "threads": self.threads, "hint": self.hint, "model_source": self.source,

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .cluster import close_cluster, cluster_summary
+from .cluster import close_cluster, cluster_summary, host_thread_counts
 from .contract import OUTPUT_NODATA
 from .errors import (
     BandError,
@@ -488,6 +488,18 @@ def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarra
     return done, totals, time.perf_counter() - t0, bool(futures)
 
 
+def _cog_threads(client) -> int:
+    """GDAL threads for a scene's COG: every Dask thread of the smallest host when the
+    cluster has nothing else to run (the last scene of a job), else one (the next scene's
+    chunks are running: no oversubscription)."""
+    try:
+        if any(client.processing().values()):
+            return 1
+        return max(1, min(host_thread_counts(client).values(), default=1))
+    except Exception:  # a worker leaving at this moment: the safe choice
+        return 1
+
+
 def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
     """COG and quick-look, written by a worker (next to the data), not the client."""
     scene, opts = job.scene, run.options
@@ -497,7 +509,8 @@ def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
         overview_resampling=opts.overview_resampling, quicklook=opts.quicklook,
         title=f"{job.scene_id} - s2dask classes",
         tags={"S2DASK_SCENE": job.scene_id, "S2DASK_MODEL_SHA256": run.bundle.sha256},
-        mask_legend=job.mask.legend, layers=cog_layers(opts.uncertainty), pure=False,
+        mask_legend=job.mask.legend, layers=cog_layers(opts.uncertainty),
+        threads=_cog_threads(run.client), pure=False,
         priority=10)  # before the next scene's queued chunks (s2dask.pipeline)
     try:
         report = fut.result()

@@ -24,7 +24,7 @@ from .errors import ModelError, OutputExistsError
 from .records import sha256_file
 from .storage import atomic_write_bytes, atomic_write_json
 
-__all__ = ["IR_KEY", "IR_XML", "IR_BIN", "core", "convert", "ir_from_bytes", "export_ir", "load_ir",
+__all__ = ["IR_KEY", "IR_XML", "IR_BIN", "TELEMETRY_ENV", "import_openvino", "core", "convert", "ir_from_bytes", "export_ir", "load_ir",
            "read_ir", "ir_record", "contract_field"]
 
 #: the key of the IR record in ``model.json``
@@ -32,21 +32,55 @@ IR_KEY = "openvino_ir"
 IR_XML = "model.xml"
 IR_BIN = "model.bin"
 
+#: set to 1 to let OpenVINO send its usage telemetry when s2dask imports it
+TELEMETRY_ENV = "S2DASK_OPENVINO_TELEMETRY"
+
+
+def import_openvino():
+    """``import openvino``, with OpenVINO's import-time telemetry off.
+
+    Importing ``openvino`` sends a Google Analytics event from a forked process unless the
+    user opted out (``opt_in_out --opt_out``); on a cluster that is one event and one
+    fork per worker process, from machines that may have no route out, and a fork from a
+    thread inside a fork server (whose reaper then warns on stderr). s2dask imports it
+    with OpenVINO's documented switch for automated runs (``CI=true`` during the import
+    only) unless ``S2DASK_OPENVINO_TELEMETRY=1``.
+
+    Raises
+    ------
+    ImportError
+        If OpenVINO is not installed.
+    """
+    import sys
+
+    if "openvino" in sys.modules or os.environ.get(TELEMETRY_ENV) == "1":
+        import openvino as ov
+
+        return ov
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        import openvino as ov
+    finally:
+        if before is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = before
+    return ov
+
+
 @functools.lru_cache(maxsize=1)
 def core():
     """The process's ``openvino.Core`` (one per process)."""
-    import openvino as ov
-
-    return ov.Core()
+    return import_openvino().Core()
 
 
 def _require_openvino():
     try:
-        import openvino as ov
+        return import_openvino()
     except ImportError:  # pragma: no cover - openvino is a core dependency
         raise ModelError("the OpenVINO engine needs openvino: pip install openvino, or give "
                          "--engine keras") from None
-    return ov
 
 
 def convert(keras_model) -> Any:

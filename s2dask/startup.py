@@ -168,7 +168,7 @@ class ClusterStart:
             kw = self._connect_kw
             if not (kw.get("scheduler") or kw.get("scheduler_file") or kw.get("gpu")):
                 # first: the fork server's imports then overlap the caller's
-                start_fork_server(openvino=self._delivery_kw.get("engine") != "keras")
+                start_fork_server()
             self._out = connect(**kw)
             self.timeline.mark("cluster_up")
             if self._model is not None and not self._cancelled:

@@ -342,7 +342,7 @@ def _portable(fn: Callable) -> Callable:
 def write_rasters(store: Location, partial: Location, *, classes: Sequence[ClassInfo], crs: str,
                   transform, overview_resampling: str, quicklook: bool, title: str,
                   tags: dict, mask_legend: dict | None = None,
-                  layers: dict[str, str] | None = None) -> dict:
+                  layers: dict[str, str] | None = None, threads: int = 1) -> dict:
     """Stream the COG from the Zarr, validate it, draw the quicklook (a worker task).
 
     Written in a local temporary folder (inside the partial output when it is local) and
@@ -366,6 +366,9 @@ def write_rasters(store: Location, partial: Location, *, classes: Sequence[Class
     layers
         More COGs: ``{Zarr array name: file name}`` (uncertainty layers; overviews by
         ``average``, or ``nearest`` when that is the overview resampling).
+    threads
+        GDAL threads compressing each COG (the job gives more than one only when nothing
+        else is running on the cluster).
 
     Returns
     -------
@@ -381,12 +384,13 @@ def write_rasters(store: Location, partial: Location, *, classes: Sequence[Class
                                      dir=None if partial.remote else partial.url) as tmp:
         cog_path = os.path.join(tmp, "classes.tif")
         write_cog(store, cog_path, classes=classes, crs=crs, transform=transform,
-                  overview_resampling=overview_resampling, tags=tags)
+                  overview_resampling=overview_resampling, tags=tags, threads=threads)
         valid, errors, warnings = validate_cog(cog_path)
         for name, filename in (layers or {}).items():
             path = os.path.join(tmp, filename)
             write_cog(store, path, classes=classes, crs=crs, transform=transform, tags=tags, layer=name,
-                      overview_resampling="nearest" if overview_resampling == "nearest" else "average")
+                      overview_resampling="nearest" if overview_resampling == "nearest" else "average",
+                      threads=threads)
             ok, errs, warns = validate_cog(path)
             valid, errors, warnings = valid and ok, [*errors, *errs], [*warnings, *warns]
         if quicklook:

@@ -193,12 +193,13 @@ def write_layer(store: Location | str | os.PathLike, name: str, data: np.ndarray
 def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, classes: Classes,
               crs: Any, transform: Any, storage_options: dict | None = None,
               overview_resampling: str = "mode", tags: dict | None = None,
-              layer: str = CLASSES) -> str:
+              layer: str = CLASSES, threads: int = 1) -> str:
     """Stream the Zarr class map into a Cloud-Optimized GeoTIFF at ``dst`` (a local path).
 
-    The map is read one Zarr chunk at a time into a tiled, DEFLATE-compressed GeoTIFF,
-    which GDAL's COG driver then copies with 512 x 512 tiles and overviews built with
-    ``overview_resampling`` (``mode`` keeps class values; ``nearest`` is faster). The
+    The map is read one Zarr chunk at a time into a tiled, uncompressed staging GeoTIFF
+    on local disk (one byte a pixel: compressing it would only be undone by the copy),
+    which GDAL's COG driver then copies with 512 x 512 DEFLATE tiles and overviews built
+    with ``overview_resampling`` (``mode`` keeps class values; ``nearest`` is faster). The
     result is written next to ``dst`` and renamed into place when complete.
 
     Parameters
@@ -221,6 +222,8 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
         The Zarr array to write (default ``classes``). Another layer (an uncertainty layer)
         gets its own nodata (its ``nodata`` attribute, default 255) and description (its
         ``long_name``), and neither the colour table nor the class names.
+    threads
+        GDAL threads compressing the COG's tiles (``NUM_THREADS``).
 
     Returns
     -------
@@ -246,7 +249,7 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
             stage = Path(tmp) / "stage.tif"
             profile = dict(driver="GTiff", width=nx, height=ny, count=1, dtype="uint8",
                            crs=crs, transform=transform, nodata=nodata, tiled=True,
-                           blockxsize=512, blockysize=512, compress="DEFLATE", predictor=1,
+                           blockxsize=512, blockysize=512, compress="NONE",
                            bigtiff="IF_SAFER", sparse_ok=False)
             with rasterio.open(stage, "w", **profile) as out:
                 for y0 in range(0, ny, cy):
@@ -266,7 +269,7 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
             with staged_file(dst) as part:
                 rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
                                      OVERVIEW_RESAMPLING=overview_resampling.upper(),
-                                     BIGTIFF="IF_SAFER", NUM_THREADS=1)
+                                     BIGTIFF="IF_SAFER", NUM_THREADS=str(max(1, int(threads))))
     except (RasterioError, OSError) as exc:
         raise StorageError(f"cannot write the COG {dst}: {' '.join(str(exc).split())[:200]}; "
                            "check free space and permissions of the output directory") from None

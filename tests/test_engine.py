@@ -270,3 +270,20 @@ def test_cache_builds_once_per_key(bundle, ov_model):
     assert d.threads == 2 and d.n_classes == 5 and list(d.class_values) == [1, 2, 3, 4, 7]
     assert (a.record()["model_source"], d.record()["model_source"]) == ("ir", "converted")
     assert d.record()["threads"] == 2 and a.record()["precision"] == "fp32"
+
+
+def test_openvino_is_imported_without_its_telemetry(tmp_path):
+    """s2dask imports OpenVINO with its import-time Google Analytics event off (a fork per
+    worker process otherwise), and leaves the environment as it found it."""
+    code = ("import os, sys\n"
+            "from s2dask.openvino_ir import import_openvino\n"
+            "import_openvino()\n"
+            "import openvino_telemetry.main as m\n"
+            "print(m.Telemetry().consent, 'CI' in os.environ, 'openvino' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "S2DASK_OPENVINO_TELEMETRY")}
+    env["HOME"] = str(tmp_path)  # no consent file: OpenVINO's own default would be to send
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "False", "True"]
+    assert not (tmp_path / "intel").exists()  # no client id written into the user's home
