@@ -11,6 +11,7 @@ bands have data. The last two look at a few small windows spread over the scene
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import dask
@@ -25,6 +26,8 @@ __all__ = ["sample_pixels", "check_fits", "missing_bands_message", "utm_epsg"]
 
 #: windows per side and their edge in pixels that :func:`sample_pixels` reads by default
 SAMPLE_GRID, SAMPLE_SIZE = 3, 32
+#: windows read at once by :func:`sample_pixels`
+SAMPLE_THREADS = 8
 #: a float scene whose sampled valid values are all below this holds reflectance, not DNs
 REFLECTANCE_CEILING = 2.0
 
@@ -45,7 +48,9 @@ def sample_pixels(scene: xr.DataArray, *, grid: int = SAMPLE_GRID,
     """``(band, n)`` values of ``grid x grid`` small windows spread evenly over a scene.
 
     Only those windows are read (through the scene's own block reader when it has one,
-    else by slicing the lazy array), so the cost does not grow with the scene.
+    else by slicing the lazy array), so the cost does not grow with the scene; the
+    reader's windows are read concurrently (GDAL releases the GIL; remote files are
+    latency-bound).
 
     Parameters
     ----------
@@ -60,7 +65,9 @@ def sample_pixels(scene: xr.DataArray, *, grid: int = SAMPLE_GRID,
                      for i in range(grid) for j in range(grid)})
     reader = _graph_reader(scene.data)
     if reader is not None:
-        blocks = [reader(y0, x0, h, w) for y0, x0 in starts]
+        with ThreadPoolExecutor(max_workers=min(len(starts), SAMPLE_THREADS),
+                                thread_name_prefix="s2dask-sample") as pool:
+            blocks = list(pool.map(lambda s: reader(s[0], s[1], h, w), starts))
     else:
         lazy = [scene.data[:, y0:y0 + h, x0:x0 + w] for y0, x0 in starts]
         blocks = list(dask.compute(*lazy, scheduler="sync"))
