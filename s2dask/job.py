@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import itertools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -115,6 +116,7 @@ class _SceneJob:
     mask: SceneMask | None = None
     chunks_from: str = "auto"  # "given" (--chunks), "recorded" (a resumed output's), "auto"
     where: Any = None  # what open_scene opened (a path, URL or parsed STAC item)
+    t_open: float = 0.0  # seconds to open and check it
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,6 @@ class _Run:
     ref: ModelRef
     options: JobOptions
     cluster: dict
-    t_open: float
     show: bool | None
     batch_size: int | None
     engine: dict = dataclasses.field(default_factory=dict)  # {worker: engine record}
@@ -223,15 +224,16 @@ def classify(
     errors: dict[str, S2DaskError] = {}
     sources = expand_inputs(paths, boa_add_offset=opts.boa_add_offset)
     single, paths = single and len(sources) == 1, [src for src, _ in sources]
-    prepared = _prepare(sources, bundle, out=out, options=opts, errors=errors)
+    jobs = _prepare(sources, bundle, out=out, options=opts, errors=errors, t_start=t_start)
+    first = next(jobs, None)  # the first good scene now; a batch's others while it computes
     if single and errors:
         raise next(iter(errors.values()))
-    t_open = time.perf_counter() - t_start
 
-    results = {src: _failed(src, exc) for src, exc in errors.items()}
-    if prepared:
-        results.update(_run_all(prepared, bundle, out=out, options=opts, client=client,
-                                single=single, t_open=t_open))
+    results: dict[str, JobResult] = {}
+    if first is not None:
+        results.update(_run_all(itertools.chain([first], jobs), bundle, out=out, options=opts,
+                                client=client, single=single))
+    results.update({src: _failed(src, exc) for src, exc in errors.items()})
     ordered = [results[p] for p in paths]
     if not single:
         out.makedirs()
@@ -242,8 +244,8 @@ def classify(
     return ordered
 
 
-def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, options: JobOptions,
-             client, single: bool, t_open: float) -> dict[str, JobResult]:
+def _run_all(prepared: Iterator[_SceneJob], bundle: ModelBundle, *, out: Location, options: JobOptions,
+             client, single: bool) -> dict[str, JobResult]:
     """Connect (unless given a client), deliver the model, run every scene; close what we opened."""
     results: dict[str, JobResult] = {}
     own_cluster, starter = None, client if isinstance(client, ClusterStart) else None
@@ -251,19 +253,30 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
     if starter is not None:  # classify() gives one when it was given no client
         client, own_cluster = starter.result()
     try:  # chunks that fit the workers' memory; a --chunks too large is refused here
-        fit_scene_chunks(prepared, client, bundle, options, reopen=_open_checked)
-        run = _start(client, bundle, out=out, options=options, t_open=t_open, starter=starter)
+        first = next(prepared)
+        fit_scene_chunks([first], client, bundle, options, reopen=_open_checked)
+        run = _start(client, bundle, out=out, options=options, starter=starter)
 
         def failed(job: _SceneJob, exc: S2DaskError) -> None:
             if single or getattr(exc, "scheduler_lost", False):  # no scheduler: stop the batch
                 raise exc
             results[job.source] = _failed(job.source, exc)
 
+        def fitted() -> Iterator[_SceneJob]:  # the others, each opened when the pipeline asks
+            yield first
+            for job in prepared:
+                try:
+                    fit_scene_chunks([job], client, bundle, options, reopen=_open_checked)
+                except S2DaskError as exc:
+                    failed(job, exc)
+                    continue
+                yield job
+
         def finish(flight: _Flight) -> None:
             results[flight.job.source] = _conclude(flight, run)
 
         # the next scene's chunks run while the previous scene is finished (s2dask.pipeline)
-        run_pipelined(prepared, submit=lambda job, prev: _submit(job, run, prev), finish=finish,
+        run_pipelined(fitted(), submit=lambda job, prev: _submit(job, run, prev), finish=finish,
                       cancel=lambda flight: client.status == "running" and client.cancel(flight.futures),
                       failed=failed)
     finally:  # a client of a dead scheduler closes in bounded time; never fails the job
@@ -271,7 +284,7 @@ def _run_all(prepared: list[_SceneJob], bundle: ModelBundle, *, out: Location, o
     return results
 
 
-def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t_open: float,
+def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions,
            starter: ClusterStart | None = None) -> _Run:
     """Deliver the model to every worker, describe the cluster, create the output folder."""
     show = sys.stderr.isatty() if options.progress is None else options.progress
@@ -285,7 +298,7 @@ def _start(client, bundle: ModelBundle, *, out: Location, options: JobOptions, t
     except OSError as exc:
         raise StorageError(f"cannot create output directory {out.url}: {exc.strerror}; "
                            "check permissions or choose another --out") from None
-    return _Run(out, bundle, client, ref, options, summary, t_open, show, bs, delivery.engines,
+    return _Run(out, bundle, client, ref, options, summary, show, bs, delivery.engines,
                 starter.timeline if starter is not None else None)
 
 
@@ -328,14 +341,19 @@ def _open_checked(src: str, bundle: ModelBundle, options: JobOptions,
 
 
 def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Location, options: JobOptions,
-             errors: dict[str, S2DaskError]) -> list[_SceneJob]:
-    """Open and check every scene; a scene that fails goes to ``errors``, the others on.
+             errors: dict[str, S2DaskError], t_start: float) -> Iterator[_SceneJob]:
+    """Open and check each scene when it is asked for; a scene that fails goes to ``errors``,
+    the others on.
 
-    ``sources``: :func:`s2dask.stac.expand_inputs` (a parsed STAC item, its error, or None).
+    Lazy: a batch's next scene is opened and checked (its sample windows read) while the
+    previous one computes, not while the workers wait. ``sources``:
+    :func:`s2dask.stac.expand_inputs` (a parsed STAC item, its error, or None); the first
+    scene's open time counts from ``t_start``.
     """
-    prepared: list[_SceneJob] = []
     seen: dict[str, str] = {}
+    t0 = t_start
     for src, pre in sources:
+        job = None
         try:
             if isinstance(pre, S2DaskError):
                 raise pre
@@ -345,10 +363,12 @@ def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Locati
                                  f"{job.scene_id!r}: their outputs would collide; classify them "
                                  "into different --out folders")
             seen[job.scene_id] = src
-            prepared.append(job)
         except S2DaskError as exc:
-            errors[src] = exc
-    return prepared
+            errors[src], job = exc, None
+        if job is not None:
+            job.t_open = time.perf_counter() - t0
+            yield job
+        t0 = time.perf_counter()
 
 
 def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOptions,
@@ -429,8 +449,8 @@ def _conclude(flight: _Flight, run: _Run) -> JobResult:
     t_w0 = time.perf_counter()
     cog_report = _finish(job, run, store=store) if opts.cog else {}
     t_write = time.perf_counter() - t_w0
-    timings = {"open": run.t_open, "predict": t_predict, "write": t_write,
-               "total": time.perf_counter() - t0 + run.t_open,
+    timings = {"open": job.t_open, "predict": t_predict, "write": t_write,
+               "total": time.perf_counter() - t0 + job.t_open,
                **startup_timings(run.timeline, run.client, time.time() - time.perf_counter() + flight.t_submit)}
     record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
                      cog_report=cog_report, timings=timings)
