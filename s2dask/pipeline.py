@@ -9,7 +9,9 @@ submission), so ``k + 1``'s chunks fill the workers exactly when ``k``'s run out
 COG task is submitted with a higher priority so it goes next, not after all of ``k + 1``.
 
 Bounds: at most two scenes have tasks on the cluster; scene ``k + 2`` is submitted only
-once scene ``k`` is committed or failed. Memory stays bounded by chunks: every worker still
+once scene ``k`` is committed or failed. ``items`` may be lazy (the job opens and checks
+each scene when asked): the item after the one just submitted is asked for before the
+previous one is finished, so its preparation overlaps the computation. Memory stays bounded by chunks: every worker still
 runs one chunk per thread, the extra scene only adds queued task descriptions.
 
 Failures stay per scene: a scene whose submission or finish fails is reported to
@@ -32,6 +34,7 @@ __all__ = ["run_pipelined", "MAX_IN_FLIGHT"]
 MAX_IN_FLIGHT = 2
 
 Item = TypeVar("Item")
+_END = object()
 Flight = TypeVar("Flight")
 
 
@@ -66,18 +69,25 @@ def run_pipelined(
         Whatever ``failed`` re-raises (the in-flight items are cancelled first).
     """
     pending: tuple[Item, Flight] | None = None
+    queue = iter(items)
     try:
-        for item in items:
+        item = next(queue, _END)
+        while item is not _END:
             try:
                 flight = submit(item, pending[1] if pending else None)
             except S2DaskError as exc:
                 failed(item, exc)
+                item = next(queue, _END)
                 continue
+            # the following item is made ready (a scene opened and checked) now, while this
+            # one's tasks and the previous one's compute, not after the previous one finished
+            following = next(queue, _END)
             if pending is not None:
                 done, pending = pending, (item, flight)
                 _finish_one(done, finish, failed)
             else:
                 pending = (item, flight)
+            item = following
         if pending is not None:
             done, pending = pending, None
             _finish_one(done, finish, failed)

@@ -126,3 +126,20 @@ def test_driver_keeps_two_in_flight_and_cancels_on_interrupt():
         run_pipelined([0, 3, 4], submit=submit, finish=finish,
                       cancel=lambda i: log.append(f"cancel {i}"), failed=stop)
     assert log == ["submit 0", "submit 3", "finish 0", "submit 4", "finish 3", "cancel 4"]
+
+
+def test_driver_prepares_the_next_item_before_finishing_the_previous():
+    """A lazy batch: scene k + 2 is opened and checked while k and k + 1 compute, not after k
+    is finished (still never more than two submitted)."""
+    log: list[str] = []
+
+    def items():
+        for i in range(3):
+            log.append(f"prepare {i}")
+            yield i
+
+    run_pipelined(items(), submit=lambda i, prev: log.append(f"submit {i}") or i,
+                  finish=lambda i: log.append(f"finish {i}"), cancel=lambda i: None,
+                  failed=lambda i, exc: None)
+    assert log == ["prepare 0", "submit 0", "prepare 1", "submit 1", "prepare 2", "finish 0",
+                   "submit 2", "finish 1", "finish 2"]
