@@ -491,3 +491,25 @@ def test_refuses_raster_without_crs(tmp_path):
 def test_grid_to_raster_refuses_missing_table(tmp_path):
     with pytest.raises(SceneError, match=r"grid table .*none.csv does not exist"):
         grid_to_raster(tmp_path / "none.csv", tmp_path / "o.tif", crs="EPSG:32617")
+
+
+def test_a_cog_with_overviews_is_sampled_from_them(tmp_path):
+    """The value checks read a COG's overviews (the whole extent, a tile or two per file)
+    instead of one full-resolution tile per sample window; without overviews, the windows."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from s2dask.scene.checks import SAMPLE_GRID, SAMPLE_SIZE, sample_pixels
+    from s2dask.synthetic import make_scene
+
+    path = make_scene(tmp_path / "s.tif", size=(520, 500), seed=1)
+    windows = sample_pixels(open_scene(path, chunks=256))
+    n = SAMPLE_GRID * SAMPLE_SIZE
+    assert windows.shape == (10, n * n)
+    with rasterio.open(path, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as dst:
+        dst.build_overviews([2, 4], Resampling.nearest)
+    with rasterio.open(path) as src:
+        want = src.read(out_shape=(src.count, n, n), resampling=Resampling.nearest)
+    got = sample_pixels(open_scene(path, chunks=256))
+    np.testing.assert_array_equal(got, want.reshape(src.count, -1))
+    assert not np.array_equal(got, windows)

@@ -50,7 +50,9 @@ def sample_pixels(scene: xr.DataArray, *, grid: int = SAMPLE_GRID,
     Only those windows are read (through the scene's own block reader when it has one,
     else by slicing the lazy array), so the cost does not grow with the scene; the
     reader's windows are read concurrently (GDAL releases the GIL; remote files are
-    latency-bound).
+    latency-bound). A scene of GeoTIFFs with overviews (COGs) at least four times the
+    sample's edge is instead sampled on a ``grid*size`` square grid over its whole extent,
+    from the overviews: a tile or two per file instead of a full-resolution tile per window.
 
     Parameters
     ----------
@@ -60,10 +62,15 @@ def sample_pixels(scene: xr.DataArray, *, grid: int = SAMPLE_GRID,
         Windows per side, and their edge in pixels.
     """
     ny, nx = int(scene.sizes["y"]), int(scene.sizes["x"])
+    reader = _graph_reader(scene.data)
+    overview = getattr(reader, "overview_sample", None)
+    if overview is not None and min(ny, nx) >= 4 * grid * size:  # a COG: its overviews
+        sample = overview(grid * size)
+        if sample is not None:
+            return sample.reshape(sample.shape[0], -1)
     h, w = min(size, ny), min(size, nx)
     starts = sorted({(int((ny - h) * (i + 0.5) / grid), int((nx - w) * (j + 0.5) / grid))
                      for i in range(grid) for j in range(grid)})
-    reader = _graph_reader(scene.data)
     if reader is not None:
         with ThreadPoolExecutor(max_workers=min(len(starts), SAMPLE_THREADS),
                                 thread_name_prefix="s2dask-sample") as pool:

@@ -123,6 +123,38 @@ class RasterReader:
         note_read_retries((y0, x0, height, width), counter)
         return out
 
+    def overview_sample(self, size: int) -> np.ndarray | None:
+        """``(n_bands, size, size)`` values spread over the whole grid, read from overviews.
+
+        A GeoTIFF's overviews (a COG's) give the whole scene in a tile or two per file, where
+        windows at full resolution decode a full tile each. ``None`` (read windows instead)
+        when a file is not a GeoTIFF with overviews (a decimated read would then decode
+        every tile), when bands need resampling between grids, or when a read fails (the
+        windows then report it).
+        """
+        if self.resampling != "nearest" and any(r.factor != 1 for r in self.reads):
+            return None
+        out = np.empty((len(self.reads), size, size), dtype=self.dtype)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for k, r in enumerate(self.reads):
+            groups.setdefault((r.path, r.factor), []).append(k)
+        try:
+            with rasterio.Env(**READ_ENV):
+                for (path, factor), positions in groups.items():
+                    idxs = [self.reads[k].bidx for k in positions]
+                    with rasterio.Env(**remote_env(path, self.retry)), rasterio.open(path) as src:
+                        if src.driver != "GTiff" or not all(src.overviews(i) for i in idxs):
+                            return None
+                        window = Window(0, 0, min(-(-self.grid.width // factor), src.width),
+                                        min(-(-self.grid.height // factor), src.height))
+                        data = src.read(idxs, window=window, out_shape=(len(idxs), size, size),
+                                        resampling=Resampling.nearest)
+                    for row, k in enumerate(positions):
+                        out[k] = _apply_offset(data[row], self.reads[k].offset, self.nodata)
+        except (RasterioError, OSError):
+            return None
+        return out
+
     def _read_file(self, path: str, idxs: list[int], factor: int, y0: int, x0: int, height: int,
                    width: int) -> np.ndarray:
         with rasterio.Env(**remote_env(path, self.retry)), rasterio.open(path) as src:
