@@ -287,3 +287,31 @@ def test_openvino_is_imported_without_its_telemetry(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["False", "False", "True"]
     assert not (tmp_path / "intel").exists()  # no client id written into the user's home
+
+
+def test_bf16_pads_hidden_widths_to_the_matrix_tiles():
+    """200-wide dense layers are zero-padded to 224 for bf16 (AMX tiles are 32 wide): the
+    same function (bias adds included), a multiple of 32 everywhere, other widths kept."""
+    from s2dask.model import build_model
+
+    model = build_model(10, 5, mean=np.full(10, 2000.0), variance=np.full(10, 1.0e6),
+                        units=(200, 200), dropout=(0.0, 0.0), seed=3)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # non-zero biases: the Add nodes must be padded too
+        w = layer.get_weights()
+        if len(w) == 2:
+            layer.set_weights([w[0], rng.normal(0.0, 0.5, w[1].shape).astype("float32")])
+    plain = E.convert(model)
+    padded = plain.clone()
+    assert E.pad_hidden_widths(padded) == 2
+    widths = [op.get_output_partial_shape(0)[1].get_length() for op in padded.get_ordered_ops()
+              if op.get_type_name() == "MatMul"]
+    assert widths == [224, 224, 5]
+    assert any(op.get_type_name() == "Add" and op.get_output_partial_shape(0)[1].get_length() == 224
+               for op in padded.get_ordered_ops())
+    x = rng.integers(1, 6000, size=(4096, 10)).astype("float32")
+    core = E.core()
+    want = core.compile_model(plain, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([x])[0]
+    got = core.compile_model(padded, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([x])[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert E.pad_hidden_widths(padded) == 0  # nothing left to pad
