@@ -96,9 +96,7 @@ class RasterReader:
 
     def __call__(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         out = np.empty((len(self.reads), height, width), dtype=self.dtype)
-        groups: dict[tuple[str, int], list[int]] = {}
-        for k, r in enumerate(self.reads):
-            groups.setdefault((r.path, r.factor), []).append(k)
+        groups = self._groups()
         policy = self.retry or RetryPolicy.from_env()
         counter = RetryCounter()
         error = None
@@ -123,6 +121,13 @@ class RasterReader:
         note_read_retries((y0, x0, height, width), counter)
         return out
 
+    def _groups(self) -> dict[tuple[str, int], list[int]]:
+        """``{(file, factor): [output band positions]}``: each file is read once per block."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        for k, r in enumerate(self.reads):
+            groups.setdefault((r.path, r.factor), []).append(k)
+        return groups
+
     def overview_sample(self, size: int) -> np.ndarray | None:
         """``(n_bands, size, size)`` values spread over the whole grid, read from overviews.
 
@@ -135,12 +140,9 @@ class RasterReader:
         if self.resampling != "nearest" and any(r.factor != 1 for r in self.reads):
             return None
         out = np.empty((len(self.reads), size, size), dtype=self.dtype)
-        groups: dict[tuple[str, int], list[int]] = {}
-        for k, r in enumerate(self.reads):
-            groups.setdefault((r.path, r.factor), []).append(k)
         try:
             with rasterio.Env(**READ_ENV):
-                for (path, factor), positions in groups.items():
+                for (path, factor), positions in self._groups().items():
                     idxs = [self.reads[k].bidx for k in positions]
                     with rasterio.Env(**remote_env(path, self.retry)), rasterio.open(path) as src:
                         if src.driver != "GTiff" or not all(src.overviews(i) for i in idxs):
