@@ -104,6 +104,15 @@ def format_report(metrics: dict, *, title: str = "test") -> str:
     lines.append("  " + " " * 8 + "".join(f"{v:>{cw}}" for v in labels))
     for v, row in zip(labels, metrics["confusion_matrix"]):
         lines.append(f"  {v:>8}" + "".join(f"{x:>{cw}}" for x in row))
+    bf16 = (metrics.get("precision") or {}).get("bf16") or {}
+    if bf16.get("checked"):
+        line = (f"  bf16 (the default engine on CPUs with bf16 matrix units): test OA "
+                f"{bf16['test_oa']:.4f} ({bf16['test_oa_minus_fp32']:+.4f} vs float32), "
+                f"{bf16['agreement_with_fp32']:.2%} of test rows as in float32")
+        if not bf16["within_bar"]:
+            line += (f"; beyond the {bf16['bar']:g} bar: classify with --precision fp32 for the "
+                     "float32 figures above")
+        lines.append(line)
     split = metrics.get("split")
     if split and split.get("explanation"):
         lines.append(f"  split: {split['explanation']}")
@@ -163,11 +172,13 @@ def metrics_summary(model_dir: str | Path) -> dict | None:
         return None
     split = m.get("split") or {}
     leak = split.get("leakage") or {}
+    bf16 = (m.get("precision") or {}).get("bf16") or {}
     return {"evaluated_on": m.get("evaluated_on"), "overall_accuracy": m.get("overall_accuracy"),
             "kappa": m.get("kappa"), "n": m.get("n", split.get("counts", {}).get("test")),
             "split": split.get("method"),
             "test_pixels_in_train": leak.get("test_pixels_in_train"),
-            "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run")}
+            "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run"),
+            "bf16_test_oa_minus_fp32": bf16.get("test_oa_minus_fp32")}
 
 
 def plot_confusion(metrics: dict, path: Path, *, title: str) -> None:

@@ -200,3 +200,23 @@ def test_buffalo_block_split_short_run(tmp_path):
     assert m["split"]["leakage"]["test_pixels_in_train"] == 0
     assert 0.6 <= m["overall_accuracy"] <= 1.0 and 0.4 <= m["kappa"] <= 1.0
     assert np.array(m["confusion_matrix"]).sum() == m["split"]["counts"]["test"]
+
+
+def test_metrics_say_what_bf16_does_to_the_test_split(trained):
+    """Training scores the test split in bf16 too (the default engine where the CPU has bf16
+    matrix units) and reports the change against float32 and the 0.002 bar."""
+    from s2dask.engine import cpu_has_bf16
+    from s2dask.metrics import format_report
+
+    table, out, metrics = trained
+    bf16 = metrics["precision"]["bf16"]
+    assert bf16["checked"] == cpu_has_bf16()[0], bf16
+    if not bf16["checked"]:
+        assert "bf16" in bf16["why"]
+        return
+    assert bf16["test_oa_minus_fp32"] == pytest.approx(bf16["test_oa"] - metrics["overall_accuracy"])
+    assert bf16["within_bar"] == (abs(bf16["test_oa_minus_fp32"]) <= 0.002)
+    assert 0.9 <= bf16["agreement_with_fp32"] <= 1.0
+    report = format_report(metrics)
+    assert "bf16 (the default engine on CPUs with bf16 matrix units): test OA" in report
+    assert ("beyond the 0.002 bar" in report) == (not bf16["within_bar"])
