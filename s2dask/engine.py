@@ -37,8 +37,17 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ModelError, ParameterError
+from .openvino_ir import (
+    BF16_WIDTH_MULTIPLE,
+    convert,
+    core,
+    export_ir,
+    import_openvino,
+    ir_from_bytes,
+    load_ir,
+    pad_hidden_widths,
+)
 from .openvino_ir import contract_field as _get
-from .openvino_ir import convert, core, export_ir, import_openvino, ir_from_bytes, load_ir
 from .predict import DEFAULT_BATCH_SIZE as DEFAULT_KERAS_BATCH_SIZE
 from .predict import RowPredictor
 
@@ -60,6 +69,8 @@ __all__ = [
     "ir_from_bytes",
     "OpenVINOPredictor",
     "BF16_WIDTH_MULTIPLE",
+    "PRECISION_CHECK_KEY",
+    "bf16_verdict",
     "pad_hidden_widths",
     "get_openvino_predictor",
     "build_counts",
@@ -81,9 +92,6 @@ PERFORMANCE_HINT = "LATENCY"
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
-#: bf16 matrix units (AMX) multiply tiles 32 bf16 wide: the tutorial's 200-wide layers padded
-#: to 224 run 1.3-1.5x faster in bf16 (benchmarks/forward.py); float32 is not padded (slower)
-BF16_WIDTH_MULTIPLE = 32
 
 
 # ---------------------------------------------------------------- engine and precision
@@ -191,8 +199,27 @@ def default_batch_size(engine: str) -> int:
     return DEFAULT_OPENVINO_BATCH_SIZE if engine == "openvino" else DEFAULT_KERAS_BATCH_SIZE
 
 
+#: the key in ``model.json`` of what bf16 did to the model's test split at training
+PRECISION_CHECK_KEY = "precision_check"
+
+
+def bf16_verdict(contract) -> tuple[bool | None, str]:
+    """Whether bf16 kept the model's test accuracy within the bar when it was trained.
+
+    ``(True|False, what it measured)`` from the contract's ``precision_check`` (written by
+    ``s2dask train``); ``(None, "")`` for a bundle without one (trained before, or on a
+    machine that could not run bf16).
+    """
+    check = (_get(contract, PRECISION_CHECK_KEY) or {}).get("bf16") or {}
+    if not check.get("checked"):
+        return None, ""
+    return bool(check.get("within_bar")), (
+        f"bf16 changed this model's test accuracy by {check.get('test_oa_minus_fp32', 0.0):+.4f} at "
+        f"training (bar {check.get('bar', 0.002):g})")
+
+
 def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", *,
-            bf16: bool | None = None) -> EngineChoice:
+            bf16: bool | None = None, contract=None) -> EngineChoice:
     """Resolve the engine and precision options for a worker of ``device``.
 
     Parameters
@@ -208,6 +235,9 @@ def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", 
         Whether the CPU has bf16 matrix instructions; ``None``: ask this machine
         (:func:`cpu_has_bf16`). A client resolving for remote workers leaves ``auto`` to
         them, or passes what they reported.
+    contract
+        The model's contract: ``auto`` precision stays fp32 for a model whose test accuracy
+        bf16 changed by more than the bar at training (:func:`bf16_verdict`).
 
     Returns
     -------
@@ -249,7 +279,10 @@ def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", 
     if precision == "bf16" and not bf16:
         raise ParameterError(f"precision 'bf16' needs a CPU with bf16 matrix instructions (AMX or "
                              f"AVX512_BF16) and this one has none ({source}): give --precision fp32 or auto")
-    if precision == "auto":
+    ok, measured = bf16_verdict(contract) if contract is not None else (None, "")
+    if precision == "auto" and bf16 and ok is False:
+        precision, why = "fp32", f"{engine_why}; fp32 because {measured}: give --precision bf16 for speed"
+    elif precision == "auto":
         precision = "bf16" if bf16 else "fp32"
         why = f"{engine_why}; {precision} because bf16 matrix instructions are " \
               f"{'present' if bf16 else 'absent'} ({source})"
@@ -259,90 +292,6 @@ def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", 
 
 
 # ---------------------------------------------------------------- the predictor
-
-
-def _const_2d(node) -> np.ndarray | None:
-    if node.get_type_name() != "Constant":
-        return None
-    data = node.get_data()
-    return data if data.ndim == 2 else None
-
-
-def _only_consumer(output):
-    inputs = list(output.get_target_inputs())
-    return inputs[0] if len(inputs) == 1 else None
-
-
-def _next_dense(matmul, width: int):
-    """The chain from ``matmul`` (output ``[batch, width]``) to the MatMul that reduces over
-    ``width``: ``(bias Add or None, that MatMul)``, or None if it is not MatMul [-> Add of a
-    constant bias] [-> Relu] -> MatMul with constant weights, each consumed once."""
-    bias, inp = None, _only_consumer(matmul.output(0))
-    if inp is not None and inp.get_node().get_type_name() == "Add":
-        add = inp.get_node()
-        other = add.input_value(1 - inp.get_index()).get_node()
-        if other.get_type_name() != "Constant" or other.get_data().size != width \
-                or other.get_data().shape[-1] != width:
-            return None
-        bias, inp = add, _only_consumer(add.output(0))
-    if inp is not None and inp.get_node().get_type_name() == "Relu":
-        inp = _only_consumer(inp.get_node().output(0))
-    if inp is None or inp.get_index() != 0 or inp.get_node().get_type_name() != "MatMul":
-        return None
-    nxt = inp.get_node()
-    w = _const_2d(nxt.input_value(1).get_node())
-    attrs = nxt.get_attributes()
-    if w is None or attrs["transpose_a"] or w.shape[1 if attrs["transpose_b"] else 0] != width:
-        return None
-    return bias, nxt
-
-
-def pad_hidden_widths(model, multiple: int = BF16_WIDTH_MULTIPLE) -> int:
-    """Zero-pad the hidden widths of an ``openvino.Model``'s dense layers, in place.
-
-    A width N is padded to the next multiple of ``multiple`` where a MatMul with constant
-    weights gives ``[batch, N]``, followed by an optional Add of a constant bias and an
-    optional Relu, consumed only by another MatMul with constant weights that reduces over
-    N. The new units get zero weights and bias, Relu(0) = 0, and their rows of the next
-    weights are zero: the model computes the same function (in bf16 the sums may round
-    differently in their last bit). Any other pattern is left as it is.
-
-    Returns
-    -------
-    int
-        How many widths were padded.
-    """
-    import openvino.opset13 as ops
-
-    padded = 0
-    for op in list(model.get_ordered_ops()):
-        if op.get_type_name() != "MatMul" or op.get_attributes()["transpose_a"]:
-            continue
-        w = _const_2d(op.input_value(1).get_node())
-        if w is None:
-            continue
-        tb = op.get_attributes()["transpose_b"]
-        width = w.shape[0] if tb else w.shape[1]
-        extra = -width % multiple
-        chain = _next_dense(op, width) if extra else None
-        if chain is None:
-            continue
-        bias, nxt = chain
-        op.input(1).replace_source_output(ops.constant(
-            np.pad(w, ((0, extra), (0, 0)) if tb else ((0, 0), (0, extra)))).output(0))
-        if bias is not None:
-            k = 1 if bias.input_value(1).get_node().get_type_name() == "Constant" else 0
-            b = bias.input_value(k).get_node().get_data()
-            bias.input(k).replace_source_output(ops.constant(
-                np.pad(b, [(0, 0)] * (b.ndim - 1) + [(0, extra)])).output(0))
-        w2 = nxt.input_value(1).get_node().get_data()
-        tb2 = nxt.get_attributes()["transpose_b"]
-        nxt.input(1).replace_source_output(ops.constant(
-            np.pad(w2, ((0, 0), (0, extra)) if tb2 else ((0, extra), (0, 0)))).output(0))
-        padded += 1
-    if padded:
-        model.validate_nodes_and_infer_types()
-    return padded
 
 
 def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n_bands: int,

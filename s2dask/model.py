@@ -396,7 +396,7 @@ class ModelBundle:
         """
         from .engine import build_predictor, detect_device, resolve
 
-        choice = resolve(engine, precision, detect_device())
+        choice = resolve(engine, precision, detect_device(), contract=self.contract)
         key = (choice.engine, choice.precision, batch_size, threads)
         with self._lock:
             pred = self._predictors.get(key)

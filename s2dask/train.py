@@ -21,6 +21,7 @@ import numpy as np
 from .backend import require_keras
 from .bands import canonical_bands
 from .crossval import cross_validate, format_cv_report
+from .engine import PRECISION_CHECK_KEY
 from .errors import ModelError, OutputExistsError, SamplesError
 from .metrics import classification_metrics, format_report, plot_confusion, plot_history
 from .model import build_model, load_model, save_bundle
@@ -35,7 +36,7 @@ from .samples import (
     read_samples,
     split_samples,
 )
-from .storage import atomic_write_text, commit_dir
+from .storage import atomic_write_json, atomic_write_text, commit_dir
 
 __all__ = [
     "AUTO_SPLIT",
@@ -387,6 +388,10 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
         "final": {k: v[-1] for k, v in history.items()},
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # workers' auto precision keeps float32 for a model that bf16 moved beyond the bar
+    contract = json.loads((tmp / "model.json").read_text())
+    contract[PRECISION_CHECK_KEY] = metrics["precision"]
+    atomic_write_json(tmp / "model.json", contract)
     (tmp / "history.json").write_text(json.dumps(history) + "\n")
     plot_history(history, tmp / "training.png", best_epoch=best_epoch if early_stopping else None,
                  title=f"{out.name}: training ({parts.method} split), "

@@ -119,7 +119,7 @@ def get_predictor(ref: ModelRef) -> Any:
         bundle = load_model(ref.path, check_keras=False)
         if bundle.sha256 != ref.sha256:
             raise ModelError(f"model at {ref.path} changed during the job (sha256 differs): rerun")
-        choice = resolve(ref.engine, ref.precision, detect_device())
+        choice = resolve(ref.engine, ref.precision, detect_device(), contract=bundle.contract)
         return choice, bundle.predictor(batch_size=ref.batch_size, engine=ref.engine,
                                         precision=ref.precision)
 
@@ -198,7 +198,7 @@ class ModelPlugin(WorkerPlugin):
             return model
 
         def build() -> tuple[EngineChoice, Any]:
-            choice = resolve(self.engine, self.precision, detect_device())
+            choice = resolve(self.engine, self.precision, detect_device(), contract=self.handle.contract)
             if choice.engine == "keras":  # OpenVINO takes its threads per compiled model
                 configure_threads(threads)
             return choice, build_predictor(

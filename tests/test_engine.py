@@ -315,3 +315,17 @@ def test_bf16_pads_hidden_widths_to_the_matrix_tiles():
     got = core.compile_model(padded, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([x])[0]
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert E.pad_hidden_widths(padded) == 0  # nothing left to pad
+
+
+@pytest.mark.parametrize("within, want", [(False, "fp32"), (True, "bf16"), (None, "bf16")])
+def test_auto_precision_keeps_fp32_for_a_model_bf16_moved_beyond_the_bar(within, want):
+    """``auto`` follows what training measured: a model whose test accuracy bf16 changed by
+    more than the bar stays float32 (the reason says by how much); asked-for bf16 is kept."""
+    contract = {} if within is None else {E.PRECISION_CHECK_KEY: {"bf16": {
+        "checked": True, "within_bar": within, "test_oa_minus_fp32": -0.0033, "bar": 0.002}}}
+    choice = E.resolve("auto", "auto", "cpu", bf16=True, contract=contract)
+    assert (choice.engine, choice.precision) == ("openvino", want)
+    assert ("-0.0033" in choice.reason) == (want == "fp32")
+    asked = E.resolve("auto", "bf16", "cpu", bf16=True, contract=contract)
+    assert asked.precision == "bf16"
+    assert E.resolve("auto", "auto", "cpu", bf16=False, contract=contract).precision == "fp32"

@@ -220,3 +220,7 @@ def test_metrics_say_what_bf16_does_to_the_test_split(trained):
     report = format_report(metrics)
     assert "bf16 (the default engine on CPUs with bf16 matrix units): test OA" in report
     assert ("beyond the 0.002 bar" in report) == (not bf16["within_bar"])
+    # the bundle carries it: workers' (and predict's) auto precision follows it
+    assert json.loads((out / "model.json").read_text())["precision_check"] == metrics["precision"]
+    default = load_model(out).predictor()
+    assert default.precision == ("bf16" if bf16["within_bar"] else "fp32")
