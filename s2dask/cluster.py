@@ -79,6 +79,7 @@ def start_fork_server() -> bool:
     import multiprocessing.forkserver
 
     import dask
+    import distributed  # noqa: F401  (its configuration: the start method, the nanny's environment)
 
     method = dask.config.get(_METHOD_KEY, "spawn")
     if method == "forkserver":

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import close_cluster, connect, host_thread_counts, register_plugin, start_fork_server
+from .cluster import close_cluster, connect, host_thread_counts, register_plugin
 from .errors import ClusterError
 
 __all__ = ["Timeline", "Delivery", "ClusterStart", "deliver_model", "deliver_for_job", "delivery_options",
@@ -165,11 +165,7 @@ class ClusterStart:
 
     def _run(self) -> None:
         try:
-            kw = self._connect_kw
-            if not (kw.get("scheduler") or kw.get("scheduler_file") or kw.get("gpu")):
-                # first: the fork server's imports then overlap the caller's
-                start_fork_server()
-            self._out = connect(**kw)
+            self._out = connect(**self._connect_kw)
             self.timeline.mark("cluster_up")
             if self._model is not None and not self._cancelled:
                 from .model import load_model

@@ -185,29 +185,32 @@ def test_classify_without_client_starts_its_cluster_while_checking(synth_dir, ir
 
 
 _FORK_CHECK = """
-import os, sys
-from s2dask.cluster import close_cluster, connect
+from s2dask.cluster import close_cluster
+from s2dask.startup import ClusterStart
 
 def info():
-    import multiprocessing, os, sys
-    return ["s2dask.worker" in sys.modules, "openvino" in sys.modules, os.environ.get("OMP_NUM_THREADS")]
+    import os, sys, threadpoolctl
+    blas = sorted({p["num_threads"] for p in threadpoolctl.threadpool_info()})
+    return ["s2dask.worker" in sys.modules, "openvino" in sys.modules, os.environ.get("OMP_NUM_THREADS"),
+            ",".join(map(str, blas))]
 
-if __name__ == "__main__":
-    client, cluster = connect(workers=1, threads_per_worker=1, dashboard=False)
-    try:
-        import dask
-        [got] = client.run(info).values()
-        print(dask.config.get("distributed.worker.multiprocessing-method"), *got)
-    finally:
-        close_cluster(client, cluster)
+if __name__ == "__main__":  # the CLI's way: the cluster starts in a thread, distributed not imported yet
+    with ClusterStart(None, workers=1, threads_per_worker=1, dashboard=False) as start:
+        client, cluster = start.result()
+        try:
+            import dask
+            [got] = client.run(info).values()
+            print(dask.config.get("distributed.worker.multiprocessing-method"), *got)
+        finally:
+            close_cluster(client, cluster)
 """
 
 
 @pytest.mark.parametrize("method", [None, "spawn"])
 def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
     """An embedded cluster's workers are forked from a server that imported the worker side
-    (and OpenVINO) once, with the nanny's one-thread BLAS environment; a start method the
-    user chose is kept."""
+    (and OpenVINO) once, with the nanny's environment: BLAS pools of one thread; a start
+    method the user chose is kept."""
     script = tmp_path / "check.py"
     script.write_text(_FORK_CHECK)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
@@ -219,6 +222,6 @@ def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     if method is None:
-        assert line == "forkserver True True 1"
+        assert line == "forkserver True True 1 1"
     else:  # spawned: a fresh interpreter that imported neither (yet)
-        assert line == "spawn False False 1"
+        assert line == "spawn False False 1 1"
