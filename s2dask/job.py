@@ -353,7 +353,6 @@ def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Locati
     seen: dict[str, str] = {}
     t0 = t_start
     for src, pre in sources:
-        job = None
         try:
             if isinstance(pre, S2DaskError):
                 raise pre
@@ -364,8 +363,8 @@ def _prepare(sources: list[tuple[str, Any]], bundle: ModelBundle, *, out: Locati
                                  "into different --out folders")
             seen[job.scene_id] = src
         except S2DaskError as exc:
-            errors[src], job = exc, None
-        if job is not None:
+            errors[src] = exc
+        else:
             job.t_open = time.perf_counter() - t0
             yield job
         t0 = time.perf_counter()

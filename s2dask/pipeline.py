@@ -11,8 +11,9 @@ COG task is submitted with a higher priority so it goes next, not after all of `
 Bounds: at most two scenes have tasks on the cluster; scene ``k + 2`` is submitted only
 once scene ``k`` is committed or failed. ``items`` may be lazy (the job opens and checks
 each scene when asked): the item after the one just submitted is asked for before the
-previous one is finished, so its preparation overlaps the computation. Memory stays bounded by chunks: every worker still
-runs one chunk per thread, the extra scene only adds queued task descriptions.
+previous one is finished, so its preparation overlaps the computation. Memory stays
+bounded by chunks: every worker still runs one chunk per thread, the extra scene only adds
+queued task descriptions.
 
 Failures stay per scene: a scene whose submission or finish fails is reported to
 ``failed`` and the others go on (``failed`` re-raises to stop the batch, as a single-scene
@@ -34,8 +35,8 @@ __all__ = ["run_pipelined", "MAX_IN_FLIGHT"]
 MAX_IN_FLIGHT = 2
 
 Item = TypeVar("Item")
-_END = object()
 Flight = TypeVar("Flight")
+_END = object()  # no more items
 
 
 def run_pipelined(

@@ -21,8 +21,8 @@ import numpy as np
 from .backend import require_keras
 from .bands import canonical_bands
 from .crossval import cross_validate, format_cv_report
-from .engine import PRECISION_CHECK_KEY
-from .errors import ModelError, OutputExistsError, SamplesError
+from .engine import PRECISION_CHECK_KEY, PRECISION_OA_BAR
+from .errors import ModelError, OutputExistsError, S2DaskError, SamplesError
 from .metrics import classification_metrics, format_report, plot_confusion, plot_history
 from .model import build_model, load_model, save_bundle
 from .openvino_ir import export_ir
@@ -53,8 +53,6 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 #: how training and evaluate score a bundle: float32 Keras, the reference every engine and
 #: precision is compared against (jobs default to engine/precision "auto")
 SCORING = {"engine": "keras", "precision": "fp32"}
-#: bf16 should keep a model's test accuracy within this of float32 (issue 13's bar)
-PRECISION_OA_BAR = 0.002
 
 #: Defaults, measured on the Buffalo table (random split, 2 CPU cores): Adam at 1e-3 with
 #: batches of 64 converges in about 90 epochs (under a minute) to a test OA above 0.99;
@@ -406,8 +404,6 @@ def bf16_check(bundle, x: np.ndarray, y: np.ndarray, reference: np.ndarray, oa: 
     from float32, the share of rows classified alike and whether the change is within
     :data:`PRECISION_OA_BAR`; ``checked`` false (and why) where this machine cannot run it.
     """
-    from .errors import S2DaskError
-
     try:
         got = bundle.predict(x, engine="openvino", precision="bf16")
     except S2DaskError as exc:  # no OpenVINO, or no bf16 instructions on this CPU
