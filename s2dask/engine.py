@@ -210,8 +210,8 @@ def bf16_verdict(contract) -> tuple[bool | None, str]:
     """Whether bf16 kept the model's test accuracy within the bar when it was trained.
 
     ``(True|False, what it measured)`` from the contract's ``precision_check`` (written by
-    ``s2dask train``); ``(None, "")`` for a bundle without one (trained before, or on a
-    machine that could not run bf16).
+    ``s2dask train``); ``(None, "")`` for no contract or a bundle without one (trained
+    before, or on a machine that could not run bf16).
     """
     check = (_get(contract, PRECISION_CHECK_KEY) or {}).get("bf16") or {}
     if not check.get("checked"):
@@ -282,7 +282,7 @@ def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", 
     if precision == "bf16" and not bf16:
         raise ParameterError(f"precision 'bf16' needs a CPU with bf16 matrix instructions (AMX or "
                              f"AVX512_BF16) and this one has none ({source}): give --precision fp32 or auto")
-    ok, measured = bf16_verdict(contract) if contract is not None else (None, "")
+    ok, measured = bf16_verdict(contract)  # (None, "") without a contract or a check
     if precision == "auto" and bf16 and ok is False:
         precision, why = "fp32", f"{engine_why}; fp32 because {measured}: give --precision bf16 for speed"
     elif precision == "auto":
