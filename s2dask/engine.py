@@ -41,6 +41,7 @@ from .openvino_ir import (
     BF16_WIDTH_MULTIPLE,
     convert,
     core,
+    exact_input_layers,
     export_ir,
     import_openvino,
     ir_from_bytes,
@@ -73,6 +74,7 @@ __all__ = [
     "PRECISION_OA_BAR",
     "bf16_verdict",
     "pad_hidden_widths",
+    "exact_input_layers",
     "get_openvino_predictor",
     "build_counts",
     "build_predictor",
@@ -298,11 +300,12 @@ def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", 
 
 
 def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n_bands: int,
-                  pad: bool = False):
+                  bf16: bool = False):
     """A copy of ``model`` at a fixed batch shape whose outputs are what ``kind`` needs.
 
     ``rows``: class value (u8) and confidence (u8 percent); ``full``: those plus
-    probabilities in u8 percent and float32. ``pad``: :func:`pad_hidden_widths` (bf16).
+    probabilities in u8 percent and float32. ``bf16``: :func:`pad_hidden_widths` and
+    :func:`exact_input_layers`.
     """
     ov = import_openvino()
     import openvino.opset13 as ops
@@ -312,8 +315,9 @@ def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n
         raise ModelError(f"the OpenVINO engine takes a model of one input and one output, this one "
                          f"has {len(model.inputs)} and {len(model.outputs)}: use --engine keras")
     model.reshape({model.inputs[0]: ov.PartialShape([batch_size, n_bands])})
-    if pad:
+    if bf16:
         pad_hidden_widths(model)
+        exact_input_layers(model)
     probs = model.get_results()[0].input_value(0)
     top = ops.topk(probs, ops.constant(np.int64(1)), axis=1, mode="max", sort="none",
                    index_element_type="i32")
@@ -405,7 +409,7 @@ class OpenVINOPredictor(RowPredictor):
             compiled = self._compiled.get(kind)
             if compiled is None:
                 model = _with_outputs(self._model, self.class_values, kind, self.batch_size, self.n_bands,
-                                      pad=self.precision == "bf16")
+                                      bf16=self.precision == "bf16")
                 compiled = core().compile_model(model, "CPU", self.config())
                 self._compiled[kind] = compiled
             return compiled

@@ -317,6 +317,40 @@ def test_bf16_pads_hidden_widths_to_the_matrix_tiles():
     assert E.pad_hidden_widths(padded) == 0  # nothing left to pad
 
 
+def test_bf16_keeps_the_input_layer_exact():
+    """Under a bf16 hint the layer reading the inputs sees them at full precision: 1001 and
+    1000 are one bf16 value (its spacing there is 4), yet their difference survives. Only
+    that layer is rewritten, and in float32 the function is the same."""
+    ov = E.import_openvino()
+    import openvino.opset13 as ops
+
+    x = ops.parameter([2048, 2], np.float32, name="bands")
+    h = ops.relu(ops.matmul(x, ops.constant(np.array([[1.0], [-1.0]], "float32")), False, False))
+    y = ops.matmul(h, ops.constant(np.array([[1.0]], "float32")), False, False)
+    plain = ov.Model([y], [x], "difference")
+    exact = plain.clone()
+    assert E.exact_input_layers(exact) == 1
+    rows = np.tile(np.array([[1001.0, 1000.0]], "float32"), (2048, 1))
+    bf16 = {"INFERENCE_PRECISION_HINT": "bf16"}
+    np.testing.assert_allclose(E.core().compile_model(exact, "CPU", bf16)([rows])[0], 1.0, rtol=0.01)
+    if E.cpu_has_bf16()[0]:  # without bf16 units the hint runs float32: nothing is lost
+        assert np.all(E.core().compile_model(plain, "CPU", bf16)([rows])[0] == 0.0)
+
+    from s2dask.model import build_model
+
+    model = E.convert(build_model(10, 5, mean=np.full(10, 2000.0), variance=np.full(10, 1.0e6),
+                                  units=(64, 64), dropout=(0.0, 0.0), seed=5))
+    rewritten = model.clone()
+    assert E.exact_input_layers(rewritten) == 1  # the first dense layer, not the hidden ones
+    widths = [op.input_value(0).get_partial_shape()[1].get_length() for op in rewritten.get_ordered_ops()
+              if op.get_type_name() == "MatMul"]
+    assert widths == [20, 64, 64]
+    bands = np.random.default_rng(2).integers(1, 6000, size=(512, 10)).astype("float32")
+    fp32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    np.testing.assert_allclose(E.core().compile_model(rewritten, "CPU", fp32)([bands])[0],
+                               E.core().compile_model(model, "CPU", fp32)([bands])[0], atol=1e-6)
+
+
 @pytest.mark.parametrize("within, want", [(False, "fp32"), (True, "bf16"), (None, "bf16")])
 def test_auto_precision_keeps_fp32_for_a_model_bf16_moved_beyond_the_bar(within, want):
     """``auto`` follows what training measured: a model whose test accuracy bf16 changed by
