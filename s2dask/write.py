@@ -198,8 +198,9 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
 
     The map is read one Zarr chunk at a time into a tiled, uncompressed staging GeoTIFF
     on local disk (one byte a pixel: compressing it would only be undone by the copy),
-    which GDAL's COG driver then copies with 512 x 512 DEFLATE tiles and overviews built
-    with ``overview_resampling`` (``mode`` keeps class values; ``nearest`` is faster). The
+    which GDAL's COG driver then copies with 512 x 512 tiles (LZW for the class map, the
+    driver's default, smaller and faster than DEFLATE on class runs; DEFLATE for
+    continuous layers) and overviews built with ``overview_resampling`` (``mode`` keeps class values; ``nearest`` is faster). The
     result is written next to ``dst`` and renamed into place when complete.
 
     Parameters
@@ -267,7 +268,8 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
                     out.update_tags(**(tags or {}))
                     out.update_tags(1, **{str(k).upper(): str(v) for k, v in arr.attrs.items()})
             with staged_file(dst) as part:
-                rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
+                rasterio.shutil.copy(stage, part, driver="COG", BLOCKSIZE=512,
+                                     COMPRESS="LZW" if is_classes else "DEFLATE",
                                      OVERVIEW_RESAMPLING=overview_resampling.upper(),
                                      BIGTIFF="IF_SAFER", NUM_THREADS=str(max(1, int(threads))))
     except (RasterioError, OSError) as exc:

@@ -67,7 +67,7 @@ def test_classify_outputs_are_georeferenced_and_match_single_process(synth_dir, 
         assert cog.crs == crs and cog.transform == transform
         assert cog.nodata == 255 and cog.dtypes == ("uint8",)
         assert cog.block_shapes == [(512, 512)]
-        assert cog.profile["compress"].upper() == "DEFLATE"
+        assert cog.profile["compress"].upper() == "LZW"
         np.testing.assert_array_equal(cog.read(1), expected)
         cmap = cog.colormap(1)
         assert cmap[3][:3] == (0x1B, 0x78, 0x37)
