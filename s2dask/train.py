@@ -305,7 +305,10 @@ def train(
 
 def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int, epochs: int,
                 batch_size: int, units, dropout, l1, l2, optimizer: str, learning_rate: float,
-                early_stopping: int, class_weight, input_nodata, verbose: int) -> dict:
+                early_stopping: int, class_weight, input_nodata, verbose: int,
+                check_bf16: bool = True) -> dict:
+    """Fit one model on ``parts`` into the bundle folder ``tmp`` and score its test part;
+    ``check_bf16``: also :func:`bf16_check` it (the final model; not the fold models)."""
     keras = require_keras()  # quiet import; ModelError with the install hint if missing
 
     keras.utils.set_random_seed(int(seed))
@@ -375,8 +378,6 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
     metrics = {
         "evaluated_on": "test split",
         **metrics,
-        "precision": bf16_check(bundle, data.X[parts.test], data.y[parts.test], pred,
-                                metrics["overall_accuracy"]),
         "split": split_info,
         "model_sha256": bundle.sha256,
         "samples": {"path": data.source, "sha256": data.sha256},
@@ -385,11 +386,14 @@ def _train_into(tmp: Path, data: Samples, parts: Split, *, out: Path, seed: int,
         "training_seconds": round(seconds, 2),
         "final": {k: v[-1] for k, v in history.items()},
     }
+    if check_bf16:
+        metrics["precision"] = bf16_check(bundle, data.X[parts.test], data.y[parts.test], pred,
+                                          metrics["overall_accuracy"])
+        # workers' auto precision keeps float32 for a model that bf16 moved beyond the bar
+        contract = json.loads((tmp / "model.json").read_text())
+        contract[PRECISION_CHECK_KEY] = metrics["precision"]
+        atomic_write_json(tmp / "model.json", contract)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    # workers' auto precision keeps float32 for a model that bf16 moved beyond the bar
-    contract = json.loads((tmp / "model.json").read_text())
-    contract[PRECISION_CHECK_KEY] = metrics["precision"]
-    atomic_write_json(tmp / "model.json", contract)
     (tmp / "history.json").write_text(json.dumps(history) + "\n")
     plot_history(history, tmp / "training.png", best_epoch=best_epoch if early_stopping else None,
                  title=f"{out.name}: training ({parts.method} split), "
@@ -428,7 +432,8 @@ def _cross_validate(tmp: Path, data: Samples, folds, *, out: Path, fractions, se
         scratch = tmp / f"fold-{part.info['fold']}"
         scratch.mkdir()
         try:
-            return _train_into(scratch, data, part, out=out, seed=fold_seed, verbose=0, **fit)
+            return _train_into(scratch, data, part, out=out, seed=fold_seed, verbose=0,
+                               check_bf16=False, **fit)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
