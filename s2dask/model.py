@@ -394,9 +394,17 @@ class ModelBundle:
         ModelError
             If the model cannot be loaded, converted or compiled.
         """
-        from .engine import build_predictor, detect_device, resolve
+        from .engine import detect_device, resolve
 
         choice = resolve(engine, precision, detect_device(), contract=self.contract)
+        return self.predictor_for(choice, batch_size=batch_size, threads=threads)
+
+    def predictor_for(self, choice, *, batch_size: int | None = None, threads: int | None = None):
+        """:meth:`predictor` for an engine choice already resolved
+        (:class:`s2dask.engine.EngineChoice`): built once per engine, precision, batch size
+        and threads, and cached in this bundle."""
+        from .engine import build_predictor
+
         key = (choice.engine, choice.precision, batch_size, threads)
         with self._lock:
             pred = self._predictors.get(key)

@@ -120,8 +120,7 @@ def get_predictor(ref: ModelRef) -> Any:
         if bundle.sha256 != ref.sha256:
             raise ModelError(f"model at {ref.path} changed during the job (sha256 differs): rerun")
         choice = resolve(ref.engine, ref.precision, detect_device(), contract=bundle.contract)
-        return choice, bundle.predictor(batch_size=ref.batch_size, engine=ref.engine,
-                                        precision=ref.precision)
+        return choice, bundle.predictor_for(choice, batch_size=ref.batch_size)
 
     return _install(ref.key, build)
 
