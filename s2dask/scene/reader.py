@@ -140,13 +140,18 @@ class RasterReader:
         if self.resampling != "nearest" and any(r.factor != 1 for r in self.reads):
             return None
         out = np.empty((len(self.reads), size, size), dtype=self.dtype)
+        groups = self._groups()
         try:
             with rasterio.Env(**READ_ENV):
-                for (path, factor), positions in self._groups().items():
+                # every file's header first: no pixel is read unless all of them have overviews
+                for (path, _), positions in groups.items():
+                    with rasterio.Env(**remote_env(path, self.retry)), rasterio.open(path) as src:
+                        if src.driver != "GTiff" or not all(src.overviews(self.reads[k].bidx)
+                                                            for k in positions):
+                            return None
+                for (path, factor), positions in groups.items():
                     idxs = [self.reads[k].bidx for k in positions]
                     with rasterio.Env(**remote_env(path, self.retry)), rasterio.open(path) as src:
-                        if src.driver != "GTiff" or not all(src.overviews(i) for i in idxs):
-                            return None
                         window = Window(0, 0, min(-(-self.grid.width // factor), src.width),
                                         min(-(-self.grid.height // factor), src.height))
                         data = src.read(idxs, window=window, out_shape=(len(idxs), size, size),
