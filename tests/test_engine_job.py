@@ -195,7 +195,10 @@ def info():
             ",".join(map(str, blas))]
 
 if __name__ == "__main__":  # the CLI's way: the cluster starts in a thread, distributed not imported yet
+    import sys
     with ClusterStart(None, workers=1, threads_per_worker=1, dashboard=False) as start:
+        # returned once the thread imported what it needs: the caller's imports never race it
+        assert "distributed" in sys.modules and "distributed.http.scheduler.info" in sys.modules
         client, cluster = start.result()
         try:
             import dask
@@ -210,7 +213,8 @@ if __name__ == "__main__":  # the CLI's way: the cluster starts in a thread, dis
 def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
     """An embedded cluster's workers are forked from a server that imported the worker side
     (and OpenVINO) once, with the nanny's environment: BLAS pools of one thread; a start
-    method the user chose is kept."""
+    method the user chose is kept. ClusterStart returns once its thread has imported what
+    the start needs (the caller's imports raced it: ``KeyError: 'dask'``, one start in four)."""
     script = tmp_path / "check.py"
     script.write_text(_FORK_CHECK)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
