@@ -107,12 +107,11 @@ def _equal(a_url: str, b_url: str) -> bool:
 
 
 def run(a) -> dict:
-    from distributed import Client, LocalCluster
-    from moto.server import ThreadedMotoServer
+    import logging
 
     from _faulty_proxy import Fault, FaultyProxy
-
-    import logging
+    from distributed import Client, LocalCluster
+    from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-
 # ---------------------------------------------------------------- run on the workers
 # (defined here, shipped by value: state lives on the ``sys`` module of each worker)
 
@@ -107,9 +106,9 @@ def _profile_chunk(ref, scene: str, store: str, chunks: int) -> dict:
 
     import numpy as np
 
-    from s2dask.worker import get_predictor
     from s2dask.predict import block_outputs
     from s2dask.scene import open_scene
+    from s2dask.worker import get_predictor
     from s2dask.write import write_region
 
     pred = get_predictor(ref)
@@ -152,10 +151,10 @@ def run_scene(size: int, *, workers: int, threads: int, chunks: int, batch_size:
               fwd_seconds: float, matmul_n: int, keep: bool, engine_kw: dict | None = None) -> dict:
     from distributed import Client, LocalCluster
 
-    from s2dask.worker import ModelRef
     from s2dask.job import classify
     from s2dask.model import load_model
     from s2dask.predict import DEFAULT_BATCH_SIZE
+    from s2dask.worker import ModelRef
 
     scene = C.scene(size)
     model = C.model_bundle()

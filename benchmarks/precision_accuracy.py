@@ -28,9 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import _common as C  # noqa: E402
+import numpy as np  # noqa: E402
 
 AGREEMENT_BAR = 0.998
 OA_BAR = 0.002
@@ -68,6 +67,7 @@ def prepare(folder: Path, epochs: int | None, seed: int) -> tuple[Path, Path]:
 def int8_model(ov_model, x_train: np.ndarray, batch_size: int):
     """NNCF post-training quantisation calibrated on the training rows."""
     import nncf
+
     from s2dask.openvino_ir import import_openvino
 
     ov = import_openvino()

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-
 from _cluster import local_recipe, recipe_env, wait_dead
 
 from s2dask.job import classify

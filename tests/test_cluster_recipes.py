@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-
 from _cluster import START, STOP, local_recipe, pid_alive, recipe_env, stop_recipe, wait_dead
 
 pytest.importorskip("distributed")

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-
 from conftest import make_bundle, sample_data_dir
 
-from s2dask.worker import build_counts
 from s2dask.job import classify
 from s2dask.model import load_model
 from s2dask.scene import open_scene
+from s2dask.worker import build_counts
 
 
 def _scene_pixels(path, bands) -> np.ndarray:

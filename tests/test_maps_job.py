@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-
 from conftest import make_bundle, sample_data_dir
 
 from s2dask.cli import main

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from s2dask.errors import ParameterError
-from s2dask.memory import (OPENVINO_BASELINE_BYTES, baseline_for, check_chunks_fit, fit_chunks,
-                           max_chunk_edge, task_bytes)
+from s2dask.memory import (
+    OPENVINO_BASELINE_BYTES,
+    baseline_for,
+    check_chunks_fit,
+    fit_chunks,
+    max_chunk_edge,
+    task_bytes,
+)
 
 GIB = 2**30
 

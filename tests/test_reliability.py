@@ -17,7 +17,7 @@ import pytest
 import rasterio
 import xarray as xr
 
-from s2dask.errors import (ClusterError, ModelError, OutputExistsError, ParameterError, StorageError)
+from s2dask.errors import ClusterError, ModelError, OutputExistsError, ParameterError, StorageError
 from s2dask.job import classify
 
 CLI = [sys.executable, "-m", "s2dask.cli"]
@@ -62,8 +62,8 @@ def assert_same(got, want):
 def test_worker_killed_mid_job_completes_identically(synth_dir, tiny_model, reference, tmp_path):
     from distributed import Client, LocalCluster
 
-    from s2dask.worker import build_counts
     from s2dask.model import load_model
+    from s2dask.worker import build_counts
 
     sha = load_model(tiny_model).sha256
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \

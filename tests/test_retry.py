@@ -21,8 +21,18 @@ from _s3 import fresh_bucket, isolate_aws  # noqa: E402
 
 from s2dask import storage  # noqa: E402
 from s2dask.errors import ParameterError, StorageError  # noqa: E402
-from s2dask.retry import (PERMANENT, TRANSIENT, OTHER, RetryCounter, RetryPolicy,  # noqa: E402
-                          call_with_retry, classify_error, read_with_retry, redact, single_layer)
+from s2dask.retry import (  # noqa: E402
+    OTHER,
+    PERMANENT,
+    TRANSIENT,
+    RetryCounter,
+    RetryPolicy,
+    call_with_retry,
+    classify_error,
+    read_with_retry,
+    redact,
+    single_layer,
+)
 
 BUCKET = "s2dask-retry"
 FAST = RetryPolicy(retries=3, base_delay=0.01, max_delay=0.05)

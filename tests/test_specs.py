@@ -14,7 +14,6 @@ import shlex
 import subprocess
 
 import pytest
-
 from _cluster import CLUSTER, TLS_CLIENT_ENV, recipe_constants
 
 yaml = pytest.importorskip("yaml")

@@ -11,7 +11,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from _cluster import local_recipe, wait_dead
 
 from s2dask.errors import ClusterError, JobError, ParameterError
