@@ -301,7 +301,8 @@ def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", 
 
 def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n_bands: int,
                   bf16: bool = False):
-    """A copy of ``model`` at a fixed batch shape whose outputs are what ``kind`` needs.
+    """A copy of ``model`` at a fixed batch shape whose outputs are what ``kind`` needs, and
+    the bf16 rewrites made to it (``{}`` for float32).
 
     ``rows``: class value (u8) and confidence (u8 percent); ``full``: those plus
     probabilities in u8 percent and float32. ``bf16``: :func:`pad_hidden_widths` and
@@ -315,9 +316,10 @@ def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n
         raise ModelError(f"the OpenVINO engine takes a model of one input and one output, this one "
                          f"has {len(model.inputs)} and {len(model.outputs)}: use --engine keras")
     model.reshape({model.inputs[0]: ov.PartialShape([batch_size, n_bands])})
+    rewrites = {}
     if bf16:
-        pad_hidden_widths(model)
-        exact_input_layers(model)
+        rewrites = {"hidden_widths_padded": pad_hidden_widths(model),
+                    "input_layers_exact": exact_input_layers(model)}
     probs = model.get_results()[0].input_value(0)
     top = ops.topk(probs, ops.constant(np.int64(1)), axis=1, mode="max", sort="none",
                    index_element_type="i32")
@@ -332,7 +334,7 @@ def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n
     outs = [classes.output(0), percent(ops.squeeze(top.output(0), axis1)).output(0)]
     if kind == "full":
         outs += [percent(probs).output(0), probs]
-    return ov.Model(outs, model.get_parameters(), f"s2dask-{kind}")
+    return ov.Model(outs, model.get_parameters(), f"s2dask-{kind}"), rewrites
 
 
 class OpenVINOPredictor(RowPredictor):
@@ -375,6 +377,8 @@ class OpenVINOPredictor(RowPredictor):
         self.input_nodata = _get(contract, "input_nodata")
         self._model = model
         self._compiled: dict[str, Any] = {}
+        #: the bf16 graph rewrites (how many widths padded, input layers made exact)
+        self.rewrites: dict[str, int] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         n_out = model.outputs[0].get_partial_shape()[-1]
@@ -393,7 +397,8 @@ class OpenVINOPredictor(RowPredictor):
 
         return {"engine": "openvino", "precision": self.precision, "batch_size": self.batch_size,
                 "threads": self.threads, "hint": self.hint, "model_source": self.source,
-                "openvino": ov.__version__.split("-")[0]}
+                "openvino": ov.__version__.split("-")[0],
+                **({"bf16_rewrites": dict(self.rewrites)} if self.rewrites else {})}
 
     def config(self) -> dict:
         """The compile properties (``PERFORMANCE_HINT``, threads, streams, precision)."""
@@ -408,8 +413,8 @@ class OpenVINOPredictor(RowPredictor):
         with self._lock:
             compiled = self._compiled.get(kind)
             if compiled is None:
-                model = _with_outputs(self._model, self.class_values, kind, self.batch_size, self.n_bands,
-                                      bf16=self.precision == "bf16")
+                model, self.rewrites = _with_outputs(self._model, self.class_values, kind, self.batch_size,
+                                                     self.n_bands, bf16=self.precision == "bf16")
                 compiled = core().compile_model(model, "CPU", self.config())
                 self._compiled[kind] = compiled
             return compiled

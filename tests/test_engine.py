@@ -175,6 +175,9 @@ def test_bf16_agrees_with_fp32(bundle, ov_model):
     bf16 = E.OpenVINOPredictor(ov_model, bundle.contract, precision="bf16", batch_size=2048)
     a, b = block_outputs(fp32, block), block_outputs(bf16, block)
     assert (a[0] == b[0]).mean() >= 0.99
+    # the record says what was rewritten for bf16 (32-wide layers need no padding)
+    assert bf16.record()["bf16_rewrites"] == {"hidden_widths_padded": 0, "input_layers_exact": 1}
+    assert "bf16_rewrites" not in fp32.record()
     assert np.abs(a[1].astype(int) - b[1]).max() <= 3
 
 
