@@ -356,7 +356,7 @@ def write_quicklook(cog_path: str | os.PathLike, dst: str | os.PathLike, *, clas
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     with staged_file(dst, suffix=".png") as tmp:
-        fig.savefig(tmp)
+        fig.savefig(tmp, bbox_inches="tight", pad_inches=0.15)  # no empty margins
     return str(dst)
 
 

@@ -36,6 +36,11 @@ def test_classify_outputs_are_georeferenced_and_match_single_process(synth_dir, 
     for name in ("classes.zarr", "classes.tif", "job.json", "quicklook.png"):
         assert (out / name).exists(), name
     assert not list((tmp_path / "out").glob(".*partial")), "temporary output left behind"
+    from matplotlib.image import imread
+
+    ink = (imread(out / "quicklook.png")[..., :3] < 0.95).any(axis=(1, 2))  # rows with anything drawn
+    rows_drawn = np.flatnonzero(ink)
+    assert rows_drawn[0] <= 0.05 * len(ink) and rows_drawn[-1] >= 0.95 * len(ink)  # no empty bands
 
     bundle = load_model(tiny_model)
     rows, shape = _scene_pixels(scene_path, bundle.bands)
