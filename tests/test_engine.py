@@ -124,6 +124,11 @@ def test_fp32_equals_keras(bundle, ov_model, block):
     np.testing.assert_allclose(ov_pred.predict_proba(rows), keras_pred.predict_proba(rows),
                                rtol=1e-5, atol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(ov_pred.predict_classes(rows), keras_pred.predict_classes(rows))
+    # the graph stops at the logits: no Softmax over the classes for the class and confidence
+    for kind in ("rows", "full"):
+        ops = {op.get_rt_info()["layerType"].astype(str)
+               for op in ov_pred._compile(kind).get_runtime_model().get_ordered_ops()}
+        assert "Softmax" not in ops, kind
 
 
 def test_nodata_pixels_get_255_and_0(bundle, ov_model, block):
@@ -155,6 +160,21 @@ def test_results_do_not_depend_on_chunking(bundle, ov_model, block, precision):
     # a pixel's position within the batch does not matter either
     shifted = pred.predict_rows(rows[5:], probabilities=False)
     np.testing.assert_array_equal(shifted[0], whole[0].ravel()[5:])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_confidence_is_the_largest_probability_exactly(bundle, ov_model, precision):
+    """The graph stops at the logits (confidence ``1 / sum(exp(logit - max))``); the
+    probabilities come from the same terms, so over 2^20 pixels the confidence equals their
+    largest percent, and asking for them changes no class and no confidence (a Softmax
+    kernel beside the confidence differed in ~3 pixels per million)."""
+    pred = E.OpenVINOPredictor(ov_model, bundle.contract, precision=precision, batch_size=2048)
+    rows = np.random.default_rng(5).integers(1, 6000, size=(1 << 20, 10)).astype("float32")
+    classes, confidence, probs = pred.predict_rows(rows, probabilities=True)
+    np.testing.assert_array_equal(confidence, probs.max(axis=1))
+    plain = pred.predict_rows(rows, probabilities=False)
+    np.testing.assert_array_equal(plain[0], classes)
+    np.testing.assert_array_equal(plain[1], confidence)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
