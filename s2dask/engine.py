@@ -43,6 +43,7 @@ from .openvino_ir import (
     core,
     exact_input_layers,
     export_ir,
+    graph_with_outputs,
     import_openvino,
     ir_from_bytes,
     load_ir,
@@ -299,71 +300,6 @@ def resolve(engine: str = "auto", precision: str = "auto", device: str = "cpu", 
 # ---------------------------------------------------------------- the predictor
 
 
-def _with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n_bands: int,
-                  bf16: bool = False):
-    """A copy of ``model`` at a fixed batch shape whose outputs are what ``kind`` needs, and
-    the bf16 rewrites made to it (``{}`` for float32).
-
-    ``rows``: class value (u8) and confidence (u8 percent); ``full``: those plus
-    probabilities in u8 percent and float32. ``bf16``: :func:`pad_hidden_widths` and
-    :func:`exact_input_layers`.
-
-    A model ending in a Softmax over its classes is cut before it (:func:`_softmax_input`):
-    the class is the largest logit and the confidence ``1 / sum(exp(logit - max))``, which
-    is the largest probability without computing the others (OpenVINO's Softmax over 5
-    classes was a sixth of a bf16 forward pass: 2.24 -> 2.54 Mpx/s on one thread). With
-    ``full`` the probabilities are ``exp(logit - max) x confidence`` from the same terms, so
-    the confidence is their maximum exactly. Other models: the largest of their outputs.
-    """
-    ov = import_openvino()
-    import openvino.opset13 as ops
-
-    model = model.clone()
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelError(f"the OpenVINO engine takes a model of one input and one output, this one "
-                         f"has {len(model.inputs)} and {len(model.outputs)}: use --engine keras")
-    model.reshape({model.inputs[0]: ov.PartialShape([batch_size, n_bands])})
-    rewrites = {}
-    if bf16:
-        rewrites = {"hidden_widths_padded": pad_hidden_widths(model),
-                    "input_layers_exact": exact_input_layers(model)}
-    probs = model.get_results()[0].input_value(0)
-    logits = _softmax_input(probs)
-    axis1 = ops.constant(np.array([1], dtype=np.int64))
-    top = ops.topk(probs if logits is None else logits, ops.constant(np.int64(1)), axis=1, mode="max",
-                   sort="none", index_element_type="i32")
-    best = ops.squeeze(top.output(1), axis1)
-    classes = ops.gather(ops.constant(class_values.astype(np.uint8)), best, ops.constant(np.int64(0)))
-
-    def percent(p):  # predict.py: clip(rint(p * 100.0), 0, 100).astype(uint8)
-        scaled = ops.multiply(p, ops.constant(np.float32(100.0)))
-        return ops.convert(ops.clamp(ops.round(scaled, "half_to_even"), 0.0, 100.0), "u8")
-
-    if logits is None:
-        confidence = ops.squeeze(top.output(0), axis1)
-    else:
-        terms = ops.exp(ops.subtract(logits, top.output(0)))  # the largest is exp(0) = 1
-        largest = ops.divide(ops.constant(np.ones((1, 1), np.float32)), ops.reduce_sum(terms, axis1, keep_dims=True))
-        confidence = ops.squeeze(largest, axis1)
-        if kind == "full":  # terms x largest, not terms / sum: OpenVINO would fuse that back
-            probs = ops.multiply(terms, largest).output(0)  # into a Softmax, whose largest may differ
-    outs = [classes.output(0), percent(confidence).output(0)]
-    if kind == "full":
-        outs += [percent(probs).output(0), probs]
-    return ov.Model(outs, model.get_parameters(), f"s2dask-{kind}"), rewrites
-
-
-def _softmax_input(output):
-    """The logits feeding ``output`` when it is a float32 Softmax over the last axis of a
-    ``(batch, classes)`` tensor, else None."""
-    node = output.get_node()
-    if node.get_type_name() != "Softmax" or output.get_partial_shape().rank.get_length() != 2:
-        return None
-    axis = int(node.get_attributes().get("axis", 1))
-    logits = node.input_value(0)
-    return logits if axis in (1, -1) and logits.get_element_type().get_type_name() == "f32" else None
-
-
 class OpenVINOPredictor(RowPredictor):
     """A bundle's forward pass compiled by OpenVINO, with :class:`s2dask.predict.Predictor`'s interface.
 
@@ -440,7 +376,7 @@ class OpenVINOPredictor(RowPredictor):
         with self._lock:
             compiled = self._compiled.get(kind)
             if compiled is None:
-                model, self.rewrites = _with_outputs(self._model, self.class_values, kind, self.batch_size,
+                model, self.rewrites = graph_with_outputs(self._model, self.class_values, kind, self.batch_size,
                                                      self.n_bands, bf16=self.precision == "bf16")
                 compiled = core().compile_model(model, "CPU", self.config())
                 self._compiled[kind] = compiled
