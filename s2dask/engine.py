@@ -39,6 +39,7 @@ import numpy as np
 from .errors import ModelError, ParameterError
 from .openvino_ir import (
     BF16_WIDTH_MULTIPLE,
+    bf16_rewrites,
     convert,
     core,
     exact_input_layers,
@@ -95,7 +96,6 @@ DEFAULT_OPENVINO_BATCH_SIZE = 2048
 PERFORMANCE_HINT = "LATENCY"
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-
 
 
 # ---------------------------------------------------------------- engine and precision
@@ -338,10 +338,12 @@ class OpenVINOPredictor(RowPredictor):
         self.n_classes = len(classes)
         self.class_values = np.array([_get(c, "value") for c in classes], dtype="uint8")
         self.input_nodata = _get(contract, "input_nodata")
+        #: the bf16 graph rewrites (how many widths padded, input layers made exact), made once
+        self.rewrites: dict[str, int] = {}
+        if precision == "bf16":
+            model, self.rewrites = bf16_rewrites(model)
         self._model = model
         self._compiled: dict[str, Any] = {}
-        #: the bf16 graph rewrites (how many widths padded, input layers made exact)
-        self.rewrites: dict[str, int] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         n_out = model.outputs[0].get_partial_shape()[-1]
@@ -376,8 +378,7 @@ class OpenVINOPredictor(RowPredictor):
         with self._lock:
             compiled = self._compiled.get(kind)
             if compiled is None:
-                model, self.rewrites = graph_with_outputs(self._model, self.class_values, kind, self.batch_size,
-                                                     self.n_bands, bf16=self.precision == "bf16")
+                model = graph_with_outputs(self._model, self.class_values, kind, self.batch_size, self.n_bands)
                 compiled = core().compile_model(model, "CPU", self.config())
                 self._compiled[kind] = compiled
             return compiled

@@ -6,10 +6,10 @@ the backend). :func:`export_ir` stores that IR beside ``model.keras`` (``model.x
 ``model.bin``, their sha256 and the ``model.keras`` hash they came from under
 ``"openvino_ir"`` in ``model.json``); :func:`load_ir` and :func:`ir_from_bytes` read it back
 with the hashes checked and without importing any deep-learning backend.
-:func:`pad_hidden_widths` and :func:`exact_input_layers` rewrite a model for the CPU's bf16
-matrix units; :func:`graph_with_outputs` is the graph a predictor compiles (the class and the
-confidence computed in it);
-:func:`import_openvino` is how s2dask imports OpenVINO (without its telemetry).
+:func:`bf16_rewrites` (:func:`pad_hidden_widths`, :func:`exact_input_layers`) rewrites a
+model for the CPU's bf16 matrix units; :func:`graph_with_outputs` is the graph a predictor
+compiles (the class and the confidence computed in it); :func:`import_openvino` is how s2dask
+imports OpenVINO (without its telemetry).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from .records import sha256_file
 from .storage import atomic_write_bytes, atomic_write_json
 
 __all__ = ["IR_KEY", "IR_XML", "IR_BIN", "TELEMETRY_ENV", "BF16_WIDTH_MULTIPLE", "import_openvino",
-           "pad_hidden_widths", "exact_input_layers", "graph_with_outputs", "softmax_input", "core", "convert", "ir_from_bytes", "export_ir", "load_ir",
-           "read_ir", "ir_record", "contract_field"]
+           "pad_hidden_widths", "exact_input_layers", "bf16_rewrites", "graph_with_outputs",
+           "softmax_input", "core", "convert", "ir_from_bytes", "export_ir", "load_ir", "read_ir",
+           "ir_record", "contract_field"]
 
 #: the key of the IR record in ``model.json``
 IR_KEY = "openvino_ir"
@@ -421,12 +422,12 @@ def exact_input_layers(model) -> int:
                for n in inputs):
             after_dense.add(op.get_name())
         elif op.get_type_name() == "MatMul" and not op.get_attributes()["transpose_a"] \
-                and _const_2d(op.input_value(1).get_node()) is not None \
                 and op.input_value(0).get_partial_shape().rank.get_length() == 2:
-            chosen.append(op)
-    for op in chosen:
+            w = _const_2d(op.input_value(1).get_node())
+            if w is not None:
+                chosen.append((op, w))
+    for op, w in chosen:
         x = op.input_value(0)
-        w = _const_2d(op.input_value(1).get_node())
         hi = ops.convert(ops.convert(x, "bf16"), x.get_element_type())
         both = ops.concat([hi, ops.subtract(x, hi)], axis=1)
         op.input(0).replace_source_output(both.output(0))
@@ -437,17 +438,22 @@ def exact_input_layers(model) -> int:
     return len(chosen)
 
 
+def bf16_rewrites(model) -> tuple[Any, dict[str, int]]:
+    """A copy of ``model`` rewritten for bf16 (:func:`pad_hidden_widths`, then
+    :func:`exact_input_layers`), and how many of each rewrite it got."""
+    model = model.clone()
+    return model, {"hidden_widths_padded": pad_hidden_widths(model),
+                   "input_layers_exact": exact_input_layers(model)}
+
+
 # ---------------------------------------------------------------- the graph a predictor compiles
 
 
-def graph_with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n_bands: int,
-                  bf16: bool = False):
-    """A copy of ``model`` at a fixed batch shape whose outputs are what ``kind`` needs, and
-    the bf16 rewrites made to it (``{}`` for float32).
+def graph_with_outputs(model, class_values: np.ndarray, kind: str, batch_size: int, n_bands: int):
+    """A copy of ``model`` at a fixed batch shape whose outputs are what ``kind`` needs.
 
     ``rows``: class value (u8) and confidence (u8 percent); ``full``: those plus
-    probabilities in u8 percent and float32. ``bf16``: :func:`pad_hidden_widths` and
-    :func:`exact_input_layers`.
+    probabilities in u8 percent and float32.
 
     A model ending in a Softmax over its classes is cut before it (:func:`softmax_input`):
     the class is the largest logit and the confidence ``1 / sum(exp(logit - max))``, which
@@ -464,10 +470,6 @@ def graph_with_outputs(model, class_values: np.ndarray, kind: str, batch_size: i
         raise ModelError(f"the OpenVINO engine takes a model of one input and one output, this one "
                          f"has {len(model.inputs)} and {len(model.outputs)}: use --engine keras")
     model.reshape({model.inputs[0]: ov.PartialShape([batch_size, n_bands])})
-    rewrites = {}
-    if bf16:
-        rewrites = {"hidden_widths_padded": pad_hidden_widths(model),
-                    "input_layers_exact": exact_input_layers(model)}
     probs = model.get_results()[0].input_value(0)
     logits = softmax_input(probs)
     axis1 = ops.constant(np.array([1], dtype=np.int64))
@@ -484,14 +486,15 @@ def graph_with_outputs(model, class_values: np.ndarray, kind: str, batch_size: i
         confidence = ops.squeeze(top.output(0), axis1)
     else:
         terms = ops.exp(ops.subtract(logits, top.output(0)))  # the largest is exp(0) = 1
-        largest = ops.divide(ops.constant(np.ones((1, 1), np.float32)), ops.reduce_sum(terms, axis1, keep_dims=True))
+        total = ops.reduce_sum(terms, axis1, keep_dims=True)
+        largest = ops.divide(ops.constant(np.ones((1, 1), np.float32)), total)
         confidence = ops.squeeze(largest, axis1)
         if kind == "full":  # terms x largest, not terms / sum: OpenVINO would fuse that back
             probs = ops.multiply(terms, largest).output(0)  # into a Softmax, whose largest may differ
     outs = [classes.output(0), percent(confidence).output(0)]
     if kind == "full":
         outs += [percent(probs).output(0), probs]
-    return ov.Model(outs, model.get_parameters(), f"s2dask-{kind}"), rewrites
+    return ov.Model(outs, model.get_parameters(), f"s2dask-{kind}")
 
 
 def softmax_input(output):
