@@ -227,9 +227,9 @@ E.OpenVINOPredictor(E.convert(m), json.load(open(MODEL + '/model.json')), precis
 """,
     "stored IR: s2dask.engine.load_ir (no TensorFlow)": """
 from s2dask import engine as E
-c = json.load(open(IR_MODEL + '/model.json'))
+c = json.load(open(MODEL + '/model.json'))
 t1 = time.perf_counter()
-E.OpenVINOPredictor(E.load_ir(IR_MODEL, contract=c), c, precision='bf16')
+E.OpenVINOPredictor(E.load_ir(MODEL, contract=c), c, precision='bf16')
 """,
     "keras engine: Predictor (XLA compile)": """
 from s2dask.model import load_model
@@ -240,12 +240,13 @@ b.predictor(batch_size=8192, engine="keras")
 }
 
 
-def startup(model: str, ir_model: str) -> dict:
-    """Each way of getting a compiled predictor, timed in a fresh process."""
+def startup(model: str) -> dict:
+    """Each way of getting a compiled predictor, timed in a fresh process (``model``: the
+    benchmark bundle, its IR stored beside ``model.keras`` as ``s2dask train`` writes it)."""
     out = {}
     for name, body in _STARTUP.items():
         code = ("import time, json, sys\nt0 = time.perf_counter()\n"
-                f"MODEL, IR_MODEL = {model!r}, {ir_model!r}\n{body}\n"
+                f"MODEL = {model!r}\n{body}\n"
                 "t2 = time.perf_counter()\n"
                 "print(json.dumps({'total_s': t2 - t0, 'convert_compile_s': t2 - t1, "
                 "'tensorflow_imported': 'tensorflow' in sys.modules}))\n")
@@ -255,23 +256,6 @@ def startup(model: str, ir_model: str) -> dict:
             raise RuntimeError(f"{name} failed:\n{res.stderr[-2000:]}")
         out[name] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
-
-
-def ir_bundle(model: str) -> str:
-    """The benchmark bundle with the IR stored in it (a cached copy if it has none)."""
-    from s2dask.engine import export_ir
-
-    if (Path(model) / "model.xml").is_file():
-        return model
-    out = C.scratch() / (Path(model).name + "-ir")
-    if not (out / "model.xml").is_file():
-        tmp = C.scratch() / f".ir-{os.getpid()}"
-        tmp.mkdir(exist_ok=True)
-        for f in Path(model).iterdir():
-            (tmp / f.name).write_bytes(f.read_bytes())
-        export_ir(tmp)
-        os.replace(tmp, out)
-    return str(out)
 
 
 def main(argv=None) -> int:
@@ -331,7 +315,7 @@ def main(argv=None) -> int:
                          r["mpx_s"], r["gflop_s"], r["vs_fp32_peak"], r["vs_bf16_peak"]))
     data["best"] = best(data, default)
     if not a.quick:
-        data["startup"] = startup(model, ir_bundle(model))
+        data["startup"] = startup(model)
     C.write_json(data, a.json, "forward-quick.json" if a.quick else "forward.json")
     print(C.table(rows, ["config", "engine", "prec", "path", "batch", "hint", "Mpx/s", "GFLOP/s",
                          "/fp32 peak", "/bf16 peak"]))

@@ -200,8 +200,9 @@ def write_cog(store: Location | str | os.PathLike, dst: str | os.PathLike, *, cl
     on local disk (one byte a pixel: compressing it would only be undone by the copy),
     which GDAL's COG driver then copies with 512 x 512 tiles (LZW for the class map, the
     driver's default, smaller and faster than DEFLATE on class runs; DEFLATE for
-    continuous layers) and overviews built with ``overview_resampling`` (``mode`` keeps class values; ``nearest`` is faster). The
-    result is written next to ``dst`` and renamed into place when complete.
+    continuous layers) and overviews built with ``overview_resampling`` (``mode`` keeps
+    class values; ``nearest`` is faster). The result is written next to ``dst`` and
+    renamed into place when complete.
 
     Parameters
     ----------
