@@ -110,8 +110,8 @@ def format_report(metrics: dict, *, title: str = "test") -> str:
                 f"{bf16['test_oa']:.4f} ({bf16['test_oa_minus_fp32']:+.4f} vs float32), "
                 f"{bf16['agreement_with_fp32']:.2%} of test rows as in float32")
         if not bf16["within_bar"]:
-            line += (f"; beyond the {bf16['bar']:g} bar: classify with --precision fp32 for the "
-                     "float32 figures above")
+            line += (f"; beyond the {bf16['bar']:g} bar: jobs run this model in float32 unless "
+                     "given --precision bf16")
         lines.append(line)
     split = metrics.get("split")
     if split and split.get("explanation"):
