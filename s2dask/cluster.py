@@ -141,22 +141,30 @@ def register_plugin(client, plugin, *, attempts: int = 3) -> None:
 # ---------------------------------------------------------------- clusters
 
 
-def local_cluster_size(workers: int | None = None, threads_per_worker: int | None = None) -> tuple[int, int]:
+def local_cluster_size(workers: int | None = None, threads_per_worker: int | None = None, *,
+                       device: str = "cpu") -> tuple[int, int]:
     """Workers and threads for an embedded LocalCluster on this machine.
 
     The default is one single-threaded worker process per core: each task's forward
-    pass then gets one backend thread and no core runs two compute threads.
+    pass then gets one backend thread and no core runs two compute threads. Where the
+    machine has a GPU (``device="gpu"``) it is one worker with a thread per core: the
+    threads read, decode and write chunks while the GPU predicts, and the model is loaded
+    and compiled for the GPU once, not in every process (16 processes each starting JAX
+    on one GPU took 51 s before the first chunk; benchmarks/gpu_tile.py).
 
     Parameters
     ----------
     workers, threads_per_worker
         What the user asked for (``None``: derived from the cores).
+    device
+        ``"cpu"`` or ``"gpu"``: what this machine computes on
+        (:func:`s2dask.engine.detect_device`).
     """
     from dask.system import CPU_COUNT
 
     cores = max(1, CPU_COUNT)
     if workers is None and threads_per_worker is None:
-        return cores, 1
+        return (1, cores) if device == "gpu" else (cores, 1)
     if workers is None:
         return max(1, cores // threads_per_worker), threads_per_worker
     if threads_per_worker is None:
@@ -225,7 +233,8 @@ def connect(
     workers, threads_per_worker
         Size of the embedded cluster when neither address nor file is given.
     gpu
-        Start a ``dask_cuda.LocalCUDACluster`` (one worker per GPU) instead.
+        Start a ``dask_cuda.LocalCUDACluster`` (one worker per GPU, by default with the
+        cores shared out among them as threads) instead.
 
     Raises
     ------
@@ -272,10 +281,17 @@ def connect(
             from dask_cuda import LocalCUDACluster
         except ImportError:
             raise ClusterError("--gpu needs dask-cuda: pip install 's2dask[gpu]'") from None
-        cluster = LocalCUDACluster(threads_per_worker=threads_per_worker or 1,
+        from dask.system import CPU_COUNT
+        from dask_cuda.utils import get_n_gpus
+
+        # a GPU worker's threads read, decode and write chunks while its GPU predicts
+        threads = threads_per_worker or max(1, CPU_COUNT // max(1, get_n_gpus()))
+        cluster = LocalCUDACluster(threads_per_worker=threads,
                                    dashboard_address=":0" if dashboard else None)
         return Client(cluster), cluster
-    n, t = local_cluster_size(workers, threads_per_worker)
+    from .engine import detect_device
+
+    n, t = local_cluster_size(workers, threads_per_worker, device=detect_device())
     start_fork_server()
     # a failed task is reported once, by the job, as one line; the workers' own tracebacks
     # of it would bury that line (S2DASK_DEBUG=1 keeps them)

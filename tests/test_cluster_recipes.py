@@ -133,10 +133,35 @@ def test_gpu_local_cuda_cluster():
         assert len(workers) == n
         first = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"].split(",")[0])
         assert len(set(first.values())) == n
+        from dask.system import CPU_COUNT  # the cores are shared out among the GPU workers
+
+        assert {w["nthreads"] for w in workers.values()} == {max(1, CPU_COUNT // n)}
         assert client.submit(sum, [1, 2]).result() == 3
     finally:
         client.close()
         cluster.close()
+
+
+def test_embedded_cluster_on_a_gpu_machine_is_one_worker_with_a_thread_per_core(monkeypatch):
+    """Not one process per core each starting the backend on the one GPU."""
+    from dask.system import CPU_COUNT
+
+    from s2dask.cluster import close_cluster, connect
+
+    monkeypatch.setenv("S2DASK_DEVICE", "gpu")  # what detect_device says on a GPU machine
+    client, cluster = connect(dashboard=False)
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert [w["nthreads"] for w in workers.values()] == [max(1, CPU_COUNT)]
+    finally:
+        close_cluster(client, cluster)
+    monkeypatch.setenv("S2DASK_DEVICE", "cpu")
+    client, cluster = connect(dashboard=False)
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert sorted(w["nthreads"] for w in workers.values()) == [1] * max(1, CPU_COUNT)
+    finally:
+        close_cluster(client, cluster)
 
 
 def test_gpu_without_dask_cuda_says_how_to_install(monkeypatch):
