@@ -4,7 +4,8 @@ PyTorch) or calls their APIs.
 Everything else asks this module: :func:`require_keras` (a quiet import with an install
 hint), :func:`load_keras_model` (safe mode), :func:`configure_threads` (the backend's thread
 pools in this process), :func:`worker_devices` (the accelerators a process sees) and
-:func:`compile_forward` (the compiled, fixed-shape forward pass). All imports happen inside
+:func:`compile_forward` (the compiled, fixed-shape forward pass) and :func:`compile_outputs`
+(what a job writes, computed where the model runs). All imports happen inside
 the functions: ``import s2dask.backend`` loads no backend.
 """
 
@@ -25,6 +26,8 @@ __all__ = [
     "configure_threads",
     "worker_devices",
     "compile_forward",
+    "compile_outputs",
+    "jax_compilation_cache",
 ]
 
 #: the refusal of a model that Keras' safe mode would not load (``{path}``: the model file)
@@ -99,6 +102,8 @@ def load_keras_model(path: str | os.PathLike):
     """
     path = Path(path)
     keras = require_keras()
+    if keras.backend.backend() == "jax":
+        jax_compilation_cache()  # building the layers compiles programs too
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as exc:
@@ -195,6 +200,40 @@ def worker_devices() -> dict:
     return {"backend": backend, "gpus": gpus, "tf_threads": _THREADS_SET.get("backend")}
 
 
+def jax_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache, unless the user configured one.
+
+    A GPU worker otherwise compiles the model's programs anew in every process (5.5 s of
+    a 14 s worker start on an H200, benchmarks/gpu_tile.py). The cache is keyed by the
+    program, the device and the versions, so a stale entry is never used. It lives in
+    ``$S2DASK_JAX_CACHE``, else ``$XDG_CACHE_HOME/s2dask/jax`` (``~/.cache/s2dask/jax``);
+    ``S2DASK_JAX_CACHE=off`` leaves it off.
+
+    Returns
+    -------
+    str or None
+        The cache directory in effect.
+    """
+    import jax
+
+    current = jax.config.jax_compilation_cache_dir
+    if current:  # JAX_COMPILATION_CACHE_DIR or the user's own jax.config
+        return current
+    where = os.environ.get("S2DASK_JAX_CACHE", "").strip()
+    if where.lower() in ("off", "0", "false", "no"):
+        return None
+    if not where:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        where = str(Path(base) / "s2dask" / "jax")
+    try:
+        Path(where).mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: compile as before
+        return None
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return where
+
+
 def compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool | None = None):
     """A function ``(batch_size, n_bands) float32 -> (batch_size, n_classes) float32``.
 
@@ -202,6 +241,11 @@ def compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool |
     XLA, which fuses the normalisation, bias + ReLU and the softmax into the matmuls'
     neighbours (``benchmarks/forward.py`` measures it against ``False``). The input shape
     is fixed, so XLA compiles once and every pixel gets the same arithmetic.
+
+    Matrix products run in float32 on GPUs too: TensorFlow and JAX would otherwise use
+    TensorFloat-32 there (10-bit mantissa), which rounds the normalised reflectances as
+    bf16 does and moves pixels on class boundaries. This model's products are far too
+    small for the difference in speed to show.
 
     Parameters
     ----------
@@ -220,12 +264,14 @@ def compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool |
     if backend == "jax":
         import jax
 
+        jax_compilation_cache()
         tv = [v.value for v in model.trainable_variables]
         ntv = [v.value for v in model.non_trainable_variables]
 
         @jax.jit
         def forward(tv, ntv, x):
-            out, _ = model.stateless_call(tv, ntv, x, training=False)
+            with jax.default_matmul_precision("float32"):
+                out, _ = model.stateless_call(tv, ntv, x, training=False)
             return out
 
         forward(tv, ntv, np.zeros((batch_size, n_bands), dtype="float32"))  # compile now
@@ -256,6 +302,7 @@ def compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool |
 def _tensorflow_forward(model, batch_size: int, n_bands: int, jit_compile: bool | None):
     import tensorflow as tf
 
+    tf.config.experimental.enable_tensor_float_32_execution(False)  # float32 on GPUs too
     spec = tf.TensorSpec((batch_size, n_bands), tf.float32)
     jit = True if jit_compile is None else bool(jit_compile)
 
@@ -270,3 +317,76 @@ def _tensorflow_forward(model, batch_size: int, n_bands: int, jit_compile: bool 
         return concrete(tf.constant(x)).numpy()
 
     return run
+
+
+def compile_outputs(model, batch_size: int, n_bands: int, *, probabilities: bool = False):
+    """What a job writes, computed where the model runs (on the GPU of a GPU worker).
+
+    A function ``(n_bands, batch_size) float32 -> (class index, confidence[, probabilities])``,
+    all uint8: the index of the largest probability (the first on ties), that probability
+    and, if asked, every probability, in rounded percent (``probabilities`` class-major,
+    ``(n_classes, batch_size)``, as the job's layers are). The input is band-major, as a
+    chunk's rows are, so a batch is ten contiguous copies on the host; 2 bytes a pixel
+    come back instead of the probabilities' 20 (5 classes). ``None`` for a backend without
+    one (torch): :class:`s2dask.predict.Predictor` then computes them from
+    :func:`compile_forward`'s probabilities with numpy, which gives the same values.
+
+    Parameters
+    ----------
+    model
+        A Keras model taking ``(N, n_bands)`` float32 and returning probabilities.
+    batch_size, n_bands
+        The one input shape the function takes (transposed).
+    probabilities
+        Also return every class's probability.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        jax_compilation_cache()
+        def percent(p):
+            return jnp.clip(jnp.rint(p * 100.0), 0, 100).astype(jnp.uint8)
+
+        tv = [v.value for v in model.trainable_variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+
+        @jax.jit
+        def outputs(tv, ntv, xt):
+            with jax.default_matmul_precision("float32"):
+                p, _ = model.stateless_call(tv, ntv, xt.T, training=False)
+            out = (jnp.argmax(p, axis=1).astype(jnp.uint8), percent(jnp.max(p, axis=1)))
+            return out + (percent(p.T),) if probabilities else out
+
+        outputs(tv, ntv, np.zeros((n_bands, batch_size), dtype="float32"))  # compile now
+
+        def run(xt: np.ndarray) -> tuple[np.ndarray, ...]:
+            return tuple(np.asarray(a) for a in outputs(tv, ntv, xt))
+
+        return run
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)  # float32 on GPUs too
+
+        def tf_percent(p):
+            return tf.cast(tf.clip_by_value(tf.round(p * 100.0), 0.0, 100.0), tf.uint8)
+
+        @tf.function(input_signature=[tf.TensorSpec((n_bands, batch_size), tf.float32)],
+                     jit_compile=True, reduce_retracing=True)
+        def tf_outputs(xt):
+            p = model(tf.transpose(xt), training=False)
+            out = (tf.cast(tf.argmax(p, axis=1), tf.uint8), tf_percent(tf.reduce_max(p, axis=1)))
+            return out + (tf_percent(tf.transpose(p)),) if probabilities else out
+
+        concrete = tf_outputs.get_concrete_function()
+        concrete(tf.zeros((n_bands, batch_size), tf.float32))  # XLA compiles here, not in a task
+
+        def tf_run(xt: np.ndarray) -> tuple[np.ndarray, ...]:
+            return tuple(a.numpy() for a in concrete(tf.constant(xt)))
+
+        return tf_run
+    return None

@@ -60,6 +60,7 @@ __all__ = [
     "DEVICES",
     "DEFAULT_OPENVINO_BATCH_SIZE",
     "DEFAULT_KERAS_BATCH_SIZE",
+    "DEFAULT_KERAS_GPU_BATCH_SIZE",
     "EngineChoice",
     "check_options",
     "resolve",
@@ -91,6 +92,9 @@ DEVICES = ("cpu", "gpu")
 #: pixels per OpenVINO call: activations of a batch (2048 x 200 x 2-4 B) stay in L2;
 #: measured best (or within noise of the best) for bf16 and fp32 (benchmarks/forward.py)
 DEFAULT_OPENVINO_BATCH_SIZE = 2048
+#: pixels per Keras call on a GPU: a call's fixed costs (dispatch, two transfers) then
+#: weigh little against its pixels (benchmarks/gpu_tile.py)
+DEFAULT_KERAS_GPU_BATCH_SIZE = 262144
 #: OpenVINO's performance hint; with one stream and a fixed thread count LATENCY and
 #: THROUGHPUT compile the same graph (benchmarks/forward.py measures both)
 PERFORMANCE_HINT = "LATENCY"
@@ -198,9 +202,12 @@ def detect_device() -> str:
     return "gpu" if any(Path("/dev").glob("nvidia[0-9]*")) else "cpu"
 
 
-def default_batch_size(engine: str) -> int:
-    """Pixels per forward call of an engine when none is given (Keras 8192, OpenVINO 2048)."""
-    return DEFAULT_OPENVINO_BATCH_SIZE if engine == "openvino" else DEFAULT_KERAS_BATCH_SIZE
+def default_batch_size(engine: str, device: str = "cpu") -> int:
+    """Pixels per forward call of an engine when none is given (OpenVINO 2048; Keras 8192
+    on a CPU, 262144 on a GPU)."""
+    if engine == "openvino":
+        return DEFAULT_OPENVINO_BATCH_SIZE
+    return DEFAULT_KERAS_GPU_BATCH_SIZE if device == "gpu" else DEFAULT_KERAS_BATCH_SIZE
 
 
 #: the key in ``model.json`` of what bf16 did to the model's test split at training
@@ -516,7 +523,7 @@ def build_predictor(choice: EngineChoice, *, sha256: str, contract, keras_model:
     ModelError
         If the model cannot be loaded, converted or compiled.
     """
-    bs = int(batch_size or default_batch_size(choice.engine))
+    bs = int(batch_size or default_batch_size(choice.engine, choice.device))
     if choice.engine == "keras":
         from .predict import Predictor
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backend import compile_forward
+from .backend import compile_forward, compile_outputs
 from .contract import OUTPUT_NODATA, InputContract
 
 __all__ = ["DEFAULT_BATCH_SIZE", "RowPredictor", "Predictor", "block_outputs"]
@@ -151,8 +151,11 @@ class Predictor(RowPredictor):
         self.input_nodata = contract.input_nodata
         #: threads of a forward pass when the caller set them (the backend's), for records
         self.threads: int | None = None
-        self._forward = compile_forward(model, self.batch_size, self.n_bands)
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._forward = None  # the probabilities (forward, predict_proba), compiled on first use
+        # what a job writes, compiled now (not in a task); with probabilities on first use
+        self._outputs = {False: compile_outputs(model, self.batch_size, self.n_bands)}
 
     @property
     def engine(self) -> str:
@@ -165,14 +168,48 @@ class Predictor(RowPredictor):
                 "threads": self.threads, "model_source": "keras",
                 "backend": keras.backend.backend() if keras else None}
 
+    def _compiled(self, probabilities: bool | None):
+        """The forward pass (``None``) or the outputs function, compiled once per process."""
+        with self._lock:
+            if probabilities is None:
+                if self._forward is None:
+                    self._forward = compile_forward(self.model, self.batch_size, self.n_bands)
+                return self._forward
+            if probabilities not in self._outputs:
+                self._outputs[probabilities] = compile_outputs(
+                    self.model, self.batch_size, self.n_bands, probabilities=probabilities)
+            return self._outputs[probabilities]
+
     def forward(self, values: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, C)`` float32 for valid rows ``(N, bands)``; no nodata handling."""
+        fn = self._compiled(None)
         out = np.empty((values.shape[0], self.n_classes), dtype="float32")
         for start, stop, buf in self._padded_batches(values):
-            out[start:stop] = self._forward(buf)[:stop - start]
+            out[start:stop] = fn(buf)[:stop - start]
         return out
 
     def _fill_rows(self, values, classes, confidence, probs) -> None:
+        fn = self._compiled(probs is not None)
+        if fn is None:
+            return self._fill_rows_numpy(values, classes, confidence, probs)
+        n, bs = values.shape[0], self.batch_size
+        buf = getattr(self._local, "xt", None)
+        if buf is None:
+            buf = self._local.xt = np.zeros((self.n_bands, bs), dtype="float32")
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            m = stop - start
+            # band-major: a chunk's rows are a transposed view, so these are contiguous copies
+            buf[:, :m] = values[start:stop].T
+            if m < bs:
+                buf[:, m:] = 0.0
+            out = fn(buf)
+            classes[start:stop] = self.class_values[out[0][:m]]
+            confidence[start:stop] = out[1][:m]
+            if probs is not None:
+                probs[start:stop] = out[2][:, :m].T
+
+    def _fill_rows_numpy(self, values, classes, confidence, probs) -> None:
         p = self.forward(values)
         best = p.argmax(axis=1)
         classes[:] = self.class_values[best]

@@ -124,11 +124,37 @@ def test_fp32_equals_keras(bundle, ov_model, block):
     np.testing.assert_allclose(ov_pred.predict_proba(rows), keras_pred.predict_proba(rows),
                                rtol=1e-5, atol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(ov_pred.predict_classes(rows), keras_pred.predict_classes(rows))
+    # the Keras engine keeps float32 products where a GPU would use TensorFloat-32
+    import tensorflow as tf
+
+    assert not tf.config.experimental.tensor_float_32_execution_enabled()
     # the graph stops at the logits: no Softmax over the classes for the class and confidence
     for kind in ("rows", "full"):
         ops = {op.get_rt_info()["layerType"].astype(str)
                for op in ov_pred._compile(kind).get_runtime_model().get_ordered_ops()}
         assert "Softmax" not in ops, kind
+
+
+@pytest.mark.parametrize("layout", ["chunk", "table"])
+def test_keras_outputs_from_the_backend_equal_the_probabilities(bundle, block, layout):
+    """The class, confidence and percent layers the Keras engine computes on its device
+    (band-major batches, a ragged last one) are what its probabilities give in numpy."""
+    from s2dask.backend import compile_outputs
+
+    assert compile_outputs(bundle.keras_model(), 8, 10) is not None  # TensorFlow has one
+    pred = bundle.predictor(batch_size=1000, engine="keras")  # 4200 pixels: 5 batches
+    rows = block.reshape(10, -1).T  # a chunk's rows: a transposed view
+    if layout == "table":
+        rows = np.ascontiguousarray(rows)
+    p = pred.predict_proba(rows)
+    valid = ~np.isnan(p).any(axis=1)
+    assert 0 < (~valid).sum() < 20
+    classes, confidence, probs = pred.predict_rows(rows, probabilities=True)
+    np.testing.assert_array_equal(classes[valid], pred.class_values[p[valid].argmax(axis=1)])
+    np.testing.assert_array_equal(confidence[valid], np.rint(p[valid].max(axis=1) * 100).astype("uint8"))
+    np.testing.assert_array_equal(probs[valid], np.rint(p[valid] * 100).astype("uint8"))
+    assert (classes[~valid] == 255).all() and (confidence[~valid] == 0).all()
+    assert len(set(classes[valid].tolist())) >= 2  # not one class everywhere
 
 
 def test_nodata_pixels_get_255_and_0(bundle, ov_model, block):
