@@ -286,10 +286,12 @@ def add_engine_args(parser) -> None:
     parser.add_argument("--precision", default=None, help="classify --precision (default: the job's)")
 
 
-def cli_classify(scene: Path, model: Path, out: Path, *, args: Sequence[str] = ()) -> dict:
+def cli_classify(scene: Path, model: Path, out: Path, *, args: Sequence[str] = (),
+                 keep: bool = False) -> dict:
     """The whole ``s2dask classify`` process on one scene (start-up included), timed.
 
-    Returns the wall time, the scene's Mpx/s over it and the scene's ``job.json``.
+    Returns the wall time, the scene's Mpx/s over it and the scene's ``job.json``; the
+    outputs are removed unless ``keep``.
     """
     import shutil
 
@@ -303,7 +305,8 @@ def cli_classify(scene: Path, model: Path, out: Path, *, args: Sequence[str] = (
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     (rec_path,) = [p for p in out.glob("*/job.json")]
     record = json.loads(rec_path.read_text())
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     px = record["statistics"]["pixels"]
     return {"command": " ".join(cmd[1:]), "wall_s": wall, "mpx_s": px / 1e6 / wall,
             "record": record}

@@ -20,7 +20,7 @@ pytest.importorskip("psutil")
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-NAMES = ("forward", "baseline", "e2e", "scaling", "batch")
+NAMES = ("forward", "baseline", "e2e", "scaling", "batch", "gpu_tile")
 HEAD = {"benchmark", "created", "command", "machine", "versions", "settings"}
 KEYS = {
     "forward": {"groups", "best"},
@@ -28,6 +28,7 @@ KEYS = {
     "e2e": {"runs", "summary"},
     "scaling": {"runs"},
     "batch": {"runs", "summary"},
+    "gpu_tile": {"worker_startup", "check"},  # without a GPU: its exactness check alone
 }
 
 
@@ -63,6 +64,8 @@ def test_quick_run_writes_json(quick_runs, name):
     assert data["benchmark"] == name
     assert data["machine"]["cores_logical"] >= 1
     assert "numpy" in data["versions"]
+    if name == "gpu_tile":  # the job's class map is what in-process prediction gives
+        assert data["check"]["pixels_differing_job_vs_in_process"] == 0, data["check"]
 
 
 def test_flop_count():
