@@ -146,8 +146,11 @@ def test_embedded_cluster_on_a_gpu_machine_is_one_worker_with_a_thread_per_core(
     """Not one process per core each starting the backend on the one GPU."""
     from dask.system import CPU_COUNT
 
-    from s2dask.cluster import close_cluster, connect
+    from s2dask.cluster import close_cluster, connect, start_fork_server
 
+    # workers fork from the fork server with its environment: start it before the override,
+    # so that the workers of later tests do not resolve their engine for a GPU
+    start_fork_server()
     monkeypatch.setenv("S2DASK_DEVICE", "gpu")  # what detect_device says on a GPU machine
     client, cluster = connect(dashboard=False)
     try:
