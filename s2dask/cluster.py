@@ -23,7 +23,9 @@ from .errors import ClusterError
 
 __all__ = [
     "close_cluster",
+    "cluster_kind",
     "connect",
+    "prepare_connect",
     "make_security",
     "local_cluster_size",
     "cluster_summary",
@@ -206,6 +208,55 @@ def make_security(*, ca_file: str | None = None, cert: str | None = None, key: s
                     require_encryption=True if require_encryption is None else require_encryption)
 
 
+def cluster_kind(scheduler: str | None = None, scheduler_file: str | None = None,
+                 gpu: bool = False) -> str:
+    """What :func:`connect` does with these options: ``"remote"`` (join a running
+    scheduler), ``"gpu"`` (start dask-cuda) or ``"embedded"`` (start a LocalCluster)."""
+    if scheduler or scheduler_file:
+        return "remote"
+    return "gpu" if gpu else "embedded"
+
+
+def prepare_connect(*, scheduler: str | None = None, scheduler_file: str | None = None,
+                    gpu: bool = False, dashboard: bool = True, **_: Any) -> None:
+    """Import now what :func:`connect` with the same keywords will import, and start the
+    fork server of an embedded cluster.
+
+    Python's module locks can fail two threads importing modules of one package at once
+    (dask's modules import each other: a ``KeyError: 'dask'`` in the caller's import of
+    ``dask.array``, in about one ``classify`` start in four). So
+    :class:`s2dask.startup.ClusterStart`'s thread calls this while its caller waits: it
+    imports distributed (and starts the fork server, whose own imports run in another
+    process), and for a local cluster also what the scheduler's event-loop thread would
+    import when its HTTP server starts: the routes of ``distributed.scheduler.http.routes``
+    and the bokeh dashboard. Takes :func:`connect`'s keywords (the others are ignored).
+    """
+    import importlib
+
+    import dask
+    import distributed  # noqa: F401
+
+    kind = cluster_kind(scheduler, scheduler_file, gpu)
+    if kind == "remote":
+        return
+    if kind == "embedded":
+        start_fork_server()
+    names = list(dask.config.get("distributed.scheduler.http.routes", []) or [])
+    if dashboard:
+        names.append("distributed.dashboard.scheduler")
+    dlog = logging.getLogger("distributed")
+    level = dlog.level
+    dlog.setLevel(max(level, logging.WARNING))  # distributed.http.proxy logs at import (INFO)
+    try:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # no bokeh: distributed serves no dashboard either
+                pass
+    finally:
+        dlog.setLevel(level)
+
+
 def connect(
     scheduler: str | None = None,
     *,
@@ -249,7 +300,8 @@ def connect(
 
     if scheduler and scheduler_file:
         raise ClusterError("give either --scheduler or --scheduler-file, not both")
-    if scheduler or scheduler_file:
+    kind = cluster_kind(scheduler, scheduler_file, gpu)
+    if kind == "remote":
         where = scheduler or f"scheduler file {scheduler_file}"
         if scheduler_file and not Path(scheduler_file).is_file():
             raise ClusterError(f"scheduler file {scheduler_file} does not exist: start the cluster "
@@ -276,7 +328,7 @@ def connect(
             gc.collect()
             raise ClusterError(failure)
         return client, None
-    if gpu:
+    if kind == "gpu":
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:

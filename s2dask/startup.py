@@ -15,15 +15,13 @@ first task of a scene started on a worker (Dask's task stream).
 
 from __future__ import annotations
 
-import importlib
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import close_cluster, connect, host_thread_counts, register_plugin
+from .cluster import close_cluster, connect, host_thread_counts, prepare_connect, register_plugin
 from .errors import ClusterError
 
 __all__ = ["Timeline", "Delivery", "ClusterStart", "deliver_model", "deliver_for_job", "delivery_options",
@@ -136,48 +134,12 @@ def connect_options(options) -> dict:
             "memory_limit": o.memory_limit or "auto"}
 
 
-def _start_imports(connect_kwargs: dict) -> None:
-    """What starting the cluster imports, imported before the caller imports anything more.
-
-    Python's module locks can fail two threads importing modules of one package at once
-    (dask's modules import each other: a ``KeyError: 'dask'`` in the caller's import of
-    ``dask.array``, in about one ``classify`` start in four). So :class:`ClusterStart`'s
-    thread imports distributed (and starts the fork server, whose own imports run in
-    another process) while its caller waits, and for an embedded cluster also what the
-    scheduler's event-loop thread would import when its HTTP server starts: the routes of
-    ``distributed.scheduler.http.routes`` and the bokeh dashboard.
-    """
-    import dask
-    import distributed  # noqa: F401
-
-    from .cluster import start_fork_server
-
-    kw = connect_kwargs
-    if kw.get("scheduler") or kw.get("scheduler_file"):
-        return
-    if not kw.get("gpu"):
-        start_fork_server()
-    names = list(dask.config.get("distributed.scheduler.http.routes", []) or [])
-    if kw.get("dashboard", True):
-        names.append("distributed.dashboard.scheduler")
-    log = logging.getLogger("distributed")
-    level = log.level
-    log.setLevel(max(level, logging.WARNING))  # distributed.http.proxy logs at import (INFO)
-    try:
-        for name in names:
-            try:
-                importlib.import_module(name)
-            except ImportError:  # no bokeh: distributed serves no dashboard either
-                pass
-    finally:
-        log.setLevel(level)
-
-
 class ClusterStart:
     """Start an embedded cluster (and deliver a model to it) in a background thread.
 
     Returns once the thread has imported what the cluster start needs
-    (:func:`_start_imports`): from then on the caller may import its own libraries.
+    (:func:`s2dask.cluster.prepare_connect`): from then on the caller may import its own
+    libraries.
 
     Parameters
     ----------
@@ -210,7 +172,7 @@ class ClusterStart:
     def _run(self) -> None:
         try:
             try:
-                _start_imports(self._connect_kw)
+                prepare_connect(**self._connect_kw)
             finally:
                 self._imported.set()
             self._out = connect(**self._connect_kw)
