@@ -112,6 +112,33 @@ class RecipeInfo:
         return connect(scheduler_file=str(self.scheduler_file), security=self.security(), **kwargs)
 
 
+def run_or_dump(cmd: list[str], env: dict[str, str], *, timeout: float,
+                run_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """``subprocess.run`` that, on a hang, fails with every thread's stack of the process.
+
+    The process runs with ``PYTHONFAULTHANDLER=1``; past ``timeout`` it gets SIGABRT, so
+    Python's fault handler writes each thread's traceback to stderr, and the failure shows
+    them (and the tails of ``run_dir``'s cluster logs) instead of a bare timeout.
+    """
+    proc = subprocess.Popen(cmd, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        logs = ""
+        for log in sorted((run_dir / "logs").glob("*.log")) if run_dir else []:
+            logs += f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise AssertionError(f"{shlex.join(cmd)} hung for {timeout:g} s; its threads:\n{err[-12000:]}"
+                             f"\nstdout: {out[-2000:]}{logs}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a running (not zombie) process."""
     try:

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("cryptography")
 pytest.importorskip("distributed")
 
-from _cluster import BIN, MAKE_CERTS, local_recipe, pid_alive, recipe_env  # noqa: E402
+from _cluster import BIN, MAKE_CERTS, local_recipe, pid_alive, recipe_env, run_or_dump  # noqa: E402
 
 from s2dask.cluster import connect, make_security  # noqa: E402
 from s2dask.errors import ClusterError  # noqa: E402
@@ -190,10 +190,11 @@ def test_worker_without_certificates_cannot_join(tls_cluster):
 # ------------------------------------------------------------------------------ s2dask classify
 
 
-def _cli(args, env, timeout=240) -> tuple[subprocess.CompletedProcess, float]:
+def _cli(args, env, timeout=240, run_dir=None) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "s2dask.cli", "classify", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    # a hang fails with the CLI's thread stacks (one run in a full suite once hung 240 s)
+    proc = run_or_dump([sys.executable, "-m", "s2dask.cli", "classify", *map(str, args)], env,
+                       timeout=timeout, run_dir=run_dir)
     return proc, time.monotonic() - start
 
 
@@ -214,7 +215,8 @@ def test_classify_cli_on_tls_cluster(tls_cluster, job_inputs, tmp_path):
 
     scene, model = job_inputs
     proc, _ = _cli([scene, "--model", model, "--out", tmp_path / "out", "--chunks", 32, "-q",
-                    "--scheduler-file", tls_cluster.scheduler_file, *tls_cluster.tls_args()], recipe_env())
+                    "--scheduler-file", tls_cluster.scheduler_file, *tls_cluster.tls_args()], recipe_env(),
+                   run_dir=tls_cluster.run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out" / "scene"
     record = json.loads((out / "job.json").read_text())
@@ -232,7 +234,8 @@ def test_classify_cli_with_dask_env_vars(tls_cluster, job_inputs, tmp_path):
     """Env-var route: no --tls-* flags; DASK_DISTRIBUTED__COMM__TLS__* and a tls:// address."""
     scene, model = job_inputs
     proc, _ = _cli([scene, "--model", model, "--out", tmp_path / "out", "--chunks", 32, "-q",
-                    "--scheduler", tls_cluster.address], recipe_env(tls_cluster.client_env()))
+                    "--scheduler", tls_cluster.address], recipe_env(tls_cluster.client_env()),
+                   run_dir=tls_cluster.run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "scene" / "classes.tif").is_file()
 
