@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from _cluster import run_or_dump
 from conftest import make_bundle, sample_data_dir
 
 from s2dask.job import classify
@@ -176,10 +178,11 @@ def test_scene_missing_a_model_band_is_refused_before_compute(synth_dir, tmp_pat
 
 def test_cli_classify_runs_its_own_cluster(synth_dir, tiny_model, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "s2dask.cli", "classify", str(synth_dir / "scene.tif"),
-                           "--model", str(tiny_model), "--out", str(out), "--chunks", "128",
-                           "--workers", "1", "--threads-per-worker", "1", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    # a hang fails with the CLI's thread stacks (one run in a full suite once hung 300 s)
+    proc = run_or_dump([sys.executable, "-m", "s2dask.cli", "classify", str(synth_dir / "scene.tif"),
+                        "--model", str(tiny_model), "--out", str(out), "--chunks", "128",
+                        "--workers", "1", "--threads-per-worker", "1", "--quiet"], dict(os.environ),
+                       timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "Mpx/s" in proc.stdout and str(out / "scene") in proc.stdout
     record = json.loads((out / "scene" / "job.json").read_text())
