@@ -237,6 +237,10 @@ def prepare_connect(*, scheduler: str | None = None, scheduler_file: str | None 
     import distributed  # noqa: F401
 
     kind = cluster_kind(scheduler, scheduler_file, gpu)
+    # connect's own s2dask imports too: imported by its thread while the caller imports
+    # s2dask.job, they would be two threads importing modules of one package at once
+    from . import engine, watchdog  # noqa: F401
+
     if kind == "remote":
         return
     if kind == "embedded":
