@@ -348,6 +348,7 @@ def compile_outputs(model, batch_size: int, n_bands: int, *, probabilities: bool
         import jax.numpy as jnp
 
         jax_compilation_cache()
+
         def percent(p):
             return jnp.clip(jnp.rint(p * 100.0), 0, 100).astype(jnp.uint8)
 
