@@ -447,7 +447,19 @@ def _job_line(record: dict) -> str:
     first = (record["timings_s"].get("startup") or {}).get("first_chunk")
     return "\n".join([line] + ([f"  engine: {engines}" + (f"; first chunk at {first:.1f} s"
                                                              if first is not None else "")]
-                                if engines else []))
+                                if engines else []) + _task_line(record.get("task_seconds")))
+
+
+def _task_line(seconds: dict | None) -> list[str]:
+    """``  tasks: read 18%, model 78%, write 4% of 12.3 s in 4 chunks`` (none: no timed chunk)."""
+    from .ledger import TASK_STEPS
+
+    known = {k: seconds[k] for k in TASK_STEPS if seconds and seconds.get(k) is not None}
+    total = sum(known.values())
+    if not total:
+        return []
+    shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in known.items())
+    return [f"  tasks: {shares} of {total:.1f} s in {seconds['chunks']} chunks"]
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -54,10 +54,10 @@ from .ledger import (
     N_TOTALS,
     PARAMS_FILE,
     check_resumable,
+    chunk_totals,
     clear_ledger,
     read_ledger,
     recorded_chunks,
-    retry_totals,
 )
 from .memory import DEFAULT_CHUNKS, auto_chunks, fit_scene_chunks  # noqa: F401 (auto_chunks: API)
 from .metrics import metrics_summary
@@ -453,7 +453,8 @@ def _conclude(flight: _Flight, run: _Run) -> JobResult:
                **startup_timings(run.timeline, run.client, time.time() - time.perf_counter() + flight.t_submit)}
     record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
                      cog_report=cog_report, timings=timings)
-    record["retries"] = retry_totals(flight.markers)  # storage retries of every chunk (markers)
+    # storage retries and task time of every chunk (markers)
+    record["retries"], record["task_seconds"] = chunk_totals(flight.markers)
     atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "

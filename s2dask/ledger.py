@@ -1,7 +1,8 @@
 """The chunk ledger of a job's partial output: which chunks are done, and their class counts.
 
 Each prediction task leaves ``<partial>/chunks/<iy>_<ix>.json`` (written atomically) once
-its region of the Zarr store is written: the chunk's position and its class counts. A
+its region of the Zarr store is written: the chunk's position, its class counts, its storage
+retries and the seconds of its steps. A
 resumed job computes only chunks without a marker and sums the counts of the others;
 before that, :func:`check_resumable` refuses a partial output made with other settings.
 The ledger belongs to the partial output only: :func:`clear_ledger` removes it from a
@@ -22,8 +23,9 @@ from .records import json_text_default
 from .retry import RetryCounter
 from .storage import Location, atomic_write_text
 
-__all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "MARKERS_DIR", "write_marker",
-           "read_marker", "read_ledger", "check_resumable", "clear_ledger", "retry_totals",
+__all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "MARKERS_DIR", "TASK_STEPS",
+           "write_marker",
+           "read_marker", "read_ledger", "check_resumable", "clear_ledger", "chunk_totals",
            "recorded_chunks"]
 
 #: bincount length: every uint8 class value, 255 = nodata
@@ -36,16 +38,22 @@ N_TOTALS = N_COUNTS + N_MASK_CODES
 PARAMS_FILE = "params.json"
 #: the folder of chunk markers inside a partial output
 MARKERS_DIR = "chunks"
+#: a prediction task's steps whose seconds a marker records: reading (and decoding) the
+#: chunk, the model (mask codes, forward pass, outputs), writing its region
+TASK_STEPS = ("read", "model", "write")
 
 
 def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], x: tuple[int, int],
                  counts: np.ndarray, mask_counts: np.ndarray | None = None, *,
-                 retries: RetryCounter | None = None) -> None:
+                 retries: RetryCounter | None = None,
+                 seconds: Mapping[str, float | None] | None = None) -> None:
     """Record chunk ``(iy, ix)`` (rows ``y``, columns ``x``) as done with its class ``counts``
     (and its mask code counts).
 
     ``retries``: the storage retries the chunk needed (its reads and writes), recorded as
     ``"retries"`` (a number) and ``"retry_reasons"`` (the first few, e.g. ``"503 SlowDown"``).
+    ``seconds``: how long the task's steps took (``read``, ``model``, ``write``; ``None``
+    where not known), recorded as ``"seconds"``.
 
     Raises
     ------
@@ -60,6 +68,8 @@ def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], 
     if retries is not None:
         record["retries"] = retries.retries
         record["retry_reasons"] = list(retries.reasons)
+    if seconds is not None:
+        record["seconds"] = {k: (None if v is None else round(float(v), 4)) for k, v in seconds.items()}
     text = json.dumps(record)
     atomic_write_text(markers.join(f"{iy}_{ix}.json"), text)
 
@@ -115,23 +125,37 @@ def check_resumable(partial: Location, markers: Location, want: Mapping[str, Any
     return len(markers.list("*.json"))
 
 
-def retry_totals(markers: Location) -> dict:
-    """The storage retries of every finished chunk, summed for the job record.
+def chunk_totals(markers: Location) -> tuple[dict, dict]:
+    """The storage retries and the task time of every finished chunk, summed for the job record
+    (one pass over the markers).
 
     Returns
     -------
-    dict
-        ``{"total", "chunks_retried", "max_per_chunk", "reasons"}`` (``reasons``: up to 5
-        distinct ones).
+    tuple of dict
+        The retries: ``{"total", "chunks_retried", "max_per_chunk", "reasons"}`` (``reasons``:
+        up to 5 distinct ones). The task time: :data:`TASK_STEPS` seconds summed over the
+        chunks that recorded them (``None`` where none did), ``"chunks"`` counted, and
+        ``"read_chunks"``, the chunks whose read time is known (a read fused into the task).
+        Chunks kept by ``--resume`` count with the time of the run that made them.
     """
     total = retried = most = 0
     reasons: list[str] = []
+    steps: dict[str, float | None] = dict.fromkeys(TASK_STEPS)
+    chunks = read_chunks = 0
     for marker in markers.list("*.json"):
         data = json.loads(marker.read_text())
         n = int(data.get("retries") or 0)
         total, retried, most = total + n, retried + (n > 0), max(most, n)
         reasons += [r for r in data.get("retry_reasons") or [] if r not in reasons][:5 - len(reasons)]
-    return {"total": total, "chunks_retried": retried, "max_per_chunk": most, "reasons": reasons}
+        seconds = data.get("seconds") or {}
+        chunks += bool(seconds)
+        read_chunks += seconds.get("read") is not None
+        for step in TASK_STEPS:
+            if seconds.get(step) is not None:
+                steps[step] = (steps[step] or 0.0) + float(seconds[step])
+    retries = {"total": total, "chunks_retried": retried, "max_per_chunk": most, "reasons": reasons}
+    return retries, {**{k: None if v is None else round(v, 3) for k, v in steps.items()},
+                     "chunks": chunks, "read_chunks": read_chunks}
 
 
 def recorded_chunks(partial: Location) -> tuple[int, int] | None:

@@ -41,7 +41,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 from .errors import ParameterError, S2DaskError, StorageError
 from .remote import protocol_of
@@ -55,8 +55,9 @@ __all__ = [
     "count_gdal_retries",
     "single_layer",
     "redact",
-    "note_read_retries",
-    "take_read_retries",
+    "ReadNote",
+    "note_read",
+    "take_read",
     "retries_off",
     "TRANSIENT",
     "PERMANENT",
@@ -536,22 +537,30 @@ def retries_off(options: Mapping[str, Any] | None) -> bool:
 _LAST_READ = threading.local()
 
 
-def note_read_retries(window: tuple[int, int, int, int], counter: RetryCounter) -> None:
-    """Leave the retries of reading ``window`` (y0, x0, height, width) for this thread's next task.
+class ReadNote(NamedTuple):
+    """What a chunk's read leaves for its prediction task: its retries and how long it took."""
+
+    counter: RetryCounter
+    #: seconds the read took (opening, fetching and decoding every band); ``None``: not known
+    seconds: float | None = None
+
+
+def note_read(window: tuple[int, int, int, int], counter: RetryCounter, seconds: float) -> None:
+    """Leave the retries and duration of reading ``window`` (y0, x0, height, width) for this
+    thread's next task.
 
     Dask fuses a chunk's read into its prediction task, so both run in one thread, one
-    after the other: the prediction task picks the read's retries up with
-    :func:`take_read_retries` and records them in the chunk's marker with its own.
+    after the other: the prediction task picks the note up with :func:`take_read` and
+    records it in the chunk's marker with its own retries and timings.
     """
-    _LAST_READ.value = (tuple(window), counter)
+    _LAST_READ.value = (tuple(window), ReadNote(counter, seconds))
 
 
-def take_read_retries(window: tuple[int, int, int, int]) -> RetryCounter:
-    """The counter :func:`note_read_retries` left for ``window`` in this thread (consumed), or a
-    new one (a read of another window, or none: its retries are not attributed here)."""
+def take_read(window: tuple[int, int, int, int]) -> ReadNote:
+    """The note :func:`note_read` left for ``window`` in this thread (consumed), or an empty
+    one (a read of another window, or none: its retries and time are not attributed here)."""
     left = getattr(_LAST_READ, "value", None)
     _LAST_READ.value = None
     if left is not None and left[0] == tuple(window):
         return left[1]
-    return RetryCounter()
-
+    return ReadNote(RetryCounter())

@@ -19,6 +19,7 @@ import functools
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -33,7 +34,7 @@ from .mask import NODATA, VALID, ChunkMask, count_codes
 from .model import ModelHandle, check_model_shape, load_model
 from .outputs import MapSpec
 from .predict import block_outputs
-from .retry import RetryPolicy, call_with_retry, take_read_retries
+from .retry import RetryPolicy, call_with_retry, take_read
 from .storage import Location, put_file
 from .write import MASK, validate_cog, write_cog, write_layer, write_quicklook, write_region
 
@@ -219,7 +220,8 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     The model comes from the worker's cache (put there by :class:`ModelPlugin`); only
     ``ref`` travels with the task. The chunk's region and then its marker are written, each
     retried on transient storage errors (:func:`s2dask.retry.call_with_retry`; both are
-    idempotent); the marker records the retries of the chunk's read and writes. A marker
+    idempotent); the marker records the retries of the chunk's read and writes, and the
+    seconds its read, model (mask codes, forward pass, outputs) and writes took. A marker
     means the chunk's region is in the store.
 
     Parameters
@@ -258,9 +260,9 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     """
     where = block_info[0]["array-location"]
     iy, ix = block_info[0]["chunk-location"][1:]
-    # the read's retries (a read fused into this task, of this very window)
-    counter = take_read_retries((where[1][0], where[2][0], where[1][1] - where[1][0],
-                                 where[2][1] - where[2][0]))
+    # the read's retries and time (a read fused into this task, of this very window)
+    read = take_read((where[1][0], where[2][0], where[1][1] - where[1][0], where[2][1] - where[2][0]))
+    t_model = time.perf_counter()
     if maps is not None:
         where = maps.location(iy, ix)  # the chunk itself, without its halo
     predictor = get_predictor(ref)
@@ -283,22 +285,26 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
         layers[MASK] = codes
     counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
     mask_counts = count_codes(codes)
+    seconds = {"read": read.seconds, "model": time.perf_counter() - t_model}
     _store_chunk(store, markers, out, layers, where=where, chunk=(iy, ix), counts=counts,
                  mask_counts=mask_counts, probabilities=probabilities,
-                 policy=retry or RetryPolicy(), counter=counter)
+                 policy=retry or RetryPolicy(), counter=read.counter, seconds=seconds)
     return np.concatenate([counts, mask_counts]).reshape(1, 1, 1, N_TOTALS)
 
 
 def _store_chunk(store: Location, markers: Location, out: np.ndarray, layers: dict, *, where,
                  chunk: tuple[int, int], counts: np.ndarray, mask_counts: np.ndarray,
-                 probabilities: bool, policy: RetryPolicy, counter) -> None:
+                 probabilities: bool, policy: RetryPolicy, counter, seconds: dict) -> None:
     """Write a chunk's region, its extra layers, then its marker, each storage request retried
     on its own (:func:`s2dask.retry.call_with_retry`; all idempotent). A failure for good
-    raises one :class:`StorageError` line naming the chunk window and the store."""
+    raises one :class:`StorageError` line naming the chunk window and the store.
+
+    ``seconds`` (the task's read and model time) goes into the marker with the writes' own."""
     (y0, y1), (x0, x1) = where[1], where[2]
     ys, xs = slice(y0, y1), slice(x0, x1)
     window = f"chunk y={y0}:{y1} x={x0}:{x1}"
     error = None
+    t0 = time.perf_counter()
     try:
         each = functools.partial(call_with_retry, policy=policy, action="write",
                                  what=f"{window} of {store}", counter=counter)
@@ -306,8 +312,9 @@ def _store_chunk(store: Location, markers: Location, out: np.ndarray, layers: di
         write_region(wstore, out, y=ys, x=xs, probabilities=probabilities, call=each)
         for name, layer in layers.items():
             each(write_layer, wstore, name, layer, y=ys, x=xs)
+        seconds = {**seconds, "write": time.perf_counter() - t0}
         call_with_retry(write_marker, _retrying(markers, policy), chunk, where[1], where[2],
-                        counts, mask_counts, retries=counter, policy=policy, action="write",
+                        counts, mask_counts, retries=counter, seconds=seconds, policy=policy, action="write",
                         what=f"the marker of {window} in {markers}", counter=counter)
     except S2DaskError as exc:
         error = exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,14 @@ def test_classify_outputs_are_georeferenced_and_match_single_process(synth_dir, 
     assert set(record["timings_s"]) >= {"open", "predict", "write", "total"}
     assert record["throughput_mpx_s"]["end_to_end"] > 0
     assert record["output"]["cog_validation"]["valid"] is True
+    # where the tasks' time went, from every chunk's marker: each read (fused into its task),
+    # model and write timed; together no more than the cluster's threads over the predict phase
+    n_chunks = -(-shape[0] // 100) * -(-shape[1] // 100)
+    spent = record["task_seconds"]
+    assert spent["chunks"] == spent["read_chunks"] == n_chunks > 1
+    assert all(spent[k] > 0 for k in ("read", "model", "write")), spent
+    threads = record["cluster"]["threads"]
+    assert spent["read"] + spent["model"] + spent["write"] <= threads * record["timings_s"]["predict"] + 0.1
 
 
 def test_identical_whatever_the_chunking(synth_dir, tiny_model, cluster_client, tmp_path):
@@ -185,6 +194,7 @@ def test_cli_classify_runs_its_own_cluster(synth_dir, tiny_model, tmp_path):
                        timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "Mpx/s" in proc.stdout and str(out / "scene") in proc.stdout
+    assert re.search(r"tasks: read \d+%, model \d+%, write \d+% of [\d.]+ s in \d+ chunks", proc.stdout), proc.stdout
     record = json.loads((out / "scene" / "job.json").read_text())
     assert record["cluster"]["workers"] == 1 and record["cluster"]["threads"] == 1
     with rasterio.open(out / "scene" / "classes.tif") as cog:

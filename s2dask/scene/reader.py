@@ -10,11 +10,13 @@ and closes its own rasterio handles (never shared between threads, so no lock), 
 bands onto the finest grid (nearest: exact ``k x k`` replication of the source window;
 bilinear: a ``WarpedVRT`` onto the full target grid, seamless across chunks) and applies the
 processing-baseline offset. Failed HTTP requests of remote files are retried by GDAL itself
-(:mod:`s2dask.retry`), counted, and left for the chunk's marker. It runs on workers.
+(:mod:`s2dask.retry`), counted, and left for the chunk's marker with the read's duration. It
+runs on workers.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -27,7 +29,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..errors import StorageError, detached
-from ..retry import RetryCounter, RetryPolicy, note_read_retries, read_with_retry
+from ..retry import RetryCounter, RetryPolicy, note_read, read_with_retry
 from ..storage import remote_env
 
 __all__ = ["READ_ENV", "BandRead", "Grid", "BlockReader", "RasterReader"]
@@ -95,6 +97,7 @@ class RasterReader:
         return len(self.reads)
 
     def __call__(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+        t0 = time.perf_counter()
         out = np.empty((len(self.reads), height, width), dtype=self.dtype)
         groups = self._groups()
         policy = self.retry or RetryPolicy.from_env()
@@ -118,7 +121,7 @@ class RasterReader:
                     out[k] = _apply_offset(data[row], self.reads[k].offset, self.nodata)
         if error is not None:
             raise detached(error)  # outside the handler: no cause travels (see errors.detached)
-        note_read_retries((y0, x0, height, width), counter)
+        note_read((y0, x0, height, width), counter, time.perf_counter() - t0)
         return out
 
     def _groups(self) -> dict[tuple[str, int], list[int]]:
