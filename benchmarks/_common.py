@@ -170,6 +170,20 @@ def best_time(fn: Callable[[], Any], *, repeat: int = 5, number: int = 1) -> flo
     return best
 
 
+def rate(fn: Callable[[], Any], units: float, seconds: float, *, warm: bool = False) -> float:
+    """units/s of ``fn`` run repeatedly for at least ``seconds`` (one uncounted call first
+    with ``warm``)."""
+    if warm:
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return units * n / dt
+
+
 def matmul_flops(n: int = 4096, *, threads: int | None = None, repeat: int = 5,
                  m: int | None = None, k: int | None = None) -> float:
     """Best float32 FLOP/s of numpy ``(m,k) @ (k,n)`` (square ``n`` by default)."""

@@ -16,6 +16,10 @@ aggregate forward rate of as many single-thread processes as the job has workers
 right after in the same run with forward.py's method (synchronised windows, summed, best
 of rounds) on the engine, precision and batch size the job ran with (``--engine``,
 ``--precision`` pass through to both). Targets (issue 13): 4096^2 >= 0.6, 10980^2 >= 0.8.
+Also from the job's own record (``task_seconds``, summed from the chunk markers): the model
+step's aggregate rate inside the tasks and the whole process against it, a ratio that does
+not move with the machine's speed between the job and the reference; and the tasks' split
+into read (and decode), model and writes.
 """
 
 from __future__ import annotations
@@ -272,7 +276,26 @@ def run_cli(size: int, *, workers: int, chunks: int | None, engine: str | None,
                                                     if k in rec},
             "chunks": rec["parameters"]["chunks"], "timings_s": rec["timings_s"],
             "forward": ref, "cli_vs_forward": run["mpx_s"] / ref["reference_mpx_s"],
-            "target": 0.8 if size >= 10980 else 0.6}
+            "target": 0.8 if size >= 10980 else 0.6,
+            "in_job": in_job_split(rec, workers, run["wall_s"])}
+
+
+def in_job_split(rec: dict, workers: int, wall_s: float) -> dict:
+    """The job's own task timings (``task_seconds`` in job.json, summed from the chunk markers):
+    the model step's rate inside the tasks, and the whole process against it. Measured in the
+    job itself, so this ratio does not move with the machine's speed between the job and the
+    forward reference measured after it."""
+    spent = rec.get("task_seconds") or {}
+    model_s = spent.get("model")
+    if not model_s:
+        return {}
+    pixels = rec["statistics"]["pixels"]
+    rate = pixels / model_s * workers / 1e6  # every worker's single thread in the model step
+    steps = {k: spent[k] for k in ("read", "model", "write") if spent.get(k) is not None}
+    return {"task_seconds": steps, "task_shares": {k: v / sum(steps.values()) for k, v in steps.items()},
+            "model_mpx_s_aggregate": rate,
+            "model_only_wall_s": pixels / 1e6 / rate,
+            "cli_vs_in_job_model": pixels / 1e6 / wall_s / rate}
 
 
 def main_cli(a, workers: int) -> int:
@@ -286,9 +309,11 @@ def main_cli(a, workers: int) -> int:
         C.write_json(data, a.json, "e2e-cli-quick.json" if a.quick else "e2e-cli.json")
     print(C.table([(r["size"], f"{r['engine']['engine']} {r['engine']['precision']}", r["wall_s"],
                     r["mpx_s"], r["forward"]["reference_mpx_s"], r["cli_vs_forward"], r["target"],
-                    r["load_before"]) for r in data["runs"]],
+                    r["in_job"].get("model_mpx_s_aggregate"), r["in_job"].get("cli_vs_in_job_model"),
+                    (r["in_job"].get("task_shares") or {}).get("read"), r["load_before"])
+                   for r in data["runs"]],
                   ["size", "engine", "CLI wall s", "CLI Mpx/s", "fwd Mpx/s", "CLI/fwd", "target",
-                   "load"]))
+                   "in-job model Mpx/s", "CLI/in-job", "read share", "load"]))
     return 0
 
 

@@ -51,17 +51,6 @@ def _wait(t: float) -> bool:
     return not late
 
 
-def _rate(fn, units: float, seconds: float) -> float:
-    """units/s of ``fn`` run repeatedly for at least ``seconds``."""
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            return units * n / dt
-
-
 def _peaks(threads: int, quick: bool) -> dict:
     """name -> (fn, flop per call): the float32 and bf16 matmul references."""
     from s2dask.openvino_ir import import_openvino
@@ -149,13 +138,13 @@ def child(spec: dict) -> dict:
             k += 1
             p = preds[(it["engine"], it["precision"], it["batch_size"], it.get("hint", "LATENCY"))]
             if it.get("what") == "block_outputs":
-                fwd[i].append(_rate(lambda p=p: block_outputs(p, block), block[0].size, secs))
+                fwd[i].append(C.rate(lambda p=p: block_outputs(p, block), block[0].size, secs))
             else:
-                fwd[i].append(_rate(lambda p=p: p.forward(x), pixels, secs))
+                fwd[i].append(C.rate(lambda p=p: p.forward(x), pixels, secs))
         for name, (fn, flop, _) in peaks.items():
             late |= not _wait(start_at + k * slot)
             k += 1
-            pk[name].append(_rate(fn, flop, secs))
+            pk[name].append(C.rate(fn, flop, secs))
     return {"threads": threads, "pid": os.getpid(), "on_time": not late,
             "items": [{**it, "px_s": max(fwd[i]), "rounds": fwd[i]} for i, it in enumerate(spec["items"])],
             "peaks": {n: {"flop_s": max(v), "rounds": v, "precision": peaks[n][2]} for n, v in pk.items()}}

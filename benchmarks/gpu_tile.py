@@ -36,17 +36,6 @@ import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _rate(fn, units: float, seconds: float) -> float:
-    fn()  # warm
-    done, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        done += 1
-        t = time.perf_counter() - t0
-        if t >= seconds:
-            return done * units / t
-
-
 def gpu_peaks(n: int, seconds: float) -> dict:
     """Matmul FLOP/s of the Keras backend's library on its first device: float32, bf16."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -60,7 +49,7 @@ def gpu_peaks(n: int, seconds: float) -> dict:
                                   ("bf16", jnp.bfloat16, "default")):
             a = jnp.ones((n, n), dtype)
             f = jax.jit(lambda x, p=prec: jnp.matmul(x, x, precision=p))
-            out[name] = _rate(lambda: f(a).block_until_ready(), 2.0 * n**3, seconds)
+            out[name] = C.rate(lambda: f(a).block_until_ready(), 2.0 * n**3, seconds, warm=True)
     elif backend == "torch":
         import torch
 
@@ -75,7 +64,7 @@ def gpu_peaks(n: int, seconds: float) -> dict:
                 a @ a
                 if dev == "cuda":
                     torch.cuda.synchronize()
-            out[name] = _rate(mm, 2.0 * n**3, seconds)
+            out[name] = C.rate(mm, 2.0 * n**3, seconds, warm=True)
     return out
 
 
@@ -92,8 +81,8 @@ def forward_rates(model: Path, batch_sizes: list[int], chunk: int, seconds: floa
     for bs in batch_sizes:
         pred = bundle.predictor(batch_size=bs or None)
         rec = dict(pred.record())
-        fwd = _rate(lambda p=pred: p.forward(x), x.shape[0], seconds)
-        blk = _rate(lambda p=pred: block_outputs(p, block), chunk * chunk, seconds)
+        fwd = C.rate(lambda p=pred: p.forward(x), x.shape[0], seconds, warm=True)
+        blk = C.rate(lambda p=pred: block_outputs(p, block), chunk * chunk, seconds, warm=True)
         rows.append({"batch_size": pred.batch_size, "engine": rec, "forward_mpx_s": fwd / 1e6,
                      "block_outputs_mpx_s": blk / 1e6})
         print(f"  batch {pred.batch_size}: forward {fwd / 1e6:.1f} Mpx/s, block_outputs {blk / 1e6:.1f} Mpx/s",
