@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -262,24 +263,8 @@ def compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool |
     if backend == "tensorflow":
         return _tensorflow_forward(model, batch_size, n_bands, jit_compile)
     if backend == "jax":
-        import jax
-
-        jax_compilation_cache()
-        tv = [v.value for v in model.trainable_variables]
-        ntv = [v.value for v in model.non_trainable_variables]
-
-        @jax.jit
-        def forward(tv, ntv, x):
-            with jax.default_matmul_precision("float32"):
-                out, _ = model.stateless_call(tv, ntv, x, training=False)
-            return out
-
-        forward(tv, ntv, np.zeros((batch_size, n_bands), dtype="float32"))  # compile now
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(forward(tv, ntv, x))
-
-        return run
+        forward = _jax_compiled(model, lambda p: p, (batch_size, n_bands))
+        return lambda x: np.asarray(forward(x))
     if backend == "torch":
         import torch
 
@@ -300,9 +285,7 @@ def compile_forward(model, batch_size: int, n_bands: int, *, jit_compile: bool |
 
 
 def _tensorflow_forward(model, batch_size: int, n_bands: int, jit_compile: bool | None):
-    import tensorflow as tf
-
-    tf.config.experimental.enable_tensor_float_32_execution(False)  # float32 on GPUs too
+    tf = _tensorflow_float32()
     spec = tf.TensorSpec((batch_size, n_bands), tf.float32)
     jit = True if jit_compile is None else bool(jit_compile)
 
@@ -344,34 +327,19 @@ def compile_outputs(model, batch_size: int, n_bands: int, *, probabilities: bool
 
     backend = keras.backend.backend()
     if backend == "jax":
-        import jax
         import jax.numpy as jnp
-
-        jax_compilation_cache()
 
         def percent(p):
             return jnp.clip(jnp.rint(p * 100.0), 0, 100).astype(jnp.uint8)
 
-        tv = [v.value for v in model.trainable_variables]
-        ntv = [v.value for v in model.non_trainable_variables]
-
-        @jax.jit
-        def outputs(tv, ntv, xt):
-            with jax.default_matmul_precision("float32"):
-                p, _ = model.stateless_call(tv, ntv, xt.T, training=False)
+        def outputs(p):
             out = (jnp.argmax(p, axis=1).astype(jnp.uint8), percent(jnp.max(p, axis=1)))
             return out + (percent(p.T),) if probabilities else out
 
-        outputs(tv, ntv, np.zeros((n_bands, batch_size), dtype="float32"))  # compile now
-
-        def run(xt: np.ndarray) -> tuple[np.ndarray, ...]:
-            return tuple(np.asarray(a) for a in outputs(tv, ntv, xt))
-
-        return run
+        compiled = _jax_compiled(model, outputs, (n_bands, batch_size), transposed=True)
+        return lambda xt: tuple(np.asarray(a) for a in compiled(xt))
     if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_tensor_float_32_execution(False)  # float32 on GPUs too
+        tf = _tensorflow_float32()
 
         def tf_percent(p):
             return tf.cast(tf.clip_by_value(tf.round(p * 100.0), 0.0, 100.0), tf.uint8)
@@ -391,3 +359,32 @@ def compile_outputs(model, batch_size: int, n_bands: int, *, probabilities: bool
 
         return tf_run
     return None
+
+
+def _tensorflow_float32():
+    """TensorFlow, with float32 matrix products on GPUs too (no TensorFloat-32)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    return tf
+
+
+def _jax_compiled(model, then: Callable[[Any], Any], shape: tuple[int, int], *,
+                  transposed: bool = False) -> Callable[[np.ndarray], Any]:
+    """``x -> then(model(x))`` jitted by JAX with float32 matrix products (no TF32 on GPUs),
+    the model's variables bound, the persistent compilation cache on, compiled now for the
+    one input ``shape`` (``transposed``: the input is band-major, ``(n_bands, batch)``)."""
+    import jax
+
+    jax_compilation_cache()
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+
+    @jax.jit
+    def compiled(tv, ntv, x):
+        with jax.default_matmul_precision("float32"):
+            p, _ = model.stateless_call(tv, ntv, x.T if transposed else x, training=False)
+        return then(p)
+
+    compiled(tv, ntv, np.zeros(shape, dtype="float32"))  # compile now, not in a task
+    return lambda x: compiled(tv, ntv, x)
