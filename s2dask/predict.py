@@ -42,24 +42,31 @@ class RowPredictor:
     class_values: np.ndarray
     input_nodata: Any
 
-    def _batch_buffer(self) -> np.ndarray:
-        """This thread's ``(batch_size, bands)`` float32 input buffer (created on first use)."""
-        buf = getattr(self._local, "x", None)
+    def _batch_buffer(self, band_major: bool) -> np.ndarray:
+        """This thread's float32 input buffer, ``(batch_size, bands)`` or band-major
+        ``(bands, batch_size)`` (each created on first use)."""
+        name = "xt" if band_major else "x"
+        buf = getattr(self._local, name, None)
         if buf is None:
-            buf = self._local.x = np.zeros((self.batch_size, self.n_bands), dtype="float32")
+            shape = (self.n_bands, self.batch_size) if band_major else (self.batch_size, self.n_bands)
+            buf = np.zeros(shape, dtype="float32")
+            setattr(self._local, name, buf)
         return buf
 
-    def _padded_batches(self, values: np.ndarray):
+    def _padded_batches(self, values: np.ndarray, *, band_major: bool = False):
         """Yield ``(start, stop, buf)``: rows ``start:stop`` of ``values`` copied into the
-        fixed batch buffer, the rest of it zeroed (the last, ragged batch)."""
+        fixed batch buffer, the rest of it zeroed (the last, ragged batch). ``band_major``:
+        the buffer is ``(bands, batch_size)``; a chunk's rows are a transposed view, so each
+        band is then one contiguous copy."""
         n, bs = values.shape[0], self.batch_size
-        buf = self._batch_buffer()
+        buf = self._batch_buffer(band_major)
+        rows = buf.T if band_major else buf  # (batch_size, bands) either way
         for start in range(0, n, bs):
             stop = min(start + bs, n)
             m = stop - start
-            buf[:m] = values[start:stop]
+            rows[:m] = values[start:stop]
             if m < bs:
-                buf[m:] = 0.0
+                rows[m:] = 0.0
             yield start, stop, buf
 
     def valid_mask(self, values: np.ndarray) -> np.ndarray:
@@ -192,17 +199,8 @@ class Predictor(RowPredictor):
         fn = self._compiled(probs is not None)
         if fn is None:
             return self._fill_rows_numpy(values, classes, confidence, probs)
-        n, bs = values.shape[0], self.batch_size
-        buf = getattr(self._local, "xt", None)
-        if buf is None:
-            buf = self._local.xt = np.zeros((self.n_bands, bs), dtype="float32")
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
+        for start, stop, buf in self._padded_batches(values, band_major=True):
             m = stop - start
-            # band-major: a chunk's rows are a transposed view, so these are contiguous copies
-            buf[:, :m] = values[start:stop].T
-            if m < bs:
-                buf[:, m:] = 0.0
             out = fn(buf)
             classes[start:stop] = self.class_values[out[0][:m]]
             confidence[start:stop] = out[1][:m]
