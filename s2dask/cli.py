@@ -454,7 +454,9 @@ def _task_line(seconds: dict | None) -> list[str]:
     """``  tasks: read 18%, model 78%, write 4% of 12.3 s in 4 chunks`` (none: no timed chunk)."""
     from .ledger import TASK_STEPS
 
-    known = {k: seconds[k] for k in TASK_STEPS if seconds and seconds.get(k) is not None}
+    if not seconds:
+        return []
+    known = {k: seconds[k] for k in TASK_STEPS if seconds.get(k) is not None}
     total = sum(known.values())
     if not total:
         return []

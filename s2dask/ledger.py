@@ -24,9 +24,8 @@ from .retry import RetryCounter
 from .storage import Location, atomic_write_text
 
 __all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "MARKERS_DIR", "TASK_STEPS",
-           "write_marker",
-           "read_marker", "read_ledger", "check_resumable", "clear_ledger", "chunk_totals",
-           "recorded_chunks"]
+           "write_marker", "read_marker", "read_ledger", "check_resumable", "clear_ledger",
+           "chunk_totals", "recorded_chunks"]
 
 #: bincount length: every uint8 class value, 255 = nodata
 N_COUNTS = 256
