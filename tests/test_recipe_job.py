@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import rasterio
 import xarray as xr
-from _cluster import local_recipe, pid_alive, recipe_env
+from _cluster import local_recipe, pid_alive, recipe_env, run_or_dump
 
 
 def _classify(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "s2dask.cli", "classify", *map(str, args)],
-                          env=recipe_env(), capture_output=True, text=True, timeout=300)
+    # a hang fails with the CLI's thread stacks (one fresh-clone run hung the embedded one 300 s)
+    return run_or_dump([sys.executable, "-m", "s2dask.cli", "classify", *map(str, args)],
+                       recipe_env(), timeout=240)
 
 
 def test_recipe_cluster_output_identical_to_embedded_default(synth_dir, tiny_model, tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from _cluster import run_or_dump
 
 from s2dask.errors import ClusterError, ModelError, OutputExistsError, ParameterError, StorageError
 from s2dask.job import classify
@@ -23,8 +24,9 @@ from s2dask.job import classify
 CLI = [sys.executable, "-m", "s2dask.cli"]
 
 
-def run_cli(*args, timeout=300, **kw):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+def run_cli(*args, timeout=240):
+    # a hang fails with the CLI's thread stacks (one fresh-clone run hung a resume here 300 s)
+    return run_or_dump([*CLI, *map(str, args)], dict(os.environ), timeout=timeout)
 
 
 def one_line(proc) -> str:
