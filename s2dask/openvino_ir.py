@@ -39,7 +39,9 @@ IR_XML = "model.xml"
 IR_BIN = "model.bin"
 
 #: bf16 matrix units (AMX) multiply tiles 32 bf16 wide: the tutorial's 200-wide layers padded
-#: to 224 run 1.3-1.5x faster in bf16 (benchmarks/forward.py); float32 is not padded (slower)
+#: to 224 run 1.3-1.5x faster in bf16 on a CPU with AMX (benchmarks/forward.py). Without AMX
+#: (AVX512_BF16 alone: AMD Zen 4, Intel Cooper Lake) the padding is 25% more FLOPs for
+#: nothing: 200 wide ran 1.15x faster than 224 there. float32 is never padded (slower).
 BF16_WIDTH_MULTIPLE = 32
 
 #: set to 1 to let OpenVINO send its usage telemetry when s2dask imports it
@@ -438,11 +440,13 @@ def exact_input_layers(model) -> int:
     return len(chosen)
 
 
-def bf16_rewrites(model) -> tuple[Any, dict[str, int]]:
-    """A copy of ``model`` rewritten for bf16 (:func:`pad_hidden_widths`, then
-    :func:`exact_input_layers`), and how many of each rewrite it got."""
+def bf16_rewrites(model, *, width_multiple: int = BF16_WIDTH_MULTIPLE) -> tuple[Any, dict[str, int]]:
+    """A copy of ``model`` rewritten for bf16 (:func:`pad_hidden_widths` to
+    ``width_multiple``, none where it is 1, then :func:`exact_input_layers`), and what
+    each rewrite did."""
     model = model.clone()
-    return model, {"hidden_widths_padded": pad_hidden_widths(model),
+    padded = pad_hidden_widths(model, width_multiple) if width_multiple > 1 else 0
+    return model, {"width_multiple": int(width_multiple), "hidden_widths_padded": padded,
                    "input_layers_exact": exact_input_layers(model)}
 
 

@@ -222,7 +222,8 @@ def test_bf16_agrees_with_fp32(bundle, ov_model):
     a, b = block_outputs(fp32, block), block_outputs(bf16, block)
     assert (a[0] == b[0]).mean() >= 0.99
     # the record says what was rewritten for bf16 (32-wide layers need no padding)
-    assert bf16.record()["bf16_rewrites"] == {"hidden_widths_padded": 0, "input_layers_exact": 1}
+    assert bf16.record()["bf16_rewrites"] == {"width_multiple": E.bf16_width_multiple(),
+                                              "hidden_widths_padded": 0, "input_layers_exact": 1}
     assert "bf16_rewrites" not in fp32.record()
     assert np.abs(a[1].astype(int) - b[1]).max() <= 3
 
@@ -364,6 +365,31 @@ def test_bf16_pads_hidden_widths_to_the_matrix_tiles():
     got = core.compile_model(padded, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})([x])[0]
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert E.pad_hidden_widths(padded) == 0  # nothing left to pad
+
+
+def test_bf16_pads_widths_only_where_the_cpu_has_amx_tiles():
+    """A bf16 predictor pads 200-wide layers to 224 on a CPU with AMX, and keeps them 200
+    wide on one with AVX512_BF16 alone; either way it writes the same class map."""
+    from s2dask.model import build_model
+
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    assert E.bf16_width_multiple() == (32 if "amx_bf16" in flags else 1)
+    model = build_model(10, len(CLASSES), mean=np.full(10, 2000.0), variance=np.full(10, 1.0e6),
+                        units=(200, 200, 200), dropout=(0.0, 0.0, 0.0), seed=5)
+    ovm = E.convert(model)
+    contract = {"bands": BANDS, "classes": CLASSES, "input_nodata": 0}
+    tiles = E.OpenVINOPredictor(ovm, contract, precision="bf16", width_multiple=32)
+    plain = E.OpenVINOPredictor(ovm, contract, precision="bf16", width_multiple=1)
+    default = E.OpenVINOPredictor(ovm, contract, precision="bf16")
+    assert tiles.record()["bf16_rewrites"] == {"width_multiple": 32, "hidden_widths_padded": 3,
+                                               "input_layers_exact": 1}
+    assert plain.record()["bf16_rewrites"] == {"width_multiple": 1, "hidden_widths_padded": 0,
+                                               "input_layers_exact": 1}
+    assert default.record()["bf16_rewrites"]["width_multiple"] == E.bf16_width_multiple()
+    block = np.random.default_rng(2).integers(1, 4000, size=(10, 64, 64), dtype="uint16")
+    a, b = block_outputs(tiles, block), block_outputs(plain, block)
+    assert (a[0] == b[0]).mean() >= 0.995  # sums of 200 or 224 terms round differently in bf16
+    assert np.abs(a[1].astype(int) - b[1]).max() <= 2
 
 
 def test_bf16_keeps_the_input_layer_exact():
