@@ -50,6 +50,9 @@ def __getattr__(name: str):
 
 #: what the fork server imports once, so that each worker process starts with it in memory
 WORKER_PRELOAD = ("s2dask.preload",)
+#: the pid of the process that started the fork server, as the server finds it in its
+#: environment: how :mod:`s2dask.preload` knows it is being imported by that very server
+FORK_SERVER_PARENT_ENV = "S2DASK_FORK_SERVER_PARENT"
 _METHOD_KEY = "distributed.worker.multiprocessing-method"
 
 
@@ -94,6 +97,7 @@ def start_fork_server() -> bool:
     env = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
     os.environ.update({k: str(v) for k, v in env.items()})
     os.environ.setdefault("PYTHONHASHSEED", "6640")  # as a nanny sets it for its workers
+    os.environ[FORK_SERVER_PARENT_ENV] = str(os.getpid())
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
     dask.config.set({_METHOD_KEY: "forkserver"})
     multiprocessing.forkserver.ensure_running()

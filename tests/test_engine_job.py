@@ -229,3 +229,30 @@ def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
         assert line == "forkserver True True 1 1"
     else:  # spawned: a fresh interpreter that imported neither (yet)
         assert line == "spawn False False 1 1"
+
+
+def test_only_the_fork_server_leaves_without_teardown():
+    """s2dask.preload makes the fork server of the process named in its environment leave
+    with os._exit(0) once its exit handlers ran (no teardown while it still holds the
+    client's stdout); any other process importing it keeps its own exit code."""
+    from s2dask.cluster import FORK_SERVER_PARENT_ENV
+
+    code = "import sys, s2dask.preload; print('imported', flush=True); sys.exit(5)"
+    for parent, want in ((str(os.getpid()), 0), (str(os.getpid() + 10**6), 5), (None, 5)):
+        env = {k: v for k, v in os.environ.items() if k != FORK_SERVER_PARENT_ENV}
+        if parent is not None:
+            env[FORK_SERVER_PARENT_ENV] = parent  # this test process "started" the server
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert (proc.returncode, proc.stdout) == (want, "imported\n"), proc.stderr[-2000:]
+
+
+def test_the_program_exits_with_the_commands_code(tmp_path):
+    """``python -m s2dask.cli`` (cli.run) exits with main()'s code: 0, and 2 on bad input."""
+    ok = subprocess.run([sys.executable, "-m", "s2dask.cli", "--version"], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("s2dask ")
+    bad = subprocess.run([sys.executable, "-m", "s2dask.cli", "inspect", str(tmp_path / "nowhere.tif")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("s2dask inspect: error:") and "nowhere.tif" in bad.stderr
