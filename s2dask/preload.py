@@ -36,8 +36,10 @@ _SERVER_PID = os.getpid()
 
 
 def _leave_now() -> None:
-    """The server's last exit handler (the first registered runs last): flush, then exit
-    without the interpreter's teardown. A process forked from it is left alone."""
+    """The server's exit: flush, then leave without the interpreter's teardown. Registered
+    after the imports above, it runs before their own exit handlers, which have nothing to
+    do in the server (no client, no cluster, no file of its own). A process forked from it
+    is left alone."""
     if os.getpid() == _SERVER_PID:
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -233,8 +233,8 @@ def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
 
 def test_only_the_fork_server_leaves_without_teardown():
     """s2dask.preload makes the fork server of the process named in its environment leave
-    with os._exit(0) once its exit handlers ran (no teardown while it still holds the
-    client's stdout); any other process importing it keeps its own exit code."""
+    with os._exit(0) at exit (no teardown while it still holds the client's stdout); any
+    other process importing it keeps its own exit code."""
     from s2dask.cluster import FORK_SERVER_PARENT_ENV
 
     code = "import sys, s2dask.preload; print('imported', flush=True); sys.exit(5)"
