@@ -133,8 +133,10 @@ def profile_chunks(path: Path, model: Path, *, chunks: int, n_chunks: int, gdal_
 def _predictor(bundle, engine_kw: dict):
     import inspect
 
-    kw = {k: v for k, v in engine_kw.items()
-          if k in inspect.signature(bundle.predictor).parameters}
+    params = inspect.signature(bundle.predictor).parameters
+    kw = {k: v for k, v in engine_kw.items() if k in params}
+    if "threads" in params:  # one thread, as each worker's and as the read's (default: all cores)
+        kw.setdefault("threads", 1)
     return bundle.predictor(**kw)
 
 
