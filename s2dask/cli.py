@@ -452,7 +452,8 @@ def _job_line(record: dict) -> str:
 
 
 def _task_line(seconds: dict | None) -> list[str]:
-    """``  tasks: read 18%, model 78%, write 4% of 12.3 s in 4 chunks`` (none: no timed chunk)."""
+    """``  tasks: read 18%, model 78%, write 4% of 12.3 s in 4 chunks`` (none: no timed chunk;
+    a resumed run adds `` (n kept from an earlier run)``)."""
     from .ledger import TASK_STEPS
 
     if not seconds:
@@ -462,7 +463,9 @@ def _task_line(seconds: dict | None) -> list[str]:
     if not total:
         return []
     shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in known.items())
-    return [f"  tasks: {shares} of {total:.1f} s in {seconds['chunks']} chunks"]
+    kept = seconds.get("kept_chunks") or 0
+    return [f"  tasks: {shares} of {total:.1f} s in {seconds['chunks']} chunks"
+            + (f" ({kept} kept from an earlier run)" if kept else "")]
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

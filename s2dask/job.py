@@ -454,7 +454,7 @@ def _conclude(flight: _Flight, run: _Run) -> JobResult:
     record = _record(job, run, ident=ident, totals=totals, resumed=len(done), computed=computed,
                      cog_report=cog_report, timings=timings)
     # storage retries and task time of every chunk (markers)
-    record["retries"], record["task_seconds"] = chunk_totals(flight.markers)
+    record["retries"], record["task_seconds"] = chunk_totals(flight.markers, kept=flight.done)
     atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "

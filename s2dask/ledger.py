@@ -13,7 +13,7 @@ Markers are written on workers and read on the client.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -124,28 +124,39 @@ def check_resumable(partial: Location, markers: Location, want: Mapping[str, Any
     return len(markers.list("*.json"))
 
 
-def chunk_totals(markers: Location) -> tuple[dict, dict]:
-    """The storage retries and the task time of every finished chunk, summed for the job record
-    (one pass over the markers).
+def chunk_totals(markers: Location, *, kept: Collection[str] = ()) -> tuple[dict, dict]:
+    """The storage retries of every finished chunk and the task time of this run's, summed for
+    the job record (one pass over the markers).
+
+    Parameters
+    ----------
+    markers
+        The partial output's folder of chunk markers.
+    kept
+        The chunks (``"iy_ix"``) a resumed run found finished: their retries count (they are
+        the output's), their task time does not (another run spent it).
 
     Returns
     -------
     tuple of dict
         The retries: ``{"total", "chunks_retried", "max_per_chunk", "reasons"}`` (``reasons``:
-        up to 5 distinct ones). The task time: :data:`TASK_STEPS` seconds summed over the
-        chunks that recorded them (``None`` where none did), ``"chunks"`` counted, and
-        ``"read_chunks"``, the chunks whose read time is known (a read fused into the task).
-        Chunks kept by ``--resume`` count with the time of the run that made them.
+        up to 5 distinct ones). The task time: :data:`TASK_STEPS` seconds summed over this
+        run's chunks that recorded them (``None`` where none did), ``"chunks"`` counted,
+        ``"read_chunks"``, the chunks whose read time is known (a read fused into the task),
+        and ``"kept_chunks"``, the finished chunks of ``kept`` left out.
     """
     total = retried = most = 0
     reasons: list[str] = []
     steps: dict[str, float | None] = dict.fromkeys(TASK_STEPS)
-    chunks = read_chunks = 0
+    chunks = read_chunks = kept_chunks = 0
     for marker in markers.list("*.json"):
         data = json.loads(marker.read_text())
         n = int(data.get("retries") or 0)
         total, retried, most = total + n, retried + (n > 0), max(most, n)
         reasons += [r for r in data.get("retry_reasons") or [] if r not in reasons][:5 - len(reasons)]
+        if marker.name[:-5] in kept:
+            kept_chunks += 1
+            continue
         seconds = data.get("seconds") or {}
         chunks += bool(seconds)
         read_chunks += seconds.get("read") is not None
@@ -154,7 +165,7 @@ def chunk_totals(markers: Location) -> tuple[dict, dict]:
                 steps[step] = (steps[step] or 0.0) + float(seconds[step])
     retries = {"total": total, "chunks_retried": retried, "max_per_chunk": most, "reasons": reasons}
     return retries, {**{k: None if v is None else round(v, 3) for k, v in steps.items()},
-                     "chunks": chunks, "read_chunks": read_chunks}
+                     "chunks": chunks, "read_chunks": read_chunks, "kept_chunks": kept_chunks}
 
 
 def recorded_chunks(partial: Location) -> tuple[int, int] | None:

@@ -101,7 +101,7 @@ def test_classify_outputs_are_georeferenced_and_match_single_process(synth_dir, 
     # model and write timed; together no more than the cluster's threads over the predict phase
     n_chunks = -(-shape[0] // 100) * -(-shape[1] // 100)
     spent = record["task_seconds"]
-    assert spent["chunks"] == spent["read_chunks"] == n_chunks > 1
+    assert spent["chunks"] == spent["read_chunks"] == n_chunks > 1 and spent["kept_chunks"] == 0
     assert all(spent[k] > 0 for k in ("read", "model", "write")), spent
     threads = record["cluster"]["threads"]
     assert spent["read"] + spent["model"] + spent["write"] <= threads * record["timings_s"]["predict"] + 0.1

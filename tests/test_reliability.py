@@ -146,7 +146,12 @@ def test_client_killed_then_resumed_computes_only_missing_chunks(tmp_path, tiny_
                       "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((out / "big" / "job.json").read_text())
-    assert record["parameters"]["resumed_chunks"] >= done
+    kept = record["parameters"]["resumed_chunks"]
+    assert kept >= done
+    # task time is this run's: the chunks it computed, not the ones it kept
+    assert record["task_seconds"]["chunks"] == 256 - kept
+    assert record["task_seconds"]["kept_chunks"] == kept
+    assert f"in {256 - kept} chunks ({kept} kept from an earlier run)" in resumed.stdout, resumed.stdout
     assert not markers.parent.exists()
 
     fresh = run_cli("classify", scene, "--model", tiny_model, "--out", tmp_path / "fresh",
