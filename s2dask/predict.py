@@ -252,7 +252,6 @@ def block_outputs(predictor: Predictor, block: np.ndarray, *, probabilities: boo
     return out
 
 
-
 def _masked_outputs(predictor, block: np.ndarray, valid: np.ndarray, probabilities: bool) -> np.ndarray:
     """:func:`block_outputs` for the ``valid`` pixels only (rows compacted, results scattered back)."""
     nb, ny, nx = block.shape
