@@ -495,11 +495,12 @@ def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarra
     if futures:
         client, opts = run.client, run.options
         try:
-            for fut in completed(client, futures, timeout=opts.scheduler_timeout, kept=str(job.partial),
-                                 resume=opts.resume_command or "rerun the same command with --resume"):
+            for fut, value in completed(client, futures, timeout=opts.scheduler_timeout,
+                                        kept=str(job.partial),
+                                        resume=opts.resume_command or "rerun the same command with --resume"):
                 if fut.status == "error":
-                    raise _task_error(fut.exception(), job)
-                totals += fut.result().reshape(N_TOTALS)
+                    raise _task_error(value, job)
+                totals += value.reshape(N_TOTALS)
                 bar.update()
         except BaseException as exc:
             if not getattr(exc, "scheduler_lost", False):  # nobody to cancel them with

@@ -151,8 +151,14 @@ def _lost(message: str) -> JobError:
 
 def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
               resume: str = "rerun the same command with --resume", kept: str | None = None,
-              poll: float = 0.2) -> Iterator[Any]:
-    """Yield ``futures`` as they finish, like ``distributed.as_completed``, with a watch.
+              poll: float = 0.2) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(future, value)`` as ``futures`` finish, like ``distributed.as_completed``,
+    with a watch.
+
+    ``value`` is the future's result, or its exception when it erred
+    (``future.status == "error"``); it is fetched under the watch too, so that a scheduler
+    killed while a result is on its way ends in the same one line as one killed between
+    tasks, not in a traceback of the client's closed connection.
 
     Parameters
     ----------
@@ -168,7 +174,8 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
     Raises
     ------
     JobError
-        When the scheduler has not answered for ``timeout`` seconds.
+        When the scheduler has not answered for ``timeout`` seconds, or answers again
+        having lost the job's tasks.
     """
     watch = SchedulerWatch(client, timeout=timeout, resume=resume, kept=kept)
     level = _quiet_client_logs()  # while waiting; left quiet once the scheduler is gone
@@ -181,7 +188,7 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
 
 
 def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept: str | None,
-          poll: float) -> Iterator[Any]:
+          poll: float) -> Iterator[tuple[Any, Any]]:
     from distributed import as_completed
 
     pending = as_completed(list(futures), loop=client.loop)
@@ -192,16 +199,44 @@ def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept
                 if fut.status == "cancelled":
                     lost += 1
                 else:
-                    yield fut
+                    yield fut, _value(client, fut, watch, resume=resume, kept=kept, poll=poll)
             continue
         if pending.is_empty() and not lost:
             return
-        if lost and getattr(client, "status", None) == "running" and watch._probe():
-            raise _lost(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
-                        "(it restarted, or they were cancelled): the finished chunks are kept"
-                        f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
+        if lost and _answers_again(client, watch):
+            raise _lost_tasks(watch, lost, resume=resume, kept=kept)
         watch.check()
         time.sleep(poll)
+
+
+def _value(client, fut, watch: SchedulerWatch, *, resume: str, kept: str | None, poll: float) -> Any:
+    """A finished future's result (an erred one's exception), fetched from its worker through
+    the scheduler. A fetch that fails for the connection (a closed comm, a timeout: both
+    ``OSError``) or because the client cancelled its futures on losing the scheduler leaves
+    the decision to the watch: retried while the scheduler answers, its one line once not."""
+    from concurrent.futures import CancelledError
+
+    while True:
+        try:
+            if fut.status == "error":
+                return fut.exception(timeout=watch.probe_every)
+            return fut.result(timeout=watch.probe_every)
+        except (OSError, CancelledError):
+            if fut.status == "cancelled" and _answers_again(client, watch):
+                raise _lost_tasks(watch, 1, resume=resume, kept=kept) from None
+            watch.check()
+            time.sleep(poll)
+
+
+def _answers_again(client, watch: SchedulerWatch) -> bool:
+    """Whether the client is connected (again) and its scheduler answers."""
+    return getattr(client, "status", None) == "running" and watch._probe()
+
+
+def _lost_tasks(watch: SchedulerWatch, lost: int, *, resume: str, kept: str | None) -> JobError:
+    return _lost(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
+                 "(it restarted, or they were cancelled): the finished chunks are kept"
+                 f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
 
 
 # ------------------------------------------------------------------------ before a job

@@ -27,8 +27,8 @@ def test_scheduler_sigkill_mid_computation_stops_within_bound(tmp_path):
             done, t_kill = [], None
             resume = "s2dask classify scene.tif --model m --out out --resume"
             with pytest.raises(JobError) as err:
-                for fut in completed(client, futures, timeout=5, resume=resume,
-                                     kept="out/.scene.partial"):
+                for fut, _ in completed(client, futures, timeout=5, resume=resume,
+                                        kept="out/.scene.partial"):
                     done.append(futures.index(fut))
                     # the fast task is finished, three are running or queued: kill now
                     os.kill(info.pids["scheduler"], signal.SIGKILL)
@@ -45,6 +45,43 @@ def test_scheduler_sigkill_mid_computation_stops_within_bound(tmp_path):
             t0 = time.monotonic()
             client.close(timeout=5)
             assert time.monotonic() - t0 < 15  # closing a client of a dead scheduler is bounded
+
+
+def test_scheduler_frozen_with_a_result_unfetched_ends_in_one_line(tmp_path):
+    # the results are fetched under the watch: a scheduler that stops answering (frozen, or
+    # cut off without a TCP reset) while a finished chunk's counts are still to be fetched
+    # gives the watch's line within the bound; a plain future.result() would wait forever
+    from distributed import wait
+
+    with local_recipe(tmp_path, n_workers=1, threads=1) as info:
+        client = info.connect(timeout=20)[0]
+        try:
+            fut = client.submit(max, 2, 3, pure=False)
+            wait([fut], timeout=30)
+            os.kill(info.pids["scheduler"], signal.SIGSTOP)
+            t_stop = time.monotonic()
+            with pytest.raises(JobError) as err:
+                list(completed(client, [fut], timeout=3, resume="s2dask classify ... --resume",
+                               kept="out/.scene.partial"))
+            elapsed = time.monotonic() - t_stop
+            assert fut.status == "finished"  # finished, never fetched: the fetch was watched
+            assert 3 <= elapsed < 3 + 6, elapsed
+            msg = str(err.value)
+            assert "\n" not in msg and getattr(err.value, "scheduler_lost", False)
+            assert msg.startswith(f"the Dask scheduler {info.address} is gone (no answer for "), msg
+            assert msg.endswith("finish the job with: s2dask classify ... --resume")
+        finally:
+            os.kill(info.pids["scheduler"], signal.SIGKILL)
+            client.close(timeout=5)
+
+
+def test_completed_yields_each_result_or_exception(cluster_client):
+    futures = [cluster_client.submit(max, 2, 3, pure=False),
+               cluster_client.submit(int, "not a number", pure=False)]
+    got = {futures.index(fut): (fut.status, value) for fut, value in completed(cluster_client, futures)}
+    assert got[0] == ("finished", 3)
+    status, error = got[1]
+    assert status == "error" and isinstance(error, ValueError) and "not a number" in str(error)
 
 
 def test_watch_arguments():
