@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -64,7 +65,24 @@ def fresh_bucket(client, name: str) -> Iterator[str]:
     try:
         yield name
     finally:
+        _remove_bucket(client, name)
+
+
+def _remove_bucket(client, name: str, *, within: float = 30.0) -> None:
+    """Empty bucket ``name`` and delete it. A job stopped by an error cancels its chunk tasks,
+    but those already running on a worker finish and write their chunk: empty it again until
+    it can be deleted (``within`` seconds)."""
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + within
+    while True:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
             for obj in page.get("Contents", []):
                 client.delete_object(Bucket=name, Key=obj["Key"])
-        client.delete_bucket(Bucket=name)
+        try:
+            client.delete_bucket(Bucket=name)
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "BucketNotEmpty" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
