@@ -196,24 +196,32 @@ def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept
     while True:
         if pending.has_ready():
             for fut in pending.next_batch(block=False):
-                if fut.status == "cancelled":
+                value = _LOST if fut.status == "cancelled" else _value(fut, watch, poll=poll)
+                if value is _LOST:
                     lost += 1
                 else:
-                    yield fut, _value(client, fut, watch, resume=resume, kept=kept, poll=poll)
+                    yield fut, value
             continue
         if pending.is_empty() and not lost:
             return
-        if lost and _answers_again(client, watch):
-            raise _lost_tasks(watch, lost, resume=resume, kept=kept)
+        if lost and getattr(client, "status", None) == "running" and watch._probe():
+            raise _lost(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
+                        "(it restarted, or they were cancelled): the finished chunks are kept"
+                        f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
         watch.check()
         time.sleep(poll)
 
 
-def _value(client, fut, watch: SchedulerWatch, *, resume: str, kept: str | None, poll: float) -> Any:
+#: :func:`_value` of a future the client cancelled while its value was being fetched
+_LOST = object()
+
+
+def _value(fut, watch: SchedulerWatch, *, poll: float) -> Any:
     """A finished future's result (an erred one's exception), fetched from its worker through
     the scheduler. A fetch that fails for the connection (a closed comm, a timeout: both
-    ``OSError``) or because the client cancelled its futures on losing the scheduler leaves
-    the decision to the watch: retried while the scheduler answers, its one line once not."""
+    ``OSError``) is retried while the watch lets it (its one line once the scheduler has not
+    answered for its timeout); a future the client cancelled meanwhile, on losing the
+    scheduler, is :data:`_LOST`, counted by :func:`_wait` with the others it cancelled."""
     from concurrent.futures import CancelledError
 
     while True:
@@ -222,21 +230,10 @@ def _value(client, fut, watch: SchedulerWatch, *, resume: str, kept: str | None,
                 return fut.exception(timeout=watch.probe_every)
             return fut.result(timeout=watch.probe_every)
         except (OSError, CancelledError):
-            if fut.status == "cancelled" and _answers_again(client, watch):
-                raise _lost_tasks(watch, 1, resume=resume, kept=kept) from None
+            if fut.status == "cancelled":
+                return _LOST
             watch.check()
             time.sleep(poll)
-
-
-def _answers_again(client, watch: SchedulerWatch) -> bool:
-    """Whether the client is connected (again) and its scheduler answers."""
-    return getattr(client, "status", None) == "running" and watch._probe()
-
-
-def _lost_tasks(watch: SchedulerWatch, lost: int, *, resume: str, kept: str | None) -> JobError:
-    return _lost(f"the Dask scheduler {watch.address} lost {lost} of the job's tasks "
-                 "(it restarted, or they were cancelled): the finished chunks are kept"
-                 f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
 
 
 # ------------------------------------------------------------------------ before a job
