@@ -54,6 +54,7 @@ from .ledger import (
     N_TOTALS,
     PARAMS_FILE,
     check_resumable,
+    chunk_id,
     chunk_totals,
     clear_ledger,
     read_ledger,
@@ -432,7 +433,7 @@ def _submit(job: _SceneJob, run: _Run, previous: _Flight | None) -> _Flight:
                               options=opts, mask=job.mask.chunk, name=job.scene_id)
     nyb, nxb = blocks.shape
     done, totals = read_ledger(markers)
-    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if f"{iy}_{ix}" not in done]
+    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if chunk_id(iy, ix) not in done]
     futures = run.client.compute(todo) if todo else []
     return _Flight(job, store, markers, ident, (nyb, nxb), done, totals, futures, t0, previous)
 

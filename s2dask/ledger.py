@@ -25,7 +25,7 @@ from .storage import Location, atomic_write_text
 
 __all__ = ["N_COUNTS", "N_MASK_CODES", "N_TOTALS", "PARAMS_FILE", "MARKERS_DIR", "TASK_STEPS",
            "write_marker", "read_marker", "read_ledger", "check_resumable", "clear_ledger",
-           "chunk_totals", "recorded_chunks"]
+           "chunk_totals", "recorded_chunks", "chunk_id"]
 
 #: bincount length: every uint8 class value, 255 = nodata
 N_COUNTS = 256
@@ -70,7 +70,7 @@ def write_marker(markers: Location, chunk: tuple[int, int], y: tuple[int, int], 
     if seconds is not None:
         record["seconds"] = {k: (None if v is None else round(float(v), 4)) for k, v in seconds.items()}
     text = json.dumps(record)
-    atomic_write_text(markers.join(f"{iy}_{ix}.json"), text)
+    atomic_write_text(markers.join(f"{chunk_id(iy, ix)}.json"), text)
 
 
 def read_marker(text: str) -> np.ndarray:
@@ -84,12 +84,22 @@ def read_marker(text: str) -> np.ndarray:
     return counts
 
 
+def chunk_id(iy: int, ix: int) -> str:
+    """``"iy_ix"``: how the ledger names chunk ``(iy, ix)`` (its marker is ``iy_ix.json``)."""
+    return f"{iy}_{ix}"
+
+
+def _marker_chunk(marker: Location) -> str:
+    """The :func:`chunk_id` of a marker."""
+    return marker.name[:-len(".json")]
+
+
 def read_ledger(markers: Location) -> tuple[set[str], np.ndarray]:
     """``({"iy_ix", ...}, summed class and mask code counts)`` of the chunks already done."""
     done: set[str] = set()
     totals = np.zeros(N_TOTALS, dtype="int64")
     for marker in markers.list("*.json"):
-        done.add(marker.name[:-5])
+        done.add(_marker_chunk(marker))
         totals += read_marker(marker.read_text())
     return done, totals
 
@@ -154,7 +164,7 @@ def chunk_totals(markers: Location, *, kept: Collection[str] = ()) -> tuple[dict
         n = int(data.get("retries") or 0)
         total, retried, most = total + n, retried + (n > 0), max(most, n)
         reasons += [r for r in data.get("retry_reasons") or [] if r not in reasons][:5 - len(reasons)]
-        if marker.name[:-5] in kept:
+        if _marker_chunk(marker) in kept:
             kept_chunks += 1
             continue
         seconds = data.get("seconds") or {}
