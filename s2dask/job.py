@@ -494,20 +494,25 @@ def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarra
     bar = Progress(nyb * nxb, job.scene_id, bool(run.show))
     bar.update(len(done))
     if futures:
-        client, opts = run.client, run.options
         try:
-            for fut, value in completed(client, futures, timeout=opts.scheduler_timeout,
-                                        kept=str(job.partial),
-                                        resume=opts.resume_command or "rerun the same command with --resume"):
+            for fut, value in _watched(run, job, futures):
                 if fut.status == "error":
                     raise _task_error(value, job)
                 totals += value.reshape(N_TOTALS)
                 bar.update()
         except BaseException as exc:
             if not getattr(exc, "scheduler_lost", False):  # nobody to cancel them with
-                client.cancel(futures)
+                run.client.cancel(futures)
             raise
     return done, totals, time.perf_counter() - t0, bool(futures)
+
+
+def _watched(run: _Run, job: _SceneJob, futures: list):
+    """``(future, value)`` as a scene's futures finish, under the scheduler watch
+    (:func:`s2dask.watchdog.completed`) with the job's timeout and ``--resume`` command."""
+    opts = run.options
+    return completed(run.client, futures, timeout=opts.scheduler_timeout, kept=str(job.partial),
+                     resume=opts.resume_command or "rerun the same command with --resume")
 
 
 def _cog_threads(client) -> int:
@@ -534,12 +539,13 @@ def _finish(job: _SceneJob, run: _Run, *, store: Location) -> dict:
         mask_legend=job.mask.legend, layers=cog_layers(opts.uncertainty),
         threads=_cog_threads(run.client), pure=False,
         priority=10)  # before the next scene's queued chunks (s2dask.pipeline)
-    try:
-        report = fut.result()
-    except S2DaskError:
-        raise
-    except Exception as exc:
-        raise _task_error(exc, job) from None
+    # under the scheduler watch like the chunks: a scheduler lost while the COG is written
+    # ends in its one line, not in a wait without end
+    [(_, report)] = _watched(run, job, [fut])
+    if fut.status == "error":
+        if isinstance(report, S2DaskError):
+            raise report
+        raise _task_error(report, job) from None
     if not report["valid"]:
         raise JobError(f"the COG written for {job.source} failed validation: "
                        f"{'; '.join(report['errors'])}")
