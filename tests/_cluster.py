@@ -114,29 +114,57 @@ class RecipeInfo:
 
 def run_or_dump(cmd: list[str], env: dict[str, str], *, timeout: float,
                 run_dir: Path | None = None) -> subprocess.CompletedProcess:
-    """``subprocess.run`` that, on a hang, fails with every thread's stack of the process.
+    """``subprocess.run`` that, on a hang, fails with every thread's stack of the process
+    and of the processes it started.
 
-    The process runs with ``PYTHONFAULTHANDLER=1``; past ``timeout`` it gets SIGABRT, so
-    Python's fault handler writes each thread's traceback to stderr, and the failure shows
-    them (and the tails of ``run_dir``'s cluster logs) instead of a bare timeout.
+    The process runs with ``PYTHONFAULTHANDLER=1`` in a session of its own; past
+    ``timeout`` its whole process group (its embedded cluster's fork server and workers
+    too, which share its stderr) gets SIGABRT, so Python's fault handler writes each
+    thread's traceback to stderr, and the failure shows them, whether the process itself
+    had exited (a descendant holding its output open) and the tails of ``run_dir``'s
+    cluster logs, instead of a bare timeout.
     """
     proc = subprocess.Popen(cmd, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)
+        code = proc.poll()
+        state = "still running" if code is None else f"had exited with {code}; the rest held its output"
+        group = _group(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGABRT)
         try:
             out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
         logs = ""
         for log in sorted((run_dir / "logs").glob("*.log")) if run_dir else []:
             logs += f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise AssertionError(f"{shlex.join(cmd)} hung for {timeout:g} s; its threads:\n{err[-12000:]}"
-                             f"\nstdout: {out[-2000:]}{logs}") from None
+        raise AssertionError(f"{shlex.join(cmd)} hung for {timeout:g} s ({state}); its process group: "
+                             f"{group}; their threads:\n{err[-20000:]}\nstdout: {out[-2000:]}{logs}") from None
+    finally:  # nothing of the group outlives the call
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _group(pgid: int) -> list[str]:
+    """``pid command`` of the live processes in process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[2]) == pgid:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{entry.name} [{stat[0]}] {cmdline[:160].strip()}")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def pid_alive(pid: int) -> bool:
