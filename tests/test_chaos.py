@@ -1,4 +1,5 @@
-"""Chaos on real processes: the scheduler SIGKILLed mid-job, storage answering 503, small
+"""Chaos on real processes: the scheduler SIGKILLed mid-job or frozen while the COG is
+written, storage answering 503, small
 worker memory, workers joining and leaving mid-batch. Every promise holds: identical
 outputs, nothing half-written at final paths, one clear line.
 
@@ -108,6 +109,43 @@ def test_scheduler_sigkill_then_resume_on_a_fresh_scheduler(synth_dir, tiny_mode
     record = json.loads((out / "scene" / "job.json").read_text())
     assert record["parameters"]["resumed_chunks"] == done_before > 0
     assert_same(outputs_of(out / "scene"), reference)
+
+
+def test_scheduler_frozen_while_the_cog_is_written_ends_in_one_line(tiny_model, tmp_path):
+    # the COG's report is waited for under the watch too: a scheduler frozen (SIGSTOP: no TCP
+    # reset) while a worker writes the COG gives the watch's one line within the bound, and
+    # every chunk stays in the partial output (a plain future.result() waited for ever)
+    from s2dask.synthetic import make_scene
+
+    scene = make_scene(tmp_path / "big.tif", size=1536, seed=7, cog=False)
+    out, partial = tmp_path / "out", tmp_path / "out" / ".big.partial"
+    with local_recipe(tmp_path / "cluster", n_workers=1, timeout=60) as info:
+        proc = subprocess.Popen(
+            [*CLI, "classify", str(scene), "--model", str(tiny_model), "--out", str(out), "--chunks", "512",
+             "--uncertainty", "entropy,margin,least", "--scheduler", info.address,
+             "--scheduler-timeout", "3", "-q"],
+            env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while not any(partial.glob("s2dask-cog-*")) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # the worker's COG folder: the chunks are done, the COG is on its way
+            assert proc.poll() is None and any(partial.glob("s2dask-cog-*")), proc.communicate()
+            os.kill(info.pids["scheduler"], signal.SIGSTOP)
+            t_stop = time.monotonic()
+            _, err = proc.communicate(timeout=60)
+            stopped = time.monotonic() - t_stop
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.kill(info.pids["scheduler"], signal.SIGKILL)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"s2dask classify: error: the Dask scheduler {info.address} is gone")
+    assert f"finished chunks are kept in {partial}" in lines[0] and lines[0].endswith("--resume")
+    assert 3 <= stopped < 3 + 12, stopped
+    assert len(list((partial / "chunks").glob("*.json"))) == 9  # all of them: it was the COG's wait
+    assert not (out / "big").exists()
 
 
 # ----------------------------------------------------------------------------- flaky storage
