@@ -1,7 +1,6 @@
 """Chaos on real processes: the scheduler SIGKILLed mid-job or frozen while the COG is
-written, storage answering 503, small
-worker memory, workers joining and leaving mid-batch. Every promise holds: identical
-outputs, nothing half-written at final paths, one clear line.
+written, storage answering 503, small worker memory, workers joining and leaving mid-batch.
+Every promise holds: identical outputs, nothing half-written at final paths, one clear line.
 
 Sizes are small so the file stays well under a minute and a half; the 4096^2 scene under
 1.5 GiB workers is in ``benchmarks/memory.py --limit-check`` (see the README).
