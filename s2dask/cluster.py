@@ -54,6 +54,8 @@ WORKER_PRELOAD = ("s2dask.preload",)
 #: environment: how :mod:`s2dask.preload` knows it is being imported by that very server
 FORK_SERVER_PARENT_ENV = "S2DASK_FORK_SERVER_PARENT"
 _METHOD_KEY = "distributed.worker.multiprocessing-method"
+#: the configuration of the jemalloc that pyarrow's library carries (read when it loads)
+_ARROW_JEMALLOC_ENV = "JE_ARROW_MALLOC_CONF"
 
 
 def start_fork_server() -> bool:
@@ -73,7 +75,9 @@ def start_fork_server() -> bool:
     configured value other than ``spawn``), or where the platform has no fork server.
 
     What the server imports is :mod:`s2dask.preload` (OpenVINO included; TensorFlow never:
-    it is not safe to fork once imported).
+    it is not safe to fork once imported). It forks with no other thread running: the
+    background thread of the jemalloc in pyarrow's library (loaded with pandas) is turned
+    off by ``JE_ARROW_MALLOC_CONF=background_thread:false`` unless that variable is set.
 
     Returns
     -------
@@ -97,6 +101,10 @@ def start_fork_server() -> bool:
     env = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
     os.environ.update({k: str(v) for k, v in env.items()})
     os.environ.setdefault("PYTHONHASHSEED", "6640")  # as a nanny sets it for its workers
+    # one thread in the server when it forks: pyarrow (imported by pandas) loads a jemalloc
+    # that starts a background purging thread, whose state a fork would leave undefined in
+    # every worker (Arrow's default pool is mimalloc: that jemalloc is not used for data)
+    os.environ.setdefault(_ARROW_JEMALLOC_ENV, "background_thread:false")
     os.environ[FORK_SERVER_PARENT_ENV] = str(os.getpid())
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
     dask.config.set({_METHOD_KEY: "forkserver"})

@@ -191,8 +191,10 @@ from s2dask.startup import ClusterStart
 def info():
     import os, sys, threadpoolctl
     blas = sorted({p["num_threads"] for p in threadpoolctl.threadpool_info()})
+    parent = f"/proc/{os.getppid()}/task"  # the fork server (forkserver) or the nanny's process
+    threads = sorted(open(f"{parent}/{t}/comm").read().strip() for t in os.listdir(parent))
     return ["s2dask.worker" in sys.modules, "openvino" in sys.modules, os.environ.get("OMP_NUM_THREADS"),
-            ",".join(map(str, blas))]
+            ",".join(map(str, blas)), ",".join(threads)]
 
 if __name__ == "__main__":  # the CLI's way: the cluster starts in a thread, distributed not imported yet
     import sys
@@ -212,23 +214,29 @@ if __name__ == "__main__":  # the CLI's way: the cluster starts in a thread, dis
 @pytest.mark.parametrize("method", [None, "spawn"])
 def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
     """An embedded cluster's workers are forked from a server that imported the worker side
-    (and OpenVINO) once, with the nanny's environment: BLAS pools of one thread; a start
-    method the user chose is kept. ClusterStart returns once its thread has imported what
-    the start needs (the caller's imports raced it: ``KeyError: 'dask'``, one start in four)."""
+    (and OpenVINO) once and runs one thread, with the nanny's environment: BLAS pools of one
+    thread; a start method the user chose is kept. ClusterStart returns once its thread has
+    imported what the start needs (the caller's imports raced it: ``KeyError: 'dask'``, one
+    start in four)."""
     script = tmp_path / "check.py"
     script.write_text(_FORK_CHECK)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
-                                                            "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD")}
+    env = {k: v for k, v in os.environ.items()  # as a fresh shell has them (an earlier test's
+           if k not in ("OMP_NUM_THREADS", "JE_ARROW_MALLOC_CONF",  # start_fork_server set them)
+                        "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD")}
     if method:
         env["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = method
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    line = proc.stdout.strip().splitlines()[-1]
+    *line, parent_threads = proc.stdout.strip().splitlines()[-1].split()
     if method is None:
-        assert line == "forkserver True True 1 1"
+        assert line == ["forkserver", "True", "True", "1", "1"]
+        # and the server forked it with no other thread running: not Arrow's jemalloc
+        # background thread either (pandas imports pyarrow), which fork() would leave in
+        # an unknown state in the child
+        assert parent_threads == "python", parent_threads
     else:  # spawned: a fresh interpreter that imported neither (yet)
-        assert line == "spawn False False 1 1"
+        assert line == ["spawn", "False", "False", "1", "1"]
 
 
 def test_only_the_fork_server_leaves_without_teardown():
