@@ -154,16 +154,12 @@ def run_or_dump(cmd: list[str], env: dict[str, str], *, timeout: float,
 def _group(pgid: int) -> list[str]:
     """``pid command`` of the live processes in process group ``pgid``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in group_members(pgid):
         try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) == pgid:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found.append(f"{entry.name} [{stat[0]}] {cmdline[:160].strip()}")
-        except (OSError, IndexError, ValueError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
             continue
+        found.append(f"{pid} {cmdline[:160].strip()}")
     return found
 
 

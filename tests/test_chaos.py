@@ -67,6 +67,25 @@ def _wait_markers(folder: Path, n: int, proc, timeout: float = 120) -> int:
     return -1
 
 
+def _scheduler_gone(proc, info, sig: int, partial: Path) -> tuple[str, float]:
+    """Send the recipe's scheduler ``sig`` while the CLI ``proc`` runs; the CLI's one line
+    (checked: exit 2, the watch's words, the partial output kept) and the seconds it took."""
+    try:
+        os.kill(info.pids["scheduler"], sig)
+        t_sig = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        stopped = time.monotonic() - t_sig
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"s2dask classify: error: the Dask scheduler {info.address} is gone")
+    assert f"finished chunks are kept in {partial}" in lines[0] and lines[0].endswith("--resume")
+    return lines[0], stopped
+
+
 def test_scheduler_sigkill_then_resume_on_a_fresh_scheduler(synth_dir, tiny_model, reference,
                                                             tmp_path):
     out = tmp_path / "out"
@@ -76,23 +95,10 @@ def test_scheduler_sigkill_then_resume_on_a_fresh_scheduler(synth_dir, tiny_mode
             [*CLI, "classify", str(scene), "--model", str(tiny_model), "--out", str(out),
              "--chunks", "32", "--scheduler", info.address, "--scheduler-timeout", "4", "-q"],
             env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            have = _wait_markers(out / ".scene.partial" / "chunks", 3, proc)
-            assert have >= 3 and proc.poll() is None, proc.communicate()
-            os.kill(info.pids["scheduler"], signal.SIGKILL)
-            t_kill = time.monotonic()
-            _, err = proc.communicate(timeout=60)
-            stopped = time.monotonic() - t_kill
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        have = _wait_markers(out / ".scene.partial" / "chunks", 3, proc)
+        assert have >= 3 and proc.poll() is None, proc.communicate()
+        line, stopped = _scheduler_gone(proc, info, signal.SIGKILL, out / ".scene.partial")
         assert wait_dead([info.pids["scheduler"]]) == []
-    assert proc.returncode == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    line = lines[0]
-    assert line.startswith(f"s2dask classify: error: the Dask scheduler {info.address} is gone")
-    assert f"finished chunks are kept in {out / '.scene.partial'}" in line
     assert stopped < 4 + 12, stopped  # the timeout, a probe, a poll and closing the client
     assert not (out / "scene").exists()  # nothing at the final path
     command = line.split("finish the job with: ", 1)[1]
@@ -129,19 +135,9 @@ def test_scheduler_frozen_while_the_cog_is_written_ends_in_one_line(tiny_model, 
             while not any(partial.glob("s2dask-cog-*")) and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)  # the worker's COG folder: the chunks are done, the COG is on its way
             assert proc.poll() is None and any(partial.glob("s2dask-cog-*")), proc.communicate()
-            os.kill(info.pids["scheduler"], signal.SIGSTOP)
-            t_stop = time.monotonic()
-            _, err = proc.communicate(timeout=60)
-            stopped = time.monotonic() - t_stop
+            _, stopped = _scheduler_gone(proc, info, signal.SIGSTOP, partial)
         finally:
-            if proc.poll() is None:
-                proc.kill()
             os.kill(info.pids["scheduler"], signal.SIGKILL)
-    assert proc.returncode == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"s2dask classify: error: the Dask scheduler {info.address} is gone")
-    assert f"finished chunks are kept in {partial}" in lines[0] and lines[0].endswith("--resume")
     assert 3 <= stopped < 3 + 12, stopped
     assert len(list((partial / "chunks").glob("*.json"))) == 9  # all of them: it was the COG's wait
     assert not (out / "big").exists()
