@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -149,6 +149,26 @@ def run_or_dump(cmd: list[str], env: dict[str, str], *, timeout: float,
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def wait_while_running(proc: subprocess.Popen, ready: Callable[[], bool], what: str, *,
+                       timeout: float = 120, every: float = 0.05) -> None:
+    """Poll ``ready()`` every ``every`` s until it holds while ``proc`` runs; fail the test,
+    with ``proc``'s stderr, if it ends first, or (killing it) if ``timeout`` s pass
+    (``what``: the awaited state, for the message)."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{shlex.join(map(str, proc.args))} ended (exit {proc.returncode}) before "
+                        f"{what}: {proc.communicate()[1][-3000:]}")
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} within {timeout:g} s")
+        time.sleep(every)
 
 
 def _group(pgid: int) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from _cluster import local_recipe, recipe_env, wait_dead
+from _cluster import local_recipe, recipe_env, wait_dead, wait_while_running
 
 from s2dask.job import classify
 
@@ -57,16 +57,6 @@ def reference(synth_dir, tiny_model, cluster_client, tmp_path_factory):
 # ----------------------------------------------------------------------------- scheduler loss
 
 
-def _wait_markers(folder: Path, n: int, proc, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        have = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
-        if have >= n or proc.poll() is not None:
-            return have
-        time.sleep(0.05)
-    return -1
-
-
 def _scheduler_gone(proc, info, sig: int, partial: Path) -> tuple[str, float]:
     """Send the recipe's scheduler ``sig`` while the CLI ``proc`` runs; the CLI's one line
     (checked: exit 2, the watch's words, the partial output kept) and the seconds it took."""
@@ -95,8 +85,8 @@ def test_scheduler_sigkill_then_resume_on_a_fresh_scheduler(synth_dir, tiny_mode
             [*CLI, "classify", str(scene), "--model", str(tiny_model), "--out", str(out),
              "--chunks", "32", "--scheduler", info.address, "--scheduler-timeout", "4", "-q"],
             env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        have = _wait_markers(out / ".scene.partial" / "chunks", 3, proc)
-        assert have >= 3 and proc.poll() is None, proc.communicate()
+        chunks = out / ".scene.partial" / "chunks"
+        wait_while_running(proc, lambda: len(list(chunks.glob("*.json"))) >= 3, "3 chunk markers")
         line, stopped = _scheduler_gone(proc, info, signal.SIGKILL, out / ".scene.partial")
         assert wait_dead([info.pids["scheduler"]]) == []
     assert stopped < 4 + 12, stopped  # the timeout, a probe, a poll and closing the client
@@ -104,7 +94,7 @@ def test_scheduler_sigkill_then_resume_on_a_fresh_scheduler(synth_dir, tiny_mode
     command = line.split("finish the job with: ", 1)[1]
     argv = shlex.split(command)
     assert argv[:2] == ["s2dask", "classify"] and argv[-1] == "--resume"
-    done_before = len(list((out / ".scene.partial" / "chunks").glob("*.json")))
+    done_before = len(list(chunks.glob("*.json")))
 
     with local_recipe(tmp_path / "second", n_workers=1, timeout=60) as fresh:
         argv[argv.index("--scheduler") + 1] = fresh.address
@@ -131,10 +121,9 @@ def test_scheduler_frozen_while_the_cog_is_written_ends_in_one_line(tiny_model, 
              "--scheduler-timeout", "3", "-q"],
             env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 180
-            while not any(partial.glob("s2dask-cog-*")) and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)  # the worker's COG folder: the chunks are done, the COG is on its way
-            assert proc.poll() is None and any(partial.glob("s2dask-cog-*")), proc.communicate()
+            # the worker's COG folder: the chunks are done, the COG is on its way
+            wait_while_running(proc, lambda: any(partial.glob("s2dask-cog-*")), "the COG folder",
+                               timeout=180, every=0.01)
             _, stopped = _scheduler_gone(proc, info, signal.SIGSTOP, partial)
         finally:
             os.kill(info.pids["scheduler"], signal.SIGKILL)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-from _cluster import run_or_dump
+from _cluster import run_or_dump, wait_while_running
 
 from s2dask.errors import ClusterError, ModelError, OutputExistsError, ParameterError, StorageError
 from s2dask.job import classify
@@ -105,18 +105,6 @@ def test_worker_killed_mid_job_completes_identically(synth_dir, tiny_model, refe
         assert len(counts) == 2 and all(c.get(sha) == 1 for c in counts.values())
 
 
-def _wait_markers(path: Path, n: int, proc, timeout=180) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        k = len(list(path.glob("*.json"))) if path.exists() else 0
-        if k >= n:
-            return k
-        if proc.poll() is not None:
-            pytest.fail(f"classify ended before it could be killed: {proc.stderr.read()}")
-        time.sleep(0.05)
-    pytest.fail("no progress before the deadline")
-
-
 def test_client_killed_then_resumed_computes_only_missing_chunks(tmp_path, tiny_model):
     from s2dask.synthetic import make_scene
 
@@ -128,7 +116,8 @@ def test_client_killed_then_resumed_computes_only_missing_chunks(tmp_path, tiny_
                             start_new_session=True)
     markers = out / ".big.partial" / "chunks"
     try:
-        _wait_markers(markers, 12, proc)
+        wait_while_running(proc, lambda: len(list(markers.glob("*.json"))) >= 12, "12 chunk markers",
+                           timeout=180)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the client and its LocalCluster, at once
         proc.wait(30)
