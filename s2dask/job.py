@@ -76,7 +76,7 @@ from .stac import expand_inputs
 from .startup import ClusterStart, Timeline, deliver_for_job, delivery_options, startup_timings
 from .storage import Location, atomic_write_json, check_output_location, commit_dir, join
 from .task_graph import prediction_graph
-from .watchdog import completed
+from .watchdog import DEFAULT_RESUME, completed
 from .worker import ModelRef, write_rasters
 from .write import layout_zarr
 
@@ -512,7 +512,7 @@ def _watched(run: _Run, job: _SceneJob, futures: list):
     (:func:`s2dask.watchdog.completed`) with the job's timeout and ``--resume`` command."""
     opts = run.options
     return completed(run.client, futures, timeout=opts.scheduler_timeout, kept=str(job.partial),
-                     resume=opts.resume_command or "rerun the same command with --resume")
+                     resume=opts.resume_command or DEFAULT_RESUME)
 
 
 def _cog_threads(client) -> int:

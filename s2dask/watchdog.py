@@ -27,10 +27,12 @@ from typing import Any, Iterable, Iterator
 from .errors import ClusterError, JobError, ParameterError
 
 __all__ = ["SchedulerWatch", "completed", "check_scheduler", "check_timeout",
-           "DEFAULT_SCHEDULER_TIMEOUT"]
+           "DEFAULT_SCHEDULER_TIMEOUT", "DEFAULT_RESUME"]
 
 #: seconds without an answer from the scheduler before a job stops
 DEFAULT_SCHEDULER_TIMEOUT = 60.0
+#: how the watch's line says to finish a job when it is given no exact command
+DEFAULT_RESUME = "rerun the same command with --resume"
 _LOST_STATES = ("connecting", "closing", "closed", "failed")
 
 
@@ -91,7 +93,7 @@ class SchedulerWatch:
     """
 
     def __init__(self, client, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
-                 resume: str = "rerun the same command with --resume", kept: str | None = None,
+                 resume: str = DEFAULT_RESUME, kept: str | None = None,
                  probe_every: float | None = None):
         check_timeout(timeout)
         self.client, self.timeout, self.resume, self.kept = client, float(timeout), resume, kept
@@ -150,7 +152,7 @@ def _lost(message: str) -> JobError:
 
 
 def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
-              resume: str = "rerun the same command with --resume", kept: str | None = None,
+              resume: str = DEFAULT_RESUME, kept: str | None = None,
               poll: float = 0.2) -> Iterator[tuple[Any, Any]]:
     """Yield ``(future, value)`` as ``futures`` finish, like ``distributed.as_completed``,
     with a watch.
