@@ -225,13 +225,13 @@ def model_bundle(seed: int = 0, *, ir: bool = True) -> Path:
     With its OpenVINO IR beside ``model.keras``, as ``s2dask train`` writes it (``ir=False``:
     without, so that workers convert the Keras model themselves).
     """
-    from s2dask.bands import DEFAULT_BANDS
-    from s2dask.synthetic import SYNTHETIC_CLASSES
+    from s2dask.scene.bands import DEFAULT_BANDS
+    from s2dask.scene.synthetic import SYNTHETIC_CLASSES
 
     out = SCRATCH / f"model-{seed}{'-ir' if ir else ''}"
     if (out / "model.json").is_file():
         return out
-    from s2dask.model import build_model, save_bundle
+    from s2dask.model.bundle import build_model, save_bundle
 
     classes = [{"value": c["value"], "name": c["name"], "colour": c["colour"]}
                for c in SYNTHETIC_CLASSES[:N_CLASSES]]
@@ -241,7 +241,7 @@ def model_bundle(seed: int = 0, *, ir: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=scratch()))
     save_bundle(model, tmp, bands=list(DEFAULT_BANDS), classes=classes)
     if ir:
-        from s2dask.openvino_ir import export_ir
+        from s2dask.model.openvino_ir import export_ir
 
         export_ir(tmp, keras_model=model)
     try:
@@ -253,7 +253,7 @@ def model_bundle(seed: int = 0, *, ir: bool = True) -> Path:
 
 def scene(size: int, seed: int = 0) -> Path:
     """A synthetic 10-band uint16 COG of ``size``^2 pixels (cached in the scratch dir)."""
-    from s2dask.synthetic import make_scene
+    from s2dask.scene.synthetic import make_scene
 
     path = scratch("scenes") / f"synthetic-{size}-s{seed}.tif"
     if not path.is_file():
@@ -278,7 +278,7 @@ def job_engine_keywords(engine: str | None, precision: str | None) -> dict:
     """
     import dataclasses
 
-    from s2dask.job import JobOptions
+    from s2dask.job.run import JobOptions
 
     fields = {f.name for f in dataclasses.fields(JobOptions)}
     if "engine" in fields:
@@ -330,13 +330,13 @@ def default_engine(engine: str | None, precision: str | None) -> dict:
     """The engine, precision and batch size the job runs with these options."""
     import dataclasses
 
-    from s2dask.job import JobOptions
-    from s2dask.predict import DEFAULT_BATCH_SIZE
+    from s2dask.job.run import JobOptions
+    from s2dask.model.blocks import DEFAULT_BATCH_SIZE
 
     job_engine_keywords(engine, precision)  # refuses options the job lacks
     if "engine" not in {f.name for f in dataclasses.fields(JobOptions)}:
         return {"engine": "keras", "precision": "fp32", "batch_size": DEFAULT_BATCH_SIZE}
-    from s2dask.engine import DEFAULT_OPENVINO_BATCH_SIZE, resolve
+    from s2dask.model.engines import DEFAULT_OPENVINO_BATCH_SIZE, resolve
 
     ch = resolve(engine or "auto", precision or "auto")
     bs = DEFAULT_OPENVINO_BATCH_SIZE if ch.engine == "openvino" else DEFAULT_BATCH_SIZE

@@ -2,7 +2,7 @@
 
 Naive: in one process, the whole pixel array through ``model.predict(x, batch_size=100)``
 (measured on a subset, per-pixel rates reported) and the same with a large batch.
-s2dask: ``s2dask.job.classify`` of the same synthetic scene, with its own LocalCluster
+s2dask: ``s2dask.job.run.classify`` of the same synthetic scene, with its own LocalCluster
 (default size) and with the chunk sizes given.
 
     python benchmarks/baseline.py [--quick] [--json OUT]
@@ -26,7 +26,7 @@ def naive(scene: Path, model_dir: Path, *, subset: int, large_batch: int, repeat
     """The tutorial's way: read all pixels into (N, 10) and call Keras ``predict``."""
     import rasterio
 
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
 
     t = time.perf_counter()
     with rasterio.open(scene) as src:
@@ -51,7 +51,7 @@ def naive(scene: Path, model_dir: Path, *, subset: int, large_batch: int, repeat
 
 
 def s2dask_e2e(scene: Path, model_dir: Path, *, chunks: int, size: int, engine_kw: dict) -> dict:
-    from s2dask.job import classify
+    from s2dask.job.run import classify
 
     out = C.scratch("baseline-out") / f"c{chunks}"
     shutil.rmtree(out, ignore_errors=True)

@@ -43,7 +43,7 @@ def _busy(stream: list[dict]) -> dict:
 def run_mode(mode: str, scenes: list[Path], model: Path, client, *, threads: int, kw: dict) -> dict:
     from distributed import get_task_stream
 
-    from s2dask.job import classify
+    from s2dask.job.run import classify
 
     out = C.scratch("batch-out") / mode
     shutil.rmtree(out, ignore_errors=True)
@@ -72,8 +72,8 @@ def run_mode(mode: str, scenes: list[Path], model: Path, client, *, threads: int
 def main(argv=None) -> int:
     from distributed import Client, LocalCluster
 
-    from s2dask.cluster import local_cluster_size
-    from s2dask.job import classify
+    from s2dask.job.cluster import local_cluster_size
+    from s2dask.job.run import classify
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenes", type=int, default=8)

@@ -45,7 +45,7 @@ def _aws_env(endpoint: str) -> None:
 def _upload_scenes(n: int, size: int, moto: str) -> list[str]:
     import boto3
 
-    from s2dask.synthetic import make_scene
+    from s2dask.scene.synthetic import make_scene
 
     s3 = boto3.client("s3", endpoint_url=moto)
     s3.create_bucket(Bucket=BUCKET)
@@ -88,7 +88,7 @@ class ChaosLoop(threading.Thread):
 
 
 def _run_batch(urls, model, out, *, client, chunks) -> tuple[float, list]:
-    from s2dask.job import classify
+    from s2dask.job.run import classify
 
     t = time.perf_counter()
     results = classify(urls, str(model), out, chunks=chunks, client=client, progress=False)
@@ -99,7 +99,7 @@ def _equal(a_url: str, b_url: str) -> bool:
     import numpy as np
     import xarray as xr
 
-    from s2dask.storage import storage_options_for
+    from s2dask.io.storage import storage_options_for
 
     a = xr.open_zarr(a_url, storage_options=storage_options_for(a_url))
     b = xr.open_zarr(b_url, storage_options=storage_options_for(b_url))

@@ -1,4 +1,4 @@
-"""End to end: ``s2dask.job.classify`` on synthetic 10-band uint16 COG scenes.
+"""End to end: ``s2dask.job.run.classify`` on synthetic 10-band uint16 COG scenes.
 
 For each scene size: megapixels/s end to end, the job record's time split, the peak
 resident memory (RSS) of every worker process, and, on the same cluster right after the
@@ -79,7 +79,7 @@ def _worker_forward(ref, start_at: float, seconds: float, pixels: int, matmul_n:
 
     import numpy as np
 
-    from s2dask.worker import get_predictor
+    from s2dask.job.worker import get_predictor
 
     pred = get_predictor(ref)
     rng = np.random.default_rng(1)
@@ -110,10 +110,10 @@ def _profile_chunk(ref, scene: str, store: str, chunks: int) -> dict:
 
     import numpy as np
 
-    from s2dask.predict import block_outputs
+    from s2dask.job.worker import get_predictor
+    from s2dask.maps.writers import write_region
+    from s2dask.model.blocks import block_outputs
     from s2dask.scene import open_scene
-    from s2dask.worker import get_predictor
-    from s2dask.write import write_region
 
     pred = get_predictor(ref)
     da_ = open_scene(scene, bands=None, chunks=chunks).data
@@ -155,10 +155,10 @@ def run_scene(size: int, *, workers: int, threads: int, chunks: int, batch_size:
               fwd_seconds: float, matmul_n: int, keep: bool, engine_kw: dict | None = None) -> dict:
     from distributed import Client, LocalCluster
 
-    from s2dask.job import classify
-    from s2dask.model import load_model
-    from s2dask.predict import DEFAULT_BATCH_SIZE
-    from s2dask.worker import ModelRef
+    from s2dask.job.run import classify
+    from s2dask.job.worker import ModelRef
+    from s2dask.model.blocks import DEFAULT_BATCH_SIZE
+    from s2dask.model.bundle import load_model
 
     scene = C.scene(size)
     model = C.model_bundle()
@@ -318,7 +318,7 @@ def main_cli(a, workers: int) -> int:
 
 
 def main(argv=None) -> int:
-    from s2dask.cluster import local_cluster_size
+    from s2dask.job.cluster import local_cluster_size
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="*", default=None, help="scene edges (pixels)")

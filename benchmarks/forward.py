@@ -1,10 +1,10 @@
 """The forward pass jobs run, per engine x precision x batch size, against the machine's
 float32 and bf16 matmul peaks measured in the same run.
 
-Engines: ``keras`` (:class:`s2dask.predict.Predictor`, XLA-compiled, float32) and
-``openvino`` (:class:`s2dask.engine.OpenVINOPredictor`, fp32 and bf16, the class and
+Engines: ``keras`` (:class:`s2dask.model.blocks.Predictor`, XLA-compiled, float32) and
+``openvino`` (:class:`s2dask.model.engines.OpenVINOPredictor`, fp32 and bf16, the class and
 confidence computed in the graph). The default model (10 -> 4x200 -> 5 MLP from
-:func:`s2dask.model.build_model`) is timed on ``forward`` (probabilities) and on
+:func:`s2dask.model.bundle.build_model`) is timed on ``forward`` (probabilities) and on
 ``block_outputs`` (what a job task runs: classes + confidence of a uint16 block).
 
 Rooflines, measured in every round next to the models, same processes and threads:
@@ -53,7 +53,7 @@ def _wait(t: float) -> bool:
 
 def _peaks(threads: int, quick: bool) -> dict:
     """name -> (fn, flop per call): the float32 and bf16 matmul references."""
-    from s2dask.openvino_ir import import_openvino
+    from s2dask.model.openvino_ir import import_openvino
 
     ov = import_openvino()
     import openvino.opset13 as ops
@@ -87,7 +87,7 @@ def _peaks(threads: int, quick: bool) -> dict:
 
 
 def _predictors(spec: dict, bundle) -> dict:
-    from s2dask.engine import OpenVINOPredictor, convert
+    from s2dask.model.engines import OpenVINOPredictor, convert
 
     out, ovm = {}, None
     for it in spec["items"]:
@@ -116,11 +116,11 @@ def child(spec: dict) -> dict:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads, user_api="blas")
-    from s2dask.backend import configure_threads
+    from s2dask.model.backend import configure_threads
 
     configure_threads(threads)  # TF: intra-op = threads, inter-op = 1 (the job path)
-    from s2dask.model import load_model
-    from s2dask.predict import block_outputs
+    from s2dask.model.blocks import block_outputs
+    from s2dask.model.bundle import load_model
 
     bundle = load_model(spec["model"])
     preds = _predictors(spec, bundle)
@@ -213,21 +213,21 @@ t1 = time.perf_counter()
 f = tf.function(lambda x: m(x, training=False), input_signature=[tf.TensorSpec((None, 10), tf.float32)])
 ov.Core().compile_model(ov.convert_model(f.get_concrete_function()), 'CPU')
 """,
-    "convert: keras model.export(format='openvino') (s2dask.engine.convert)": """
+    "convert: keras model.export(format='openvino') (s2dask.model.engines.convert)": """
 import keras
-from s2dask import engine as E
+from s2dask.model import engines as E
 m = keras.saving.load_model(MODEL + '/model.keras', compile=False)
 t1 = time.perf_counter()
 E.OpenVINOPredictor(E.convert(m), json.load(open(MODEL + '/model.json')), precision='bf16')
 """,
-    "stored IR: s2dask.engine.load_ir (no TensorFlow)": """
-from s2dask import engine as E
+    "stored IR: s2dask.model.engines.load_ir (no TensorFlow)": """
+from s2dask.model import engines as E
 c = json.load(open(MODEL + '/model.json'))
 t1 = time.perf_counter()
 E.OpenVINOPredictor(E.load_ir(MODEL, contract=c), c, precision='bf16')
 """,
     "keras engine: Predictor (XLA compile)": """
-from s2dask.model import load_model
+from s2dask.model.bundle import load_model
 b = load_model(MODEL)
 t1 = time.perf_counter()
 b.predictor(batch_size=8192, engine="keras")
@@ -265,8 +265,13 @@ def main(argv=None) -> int:
         print(json.dumps(child(json.loads(a._child)), default=C._json_default))
         return 0
 
-    from s2dask.engine import BF16_WIDTH_MULTIPLE, DEFAULT_OPENVINO_BATCH_SIZE, bf16_width_multiple, resolve
-    from s2dask.predict import DEFAULT_BATCH_SIZE
+    from s2dask.model.blocks import DEFAULT_BATCH_SIZE
+    from s2dask.model.engines import (
+        BF16_WIDTH_MULTIPLE,
+        DEFAULT_OPENVINO_BATCH_SIZE,
+        bf16_width_multiple,
+        resolve,
+    )
 
     model = str(C.model_bundle())
     default = resolve()
@@ -299,7 +304,7 @@ def main(argv=None) -> int:
                                 "keras_batch_size": DEFAULT_BATCH_SIZE, "openvino_batch_size": ovb,
                                 "bf16_width_multiple": width,
                                 "default_choice": default.record()})
-    from s2dask.openvino_ir import import_openvino
+    from s2dask.model.openvino_ir import import_openvino
 
     openvino = import_openvino()
 

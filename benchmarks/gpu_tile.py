@@ -70,8 +70,8 @@ def gpu_peaks(n: int, seconds: float) -> dict:
 
 def forward_rates(model: Path, batch_sizes: list[int], chunk: int, seconds: float) -> list[dict]:
     """The predictor a worker builds (``engine=auto`` on this device), per batch size."""
-    from s2dask.model import load_model
-    from s2dask.predict import block_outputs
+    from s2dask.model.blocks import block_outputs
+    from s2dask.model.bundle import load_model
 
     bundle = load_model(model)
     rng = np.random.default_rng(0)
@@ -93,7 +93,7 @@ def forward_rates(model: Path, batch_sizes: list[int], chunk: int, seconds: floa
 _CPU_CLASSES = """
 import sys
 import numpy as np
-from s2dask.model import load_model
+from s2dask.model.bundle import load_model
 rows = np.load(sys.argv[2])
 np.save(sys.argv[3], load_model(sys.argv[1]).predict(rows))
 """
@@ -111,7 +111,7 @@ def check_classes(model: Path, size: int, out: Path) -> dict:
 
     import rasterio
 
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
 
     scene = C.scene(size)
     run = C.cli_classify(scene, model, out, keep=True)
@@ -140,13 +140,13 @@ def check_classes(model: Path, size: int, out: Path) -> dict:
 _STARTUP = """
 import json, time
 t0 = time.perf_counter()
-from s2dask.backend import require_keras
+from s2dask.model.backend import require_keras
 keras = require_keras()
 t1 = time.perf_counter()
-from s2dask.backend import worker_devices
+from s2dask.model.backend import worker_devices
 dev = worker_devices()
 t2 = time.perf_counter()
-from s2dask.model import load_model
+from s2dask.model.bundle import load_model
 bundle = load_model(__import__("sys").argv[1])
 model = bundle.keras_model()
 t3 = time.perf_counter()
@@ -184,7 +184,7 @@ def cli_args(layout: str, gpu_threads: int, batch_size: int | None) -> list[str]
 
 
 def main(argv=None) -> int:
-    from s2dask.engine import detect_device
+    from s2dask.model.engines import detect_device
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=10980, help="scene edge in pixels (default a full tile)")

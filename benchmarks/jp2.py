@@ -106,8 +106,8 @@ def _set_gdal_threads(n: int) -> None:
 def profile_chunks(path: Path, model: Path, *, chunks: int, n_chunks: int, gdal_threads: int,
                    engine_kw: dict) -> dict:
     """Read vs block_outputs on the first ``n_chunks`` chunks, one thread (this process)."""
-    from s2dask.model import load_model
-    from s2dask.predict import block_outputs
+    from s2dask.model.blocks import block_outputs
+    from s2dask.model.bundle import load_model
     from s2dask.scene import open_scene
 
     _set_gdal_threads(gdal_threads)
@@ -151,7 +151,7 @@ def _worker_gdal_threads(n: int) -> None:
 
 def run_job(client, safe: Path, model: Path, *, chunks: int, gdal_threads: int, engine_kw: dict,
             label: str) -> dict:
-    from s2dask.job import classify
+    from s2dask.job.run import classify
 
     client.run(_worker_gdal_threads, gdal_threads)
     out = C.scratch("jp2-out") / label
@@ -169,7 +169,7 @@ def run_job(client, safe: Path, model: Path, *, chunks: int, gdal_threads: int, 
 
 
 def main(argv=None) -> int:
-    from s2dask.cluster import local_cluster_size
+    from s2dask.job.cluster import local_cluster_size
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=4096, help="10 m edge in pixels (10980: a full tile)")

@@ -36,7 +36,7 @@ def labelled_pixels(points_csv: Path, map_dir: Path) -> tuple[np.ndarray, np.nda
     """``(rows, cols, labels)`` of the unique labelled pixels (majority label of their points)."""
     import pandas as pd
 
-    from s2dask.maps import open_map
+    from s2dask.maps.layers import open_map
 
     src, _ = open_map(map_dir)
     df = pd.read_csv(points_csv)
@@ -49,7 +49,7 @@ def labelled_pixels(points_csv: Path, map_dir: Path) -> tuple[np.ndarray, np.nda
 
 def pixel_accuracy(map_dir: Path, pixels) -> float:
     """Share of the labelled pixels whose mapped class equals their label."""
-    from s2dask.maps import open_map
+    from s2dask.maps.layers import open_map
 
     src, _ = open_map(map_dir)
     rows, cols, labels = pixels
@@ -61,7 +61,7 @@ def label_design(design_gpkg: Path, pixels, out: Path, map_dir: Path) -> tuple[i
     """Fill the ``reference`` column of a design with the labelled pixels' classes; ``(labelled, all)``."""
     import geopandas as gpd
 
-    from s2dask.maps import open_map
+    from s2dask.maps.layers import open_map
 
     src, _ = open_map(map_dir)
     rows, cols, labels = pixels

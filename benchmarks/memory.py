@@ -1,11 +1,11 @@
 """Memory of a prediction task per chunk pixel, and a run under a small worker memory limit.
 
-For each chunk edge: ``s2dask.job.classify`` on a synthetic scene of 4 x 4 chunks (edge
+For each chunk edge: ``s2dask.job.run.classify`` on a synthetic scene of 4 x 4 chunks (edge
 2048: 2 x 2) on a LocalCluster of ONE single-threaded worker process. The worker's RSS is
 sampled every 20 ms; its baseline is taken after a warm-up job (Python, Dask, the
 backend and the compiled model all resident), so ``peak - baseline`` is what one task at
 a time costs. ``bytes_per_chunk_pixel = (peak - baseline) / edge^2`` is the figure behind
-:func:`s2dask.memory.max_chunk_edge`.
+:func:`s2dask.job.memory.max_chunk_edge`.
 
     python benchmarks/memory.py                          # edges 256 512 1024 2048
     python benchmarks/memory.py --edges 512 --probabilities
@@ -64,7 +64,7 @@ def measure(edge: int, *, probabilities: bool, size: int | None = None) -> dict:
 
     from distributed import Client, LocalCluster
 
-    from s2dask.job import classify
+    from s2dask.job.run import classify
 
     size = size or (2 * edge if edge >= 2048 else max(4 * edge, 1024))
     scene, warm = C.scene(size), C.scene(256)
@@ -95,7 +95,7 @@ def limit_check(limit: str, *, size: int, workers: int) -> dict:
     """Default options on ``size``^2 with workers of memory limit ``limit``: completes, no kill."""
     from distributed import Client, LocalCluster
 
-    from s2dask.job import classify
+    from s2dask.job.run import classify
 
     scene, model = C.scene(size), C.model_bundle()
     out = C.scratch("memory-limit-out")
@@ -125,13 +125,13 @@ def limit_check(limit: str, *, size: int, workers: int) -> dict:
 _ENGINE_RSS = """
 import json, sys
 import numpy as np, dask, distributed, xarray, zarr, rasterio, psutil  # a worker's stack
-from s2dask.model import load_model
+from s2dask.model.bundle import load_model
 engine, bundle = sys.argv[1], sys.argv[2]
 b = load_model(bundle, check_keras=False)
 x = np.random.default_rng(0).integers(0, 3000, (4 * 8192, 10)).astype("float32")
 if engine == "openvino":
-    from s2dask.engine import get_openvino_predictor
-    from s2dask.openvino_ir import load_ir
+    from s2dask.model.engines import get_openvino_predictor
+    from s2dask.model.openvino_ir import load_ir
     pred = get_openvino_predictor(b.sha256, b.contract, lambda: load_ir(bundle), precision="fp32",
                                   batch_size=8192, threads=1)
 else:
@@ -144,11 +144,11 @@ print(json.dumps({"engine": engine, "rss_bytes": psutil.Process().memory_info().
 
 def engine_baselines() -> dict:
     """RSS of a fresh process with a worker's imports, the model built and one warm batch,
-    per engine (s2dask.engine directly: OpenVINO from the bundle's stored IR, no TensorFlow).
+    per engine (s2dask.model.engines directly: OpenVINO from the bundle's stored IR, no TensorFlow).
 
     The Dask worker itself adds to this: the TensorFlow figure here against the 1.05 GiB
     measured in a real worker gives that overhead, added to the OpenVINO figure for
-    :data:`s2dask.memory.OPENVINO_BASELINE_BYTES`.
+    :data:`s2dask.job.memory.OPENVINO_BASELINE_BYTES`.
     """
     import json
     import subprocess

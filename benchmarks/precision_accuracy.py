@@ -6,8 +6,8 @@ with ``s2dask grid-to-raster grid_data.csv`` (both cached in the scratch dir), t
 classifies every valid pixel of the scene and the test split of the same split (same
 method and seed as training) with:
 
-- ``keras fp32``: :class:`s2dask.predict.Predictor` (the reference);
-- ``openvino fp32`` and ``openvino bf16``: :class:`s2dask.engine.OpenVINOPredictor`;
+- ``keras fp32``: :class:`s2dask.model.blocks.Predictor` (the reference);
+- ``openvino fp32`` and ``openvino bf16``: :class:`s2dask.model.engines.OpenVINOPredictor`;
 - ``openvino int8`` (``--int8``): NNCF post-training quantisation of the converted model,
   calibrated on the training split's rows, run through the same predictor.
 
@@ -68,7 +68,7 @@ def int8_model(ov_model, x_train: np.ndarray, batch_size: int):
     """NNCF post-training quantisation calibrated on the training rows."""
     import nncf
 
-    from s2dask.openvino_ir import import_openvino
+    from s2dask.model.openvino_ir import import_openvino
 
     ov = import_openvino()
 
@@ -92,10 +92,10 @@ def main(argv=None) -> int:
 
     import rasterio
 
-    from s2dask import engine as E
-    from s2dask.model import load_model
-    from s2dask.predict import block_outputs
-    from s2dask.samples import read_samples, split_samples
+    from s2dask.model.blocks import block_outputs
+    from s2dask.model import engines as E
+    from s2dask.model.bundle import load_model
+    from s2dask.training.samples import read_samples, split_samples
 
     folder = data_dir()
     model_dir, scene = prepare(folder, a.epochs, a.seed)

@@ -1,6 +1,6 @@
 """The same job at 1 and 2 workers, threads against processes, and across chunk sizes.
 
-Every configuration starts its own LocalCluster through ``s2dask.job.classify`` (as the
+Every configuration starts its own LocalCluster through ``s2dask.job.run.classify`` (as the
 CLI does) on the same synthetic scene; speed-ups are against 1 worker x 1 thread
 measured in the same run.
 
@@ -22,7 +22,7 @@ import _common as C  # noqa: E402
 
 def run(scene: Path, model: Path, *, size: int, workers: int, threads: int, chunks: int,
         tf_threads: int | None, label: str) -> dict:
-    from s2dask.job import classify
+    from s2dask.job.run import classify
 
     out = C.scratch("scaling-out") / label.replace(" ", "_")
     shutil.rmtree(out, ignore_errors=True)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     if a.quick:
         configs = [("1w x 1t, tf 1", 1, 1, 128, 1), ("2w x 1t (default)", 2, 1, 128, None)]
     scene, model = C.scene(size), C.model_bundle()
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
 
     load_model(model).keras_model()  # import the backend now, not in the first config's "open"
     data = C.header("scaling", {"size": size, "configs": [c[0] for c in configs],

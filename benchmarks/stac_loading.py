@@ -12,9 +12,9 @@ offset -0.1) pointing at them. Then, for chunks of 2048 x 2048:
   closure of one output chunk, how many of them are separate per-band reads that must be
   gathered into the prediction task (and their bytes: what crosses the network when they ran
   on other workers), time and traced peak memory to compute one chunk;
-* s2dask: the item parsed by :mod:`s2dask.stac`, opened through its read plan like a band
+* s2dask: the item parsed by :mod:`s2dask.scene.stac_catalog`, opened through its read plan like a band
   folder by :func:`s2dask.open_scene` (the band files carry band names), one task per chunk
-  reading all its bands; the SCL read inside the prediction task (:class:`s2dask.mask.MaskReader`)
+  reading all its bands; the SCL read inside the prediction task (:class:`s2dask.scene.mask.MaskReader`)
   adds no task. Same figures.
 
     python benchmarks/stac_loading.py                      # -> results/stac_loading.json
@@ -193,9 +193,9 @@ def run_odc(item_path: Path, chunk: int, keys: list[str]) -> dict:
 
 
 def run_own(item_path: Path, chunk: int, bands: list[str]) -> dict:
-    from s2dask.mask import MaskReader, scl_factor
     from s2dask.scene import open_scene
-    from s2dask.stac import open_stac_item, read_plan
+    from s2dask.scene.mask import MaskReader, scl_factor
+    from s2dask.scene.stac_catalog import open_stac_item, read_plan
 
     t = time.perf_counter()
     scene = open_stac_item(item_path)

@@ -33,16 +33,16 @@ __all__ = [
 _LAZY = {
     "S2DaskError": "s2dask.errors",
     "open_scene": "s2dask.scene",
-    "grid_to_raster": "s2dask.grid",
-    "read_samples": "s2dask.samples",
-    "split_samples": "s2dask.samples",
-    "fold_indices": "s2dask.samples",
-    "sample": "s2dask.labels",
-    "train": "s2dask.train",
-    "evaluate": "s2dask.train",
-    "load_model": "s2dask.model",
-    "ModelBundle": "s2dask.model",
-    "classify": "s2dask.job",
+    "grid_to_raster": "s2dask.scene.grid",
+    "read_samples": "s2dask.training.samples",
+    "split_samples": "s2dask.training.samples",
+    "fold_indices": "s2dask.training.samples",
+    "sample": "s2dask.training.labels",
+    "train": "s2dask.training.train",
+    "evaluate": "s2dask.training.train",
+    "load_model": "s2dask.model.bundle",
+    "ModelBundle": "s2dask.model.bundle",
+    "classify": "s2dask.job.run",
 }
 
 

@@ -89,7 +89,7 @@ class RecipeInfo:
         """``distributed.Security`` for a client of this cluster (``None`` without TLS)."""
         if not self.tls:
             return None
-        from s2dask.cluster import make_security
+        from s2dask.job.cluster import make_security
 
         return make_security(ca_file=str(self.ca_file), cert=str(self.cert), key=str(self.key))
 
@@ -106,8 +106,8 @@ class RecipeInfo:
         return ["--tls-ca-file", str(self.ca_file), "--tls-cert", str(self.cert), "--tls-key", str(self.key)]
 
     def connect(self, **kwargs):
-        """``s2dask.cluster.connect`` to this cluster through its scheduler file."""
-        from s2dask.cluster import connect
+        """``s2dask.job.cluster.connect`` to this cluster through its scheduler file."""
+        from s2dask.job.cluster import connect
 
         return connect(scheduler_file=str(self.scheduler_file), security=self.security(), **kwargs)
 
@@ -311,7 +311,7 @@ def make_tiny_model(directory: Path, *, classes: int = 3) -> Path:
     """A deterministic 10-band, ``classes``-class model bundle in ``directory``."""
     import numpy as np
 
-    from s2dask.model import build_model, save_bundle
+    from s2dask.model.bundle import build_model, save_bundle
 
     model = build_model(10, classes, mean=np.full(10, 1000.0), variance=np.full(10, 250_000.0))
     names = ["water", "forest", "field", "urban", "bare"][:classes]

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from s2dask.bands import BAND_NAMES, BANDS
+from s2dask.scene.bands import BAND_NAMES, BANDS
 
 CRS = "EPSG:32617"
 X0, Y0, RES = 677770.0, 4764070.0, 10.0  # upper-left corner of the 10 m grid

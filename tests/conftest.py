@@ -18,8 +18,8 @@ def make_bundle(path: Path, *, samples_csv: Path, units=(16, 16), epochs: int = 
     """Train a small MLP on a labelled CSV, quickly, and save it as a bundle (no train.py)."""
     import pandas as pd
 
-    from s2dask.model import build_model, save_bundle
-    from s2dask.synthetic import SYNTHETIC_CLASSES
+    from s2dask.model.bundle import build_model, save_bundle
+    from s2dask.scene.synthetic import SYNTHETIC_CLASSES
 
     df = pd.read_csv(samples_csv)
     x = df[list(bands)].to_numpy("float32")
@@ -40,7 +40,7 @@ def make_bundle(path: Path, *, samples_csv: Path, units=(16, 16), epochs: int = 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A synthetic 300 x 260 scene (nodata frame) and 1500 labelled points drawn from it."""
-    from s2dask.synthetic import make_samples, make_scene
+    from s2dask.scene.synthetic import make_samples, make_scene
 
     d = tmp_path_factory.mktemp("synthetic")
     make_scene(d / "scene.tif", size=(300, 260), seed=3, nodata_border=4)
@@ -107,7 +107,7 @@ def resigned_copy(src: Path, dst: Path, edit) -> Path:
     import shutil
     import zipfile
 
-    from s2dask.model import sha256_file
+    from s2dask.model.bundle import sha256_file
 
     shutil.copytree(src, dst)
     archive = dst / "model.keras"

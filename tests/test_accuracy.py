@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from _maps import CRS, write_class_tif, write_job_json
 
-from s2dask.accuracy import allocate, assess, design, estimate
 from s2dask.errors import OutputExistsError, ParameterError, SamplesError
+from s2dask.maps.accuracy import allocate, assess, design, estimate
 
 NAMES = ["Deforestation", "Forest gain", "Stable forest", "Stable non-forest"]
 # Olofsson et al. (2014), section 5 (Tables 8-10): sample counts (rows = map) and mapped pixels
@@ -243,8 +243,8 @@ def _write_map(b, folder, prob, *, smooth=None):
     """classes.tif + job.json (+ classes.zarr with the entropy layer) from probabilities."""
     from _maps import write_job_zarr
 
-    from s2dask.smooth import smooth_chunk
-    from s2dask.uncertainty import compute_layers
+    from s2dask.maps.smooth import smooth_chunk
+    from s2dask.maps.uncertainty import compute_layers
 
     folder.mkdir(exist_ok=True)
     valid = b["valid"]
@@ -270,7 +270,7 @@ def test_buffalo_design_then_assess_end_to_end(buffalo, tmp_path):
 
     import pyogrio
 
-    from s2dask.uncertainty import suggest
+    from s2dask.maps.uncertainty import suggest
 
     b = buffalo
     t0 = time.perf_counter()
@@ -325,7 +325,7 @@ def _cli(argv):
     """What s2dask.cli.main does with these subcommands once wired (parse, handler, exit 2)."""
     import argparse
 
-    from s2dask.cli_maps import add_subcommands
+    from s2dask.cli.maps import add_subcommands
     from s2dask.errors import S2DaskError
 
     parser = argparse.ArgumentParser(prog="s2dask")

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from s2dask.errors import OutputExistsError, StorageError
-from s2dask.storage import Location, atomic_write_json, atomic_write_text, commit_dir, staged_file
+from s2dask.io.storage import Location, atomic_write_json, atomic_write_text, commit_dir, staged_file
 
 pytest.importorskip("moto")
 pytest.importorskip("s3fs")

@@ -23,7 +23,7 @@ import pytest
 import xarray as xr
 from _cluster import local_recipe, recipe_env, wait_dead, wait_while_running
 
-from s2dask.job import classify
+from s2dask.job.run import classify
 
 CLI = [sys.executable, "-m", "s2dask.cli"]
 
@@ -35,7 +35,7 @@ def outputs_of(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _options(url: str):
-    from s2dask.storage import storage_options_for
+    from s2dask.io.storage import storage_options_for
 
     return storage_options_for(url) if url.startswith("s3://") else None
 
@@ -110,7 +110,7 @@ def test_scheduler_frozen_while_the_cog_is_written_ends_in_one_line(tiny_model, 
     # the COG's report is waited for under the watch too: a scheduler frozen (SIGSTOP: no TCP
     # reset) while a worker writes the COG gives the watch's one line within the bound, and
     # every chunk stays in the partial output (a plain future.result() waited for ever)
-    from s2dask.synthetic import make_scene
+    from s2dask.scene.synthetic import make_scene
 
     scene = make_scene(tmp_path / "big.tif", size=1536, seed=7, cog=False)
     out, partial = tmp_path / "out", tmp_path / "out" / ".big.partial"
@@ -175,7 +175,7 @@ def test_storage_503s_are_retried_recorded_and_change_nothing(synth_dir, tiny_mo
     s3.upload_file(str(synth_dir / "scene.tif"), "chaos", "in/scene.tif")
     import rasterio
 
-    from s2dask.storage import gdal_env_for
+    from s2dask.io.storage import gdal_env_for
 
     url = "s3://chaos/in/scene.tif"  # GDAL caches the file in this process here: the job's own
     with rasterio.Env(**gdal_env_for(url)), rasterio.open(url) as src:  # open and sample read

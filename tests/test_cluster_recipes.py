@@ -125,7 +125,7 @@ def test_gpu_local_cuda_cluster():
     n = _cuda_gpus()
     if n == 0:
         pytest.skip("no NVIDIA GPU visible (nvidia-smi -L)")
-    from s2dask.cluster import connect
+    from s2dask.job.cluster import connect
 
     client, cluster = connect(gpu=True, dashboard=False)
     try:
@@ -146,7 +146,7 @@ def test_embedded_cluster_on_a_gpu_machine_is_one_worker_with_a_thread_per_core(
     """Not one process per core each starting the backend on the one GPU."""
     from dask.system import CPU_COUNT
 
-    from s2dask.cluster import close_cluster, connect, start_fork_server
+    from s2dask.job.cluster import close_cluster, connect, start_fork_server
 
     # workers fork from the fork server with its environment: start it before the override,
     # so that the workers of later tests do not resolve their engine for a GPU
@@ -170,8 +170,8 @@ def test_embedded_cluster_on_a_gpu_machine_is_one_worker_with_a_thread_per_core(
 def test_gpu_without_dask_cuda_says_how_to_install(monkeypatch):
     import sys
 
-    from s2dask.cluster import connect
     from s2dask.errors import ClusterError
+    from s2dask.job.cluster import connect
 
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import fails as if not installed
     with pytest.raises(ClusterError, match=r"pip install 's2dask\[gpu\]'"):

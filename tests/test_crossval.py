@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tables import separable_table, write_table
 
 from s2dask import cli
-from s2dask.crossval import format_cv_report, summarise_folds
-from s2dask.samples import fold_indices, read_samples
+from s2dask.training.crossval import format_cv_report, summarise_folds
+from s2dask.training.samples import fold_indices, read_samples
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--units", "16", "--dropout", "0", "--patience", "0"]
 

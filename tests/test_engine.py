@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from s2dask import engine as E  # noqa: E402
 from s2dask.errors import ModelError, OutputExistsError, ParameterError  # noqa: E402
-from s2dask.predict import block_outputs  # noqa: E402
+from s2dask.model import engines as E  # noqa: E402
+from s2dask.model.blocks import block_outputs  # noqa: E402
 
 BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
 CLASSES = [{"value": v, "name": f"c{v}"} for v in (1, 2, 3, 4, 7)]
@@ -25,7 +25,7 @@ CLASSES = [{"value": v, "name": f"c{v}"} for v in (1, 2, 3, 4, 7)]
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     """10 bands -> 32 -> 32 -> 5 classes, seeded weights, no training (deterministic, fast)."""
-    from s2dask.model import build_model, save_bundle
+    from s2dask.model.bundle import build_model, save_bundle
 
     model = build_model(10, len(CLASSES), mean=np.full(10, 2000.0), variance=np.full(10, 1.0e6),
                         units=(32, 32), dropout=(0.0, 0.0), seed=7)
@@ -37,7 +37,7 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(bundle_dir):
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
 
     return load_model(bundle_dir)
 
@@ -139,7 +139,7 @@ def test_fp32_equals_keras(bundle, ov_model, block):
 def test_keras_outputs_from_the_backend_equal_the_probabilities(bundle, block, layout):
     """The class, confidence and percent layers the Keras engine computes on its device
     (band-major batches, a ragged last one) are what its probabilities give in numpy."""
-    from s2dask.backend import compile_outputs
+    from s2dask.model.backend import compile_outputs
 
     assert compile_outputs(bundle.keras_model(), 8, 10) is not None  # TensorFlow has one
     pred = bundle.predictor(batch_size=1000, engine="keras")  # 4200 pixels: 5 batches
@@ -239,7 +239,7 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
 
 
 def test_export_ir_and_load_ir(bundle_dir, bundle, ov_model, block, tmp_path):
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
 
     d = _copy_bundle(bundle_dir, tmp_path / "b")
     rec = E.export_ir(d)
@@ -326,7 +326,7 @@ def test_openvino_is_imported_without_its_telemetry(tmp_path):
     """s2dask imports OpenVINO with its import-time Google Analytics event off (a fork per
     worker process otherwise), and leaves the environment as it found it."""
     code = ("import os, sys\n"
-            "from s2dask.openvino_ir import import_openvino\n"
+            "from s2dask.model.openvino_ir import import_openvino\n"
             "import_openvino()\n"
             "import openvino_telemetry.main as m\n"
             "print(m.Telemetry().consent, 'CI' in os.environ, 'openvino' in sys.modules)\n")
@@ -342,7 +342,7 @@ def test_openvino_is_imported_without_its_telemetry(tmp_path):
 def test_bf16_pads_hidden_widths_to_the_matrix_tiles():
     """200-wide dense layers are zero-padded to 224 for bf16 (AMX tiles are 32 wide): the
     same function (bias adds included), a multiple of 32 everywhere, other widths kept."""
-    from s2dask.model import build_model
+    from s2dask.model.bundle import build_model
 
     model = build_model(10, 5, mean=np.full(10, 2000.0), variance=np.full(10, 1.0e6),
                         units=(200, 200), dropout=(0.0, 0.0), seed=3)
@@ -370,7 +370,7 @@ def test_bf16_pads_hidden_widths_to_the_matrix_tiles():
 def test_bf16_pads_widths_only_where_the_cpu_has_amx_tiles():
     """A bf16 predictor pads 200-wide layers to 224 on a CPU with AMX, and keeps them 200
     wide on one with AVX512_BF16 alone; either way it writes the same class map."""
-    from s2dask.model import build_model
+    from s2dask.model.bundle import build_model
 
     flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
     assert E.bf16_width_multiple() == (32 if "amx_bf16" in flags else 1)
@@ -411,7 +411,7 @@ def test_bf16_keeps_the_input_layer_exact():
     if E.cpu_has_bf16()[0]:  # without bf16 units the hint runs float32: nothing is lost
         assert np.all(E.core().compile_model(plain, "CPU", bf16)([rows])[0] == 0.0)
 
-    from s2dask.model import build_model
+    from s2dask.model.bundle import build_model
 
     model = E.convert(build_model(10, 5, mean=np.full(10, 2000.0), variance=np.full(10, 1.0e6),
                                   units=(64, 64), dropout=(0.0, 0.0), seed=5))

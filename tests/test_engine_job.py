@@ -14,10 +14,10 @@ import pytest
 import xarray as xr
 from conftest import TUTORIAL_BANDS, sample_data_dir
 
-from s2dask import engine as E
 from s2dask.errors import ModelError, ParameterError
-from s2dask.job import classify
-from s2dask.model import build_model, load_model, save_bundle
+from s2dask.job.run import classify
+from s2dask.model.bundle import build_model, load_model, save_bundle
+from s2dask.model import engines as E
 from s2dask.scene import open_scene
 
 CLASSES = [{"value": v, "name": f"c{v}"} for v in (1, 2, 3, 4, 5)]
@@ -103,7 +103,7 @@ def test_openvino_workers_import_no_tensorflow(synth_dir, ir_bundle, tmp_path):
 
 
 def test_bundle_without_ir_is_converted_once(synth_dir, cluster_client, tmp_path):
-    from s2dask.worker import build_counts
+    from s2dask.job.worker import build_counts
 
     plain = _bundle(tmp_path / "plain", ir=False)
     for i in range(2):
@@ -158,7 +158,7 @@ def test_fp32_engines_agree_on_buffalo(tmp_path):
     """Keras and OpenVINO in float32 give the same class map on the real Buffalo scene."""
     import pandas as pd
 
-    from s2dask.grid import grid_to_raster
+    from s2dask.scene.grid import grid_to_raster
 
     grid = sample_data_dir() / "grid_data.csv"
     scene = grid_to_raster(grid, tmp_path / "buffalo.tif", crs="EPSG:32617")
@@ -185,15 +185,15 @@ def test_classify_without_client_starts_its_cluster_while_checking(synth_dir, ir
 
 
 _FORK_CHECK = """
-from s2dask.cluster import close_cluster
-from s2dask.startup import ClusterStart
+from s2dask.job.cluster import close_cluster
+from s2dask.job.startup import ClusterStart
 
 def info():
     import os, sys, threadpoolctl
     blas = sorted({p["num_threads"] for p in threadpoolctl.threadpool_info()})
     parent = f"/proc/{os.getppid()}/task"  # the fork server (forkserver) or the nanny's process
     threads = sorted(open(f"{parent}/{t}/comm").read().strip() for t in os.listdir(parent))
-    return ["s2dask.worker" in sys.modules, "openvino" in sys.modules, os.environ.get("OMP_NUM_THREADS"),
+    return ["s2dask.job.worker" in sys.modules, "openvino" in sys.modules, os.environ.get("OMP_NUM_THREADS"),
             ",".join(map(str, blas)), ",".join(threads)]
 
 if __name__ == "__main__":  # the CLI's way: the cluster starts in a thread, distributed not imported yet
@@ -240,12 +240,12 @@ def test_embedded_workers_fork_from_a_preloaded_server(tmp_path, method):
 
 
 def test_only_the_fork_server_leaves_without_teardown():
-    """s2dask.preload makes the fork server of the process named in its environment leave
+    """s2dask.job.preload makes the fork server of the process named in its environment leave
     with os._exit(0) at exit (no teardown while it still holds the client's stdout); any
     other process importing it keeps its own exit code."""
-    from s2dask.cluster import FORK_SERVER_PARENT_ENV
+    from s2dask.job.cluster import FORK_SERVER_PARENT_ENV
 
-    code = "import sys, s2dask.preload; print('imported', flush=True); sys.exit(5)"
+    code = "import sys, s2dask.job.preload; print('imported', flush=True); sys.exit(5)"
     for parent, want in ((str(os.getpid()), 0), (str(os.getpid() + 10**6), 5), (None, 5)):
         env = {k: v for k, v in os.environ.items() if k != FORK_SERVER_PARENT_ENV}
         if parent is not None:

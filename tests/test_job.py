@@ -16,10 +16,10 @@ import xarray as xr
 from _cluster import run_or_dump
 from conftest import make_bundle, sample_data_dir
 
-from s2dask.job import classify
-from s2dask.model import load_model
+from s2dask.job.run import classify
+from s2dask.job.worker import build_counts
+from s2dask.model.bundle import load_model
 from s2dask.scene import open_scene
-from s2dask.worker import build_counts
 
 
 def _scene_pixels(path, bands) -> np.ndarray:
@@ -79,7 +79,7 @@ def test_classify_outputs_are_georeferenced_and_match_single_process(synth_dir, 
         cmap = cog.colormap(1)
         assert cmap[3][:3] == (0x1B, 0x78, 0x37)
         assert json.loads(cog.tags()["CLASS_NAMES"])["5"] == "Water"
-    from s2dask.write import validate_cog
+    from s2dask.maps.writers import validate_cog
 
     valid, errors, _ = validate_cog(out / "classes.tif")
     assert valid, errors
@@ -139,7 +139,7 @@ def test_model_built_once_per_worker_not_per_task(synth_dir, tiny_model, cluster
 def test_task_graph_carries_a_reference_not_the_model(synth_dir, tiny_model):
     import pickle
 
-    from s2dask.worker import ModelRef
+    from s2dask.job.worker import ModelRef
 
     bundle = load_model(tiny_model)
     ref = ModelRef(bundle.sha256, str(tiny_model), 16384)
@@ -229,7 +229,7 @@ def test_buffalo_scene_class_map_equals_one_process_prediction(cluster_client, t
 
 
 def test_default_chunks_give_every_worker_work(synth_dir, tiny_model, cluster_client, tmp_path):
-    from s2dask.job import auto_chunks as _auto_chunks
+    from s2dask.job.run import auto_chunks as _auto_chunks
 
     assert _auto_chunks(10980, 10980) == (2048, 2048)  # 36 tasks on a full tile
     assert _auto_chunks(4096, 4096) == (2048, 2048)

@@ -24,8 +24,8 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box  # no
 
 from s2dask.cli import main  # noqa: E402
 from s2dask.errors import OutputExistsError, ParameterError, SamplesError  # noqa: E402
-from s2dask.labels import plan_reads, sample  # noqa: E402
-from s2dask.samples import Samples, fold_indices, read_samples, split_samples  # noqa: E402
+from s2dask.training.labels import plan_reads, sample  # noqa: E402
+from s2dask.training.samples import Samples, fold_indices, read_samples, split_samples  # noqa: E402
 
 CRS = "EPSG:32617"
 X0, Y0, RES = 600000.0, 5000000.0, 10.0
@@ -289,7 +289,7 @@ def test_sparse_full_tile_reads_only_touched_chunks(tmp_path, cluster_client):
     gpd.GeoDataFrame({"Class_ID": [1, 2, 3, 4, 5]}, geometry=geoms, crs=CRS).to_file(tmp_path / "l.gpkg")
 
     from s2dask.scene import open_scene
-    from s2dask.vector import feature_pixels, labels_in_scene, read_labels
+    from s2dask.training.vector import feature_pixels, labels_in_scene, read_labels
 
     scene = open_scene(path, chunks=1024)
     frame, report = read_labels(tmp_path / "l.gpkg")
@@ -358,7 +358,7 @@ def test_buffalo_points_give_their_csv_bands(buffalo, cluster_client, tmp_path, 
 
 def test_sample_then_train_group_split_end_to_end(tmp_path, capsys):
     pytest.importorskip("tensorflow")
-    from s2dask.synthetic import class_field, make_scene
+    from s2dask.scene.synthetic import class_field, make_scene
 
     scene = make_scene(tmp_path / "scene.tif", size=(192, 192), seed=1, cog=False)
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from rasterio.transform import from_origin  # noqa: E402
 from shapely.geometry import Point, box  # noqa: E402
 
 from s2dask.cli import main  # noqa: E402
-from s2dask.labels import format_summary, sample  # noqa: E402
+from s2dask.training.labels import format_summary, sample  # noqa: E402
 
 CRS = "EPSG:32617"
 X0, Y0, RES, N = 600000.0, 5000000.0, 10.0, 40

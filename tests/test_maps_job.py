@@ -20,11 +20,11 @@ from conftest import make_bundle, sample_data_dir
 
 from s2dask.cli import main
 from s2dask.errors import ParameterError
-from s2dask.job import JobOptions, classify
-from s2dask.model import load_model
+from s2dask.job.run import JobOptions, classify
+from s2dask.maps.smooth import smooth_block
+from s2dask.maps.uncertainty import entropy, least, margin
+from s2dask.model.bundle import load_model
 from s2dask.scene import open_scene
-from s2dask.smooth import smooth_block
-from s2dask.uncertainty import entropy, least, margin
 
 SHAPE = (150, 130)
 #: nodata holes: across the chunk edge at 64 (rows and cols), and on the scene's top and right edges
@@ -33,7 +33,7 @@ HOLES = [(slice(58, 70), slice(60, 67)), (slice(0, 3), slice(20, 45)), (slice(10
 
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory) -> Path:
-    from s2dask.synthetic import make_samples, make_scene
+    from s2dask.scene.synthetic import make_samples, make_scene
 
     d = tmp_path_factory.mktemp("maps")
     tif = make_scene(d / "scene.tif", size=SHAPE, seed=5, nodata_border=0, cog=False)
@@ -164,7 +164,7 @@ def test_layer_cog_has_overviews(tmp_path):
     import dask.array as da
     import rioxarray  # noqa: F401
 
-    from s2dask.write import layout_zarr, validate_cog, write_cog, write_layer
+    from s2dask.maps.writers import layout_zarr, validate_cog, write_cog, write_layer
 
     ny, nx = 1100, 1050
     scene = xr.DataArray(da.zeros((1, ny, nx), dtype="uint16", chunks=(1, 512, 512)), dims=("band", "y", "x"),

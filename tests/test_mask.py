@@ -1,4 +1,4 @@
-"""s2dask.mask: SCL and user masks to codes, alignment with the scene reader, options, grid check."""
+"""s2dask.scene.mask: SCL and user masks to codes, alignment with the scene reader, options, grid check."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ rasterio = pytest.importorskip("rasterio")
 
 from affine import Affine  # noqa: E402
 
-from s2dask import mask as m  # noqa: E402
 from s2dask.errors import ParameterError, SceneError  # noqa: E402
+from s2dask.scene import mask as m  # noqa: E402
 
 CRS = "EPSG:32617"
 X0, Y0 = 600000.0, 5000000.0

@@ -1,11 +1,11 @@
-"""s2dask.memory: the chunk-size rule measured by benchmarks/memory.py, and its one-line refusal."""
+"""s2dask.job.memory: the chunk-size rule measured by benchmarks/memory.py, and its one-line refusal."""
 
 from __future__ import annotations
 
 import pytest
 
 from s2dask.errors import ParameterError
-from s2dask.memory import (
+from s2dask.job.memory import (
     OPENVINO_BASELINE_BYTES,
     baseline_for,
     check_chunks_fit,

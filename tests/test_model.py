@@ -12,7 +12,7 @@ import pytest
 from conftest import resigned_copy
 
 from s2dask.errors import ModelError
-from s2dask.model import inspect_archive, load_model
+from s2dask.model.bundle import inspect_archive, load_model
 
 
 def test_archive_sizes_read_without_keras(tiny_model):
@@ -20,7 +20,7 @@ def test_archive_sizes_read_without_keras(tiny_model):
 
 
 def test_client_validation_imports_no_backend(tiny_model):
-    code = ("import sys; from s2dask.model import load_model; b = load_model(sys.argv[1], check_keras=False); "
+    code = ("import sys; from s2dask.model.bundle import load_model; b = load_model(sys.argv[1], check_keras=False); "
             "print(len(b.bands), 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
                          timeout=120)

@@ -12,9 +12,9 @@ import rasterio
 import xarray as xr
 
 from s2dask.errors import JobError, S2DaskError, SceneError
-from s2dask.job import classify
-from s2dask.pipeline import run_pipelined
-from s2dask.synthetic import make_scene
+from s2dask.job.pipeline import run_pipelined
+from s2dask.job.run import classify
+from s2dask.scene.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import xarray as xr
 from _cluster import run_or_dump, wait_while_running
 
 from s2dask.errors import ClusterError, ModelError, OutputExistsError, ParameterError, StorageError
-from s2dask.job import classify
+from s2dask.job.run import classify
 
 CLI = [sys.executable, "-m", "s2dask.cli"]
 
@@ -64,8 +64,8 @@ def assert_same(got, want):
 def test_worker_killed_mid_job_completes_identically(synth_dir, tiny_model, reference, tmp_path):
     from distributed import Client, LocalCluster
 
-    from s2dask.model import load_model
-    from s2dask.worker import build_counts
+    from s2dask.job.worker import build_counts
+    from s2dask.model.bundle import load_model
 
     sha = load_model(tiny_model).sha256
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -106,7 +106,7 @@ def test_worker_killed_mid_job_completes_identically(synth_dir, tiny_model, refe
 
 
 def test_client_killed_then_resumed_computes_only_missing_chunks(tmp_path, tiny_model):
-    from s2dask.synthetic import make_scene
+    from s2dask.scene.synthetic import make_scene
 
     scene = make_scene(tmp_path / "big.tif", size=512, seed=5, nodata_border=3)
     out = tmp_path / "out"
@@ -248,7 +248,7 @@ def _too_many_classes(model: Path, dst: Path) -> Path:
 def _unsafe(model: Path, dst: Path) -> Path:
     import keras
 
-    from s2dask.model import save_bundle
+    from s2dask.model.bundle import save_bundle
 
     inputs = keras.Input(shape=(10,))
     x = keras.layers.Lambda(lambda t: t * 0.001)(inputs)
@@ -342,7 +342,7 @@ def test_all_nodata_scene_gives_valid_all_nodata_output(tmp_path, tiny_model, cl
     classes, confidence, cog = outputs_of(Path(res.out))
     assert (classes == 255).all() and (confidence == 0).all() and (cog == 255).all()
     assert res.record["statistics"]["nodata_pixels"] == 70 * 50
-    from s2dask.write import validate_cog
+    from s2dask.maps.writers import validate_cog
 
     assert validate_cog(Path(res.out) / "classes.tif")[0]
 
@@ -379,7 +379,7 @@ def test_same_map_for_one_or_two_workers(synth_dir, tiny_model, reference, tmp_p
 
 
 def test_batch_of_20_scenes_with_one_bad(tmp_path, tiny_model, cluster_client):
-    from s2dask.synthetic import make_scene
+    from s2dask.scene.synthetic import make_scene
 
     scenes = [make_scene(tmp_path / "in" / f"s{i:02d}.tif", size=(48 + i, 40), seed=i) for i in range(20)]
     bad = tmp_path / "in" / "s07.tif"
@@ -393,7 +393,7 @@ def test_batch_of_20_scenes_with_one_bad(tmp_path, tiny_model, cluster_client):
     batch = json.loads((tmp_path / "out" / "batch.json").read_text())
     assert [s["status"] for s in batch["scenes"]].count("complete") == 19
     assert batch["scenes"][7]["error"] == failed[0].error
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
     from s2dask.scene import open_scene
 
     bundle = load_model(tiny_model)

@@ -1,4 +1,4 @@
-"""s2dask.retry against real faults: moto's S3 behind a proxy that answers 503 or drops connections.
+"""s2dask.io.retry against real faults: moto's S3 behind a proxy that answers 503 or drops connections.
 
 Every storage call here is real (s3fs/aiobotocore, GDAL's /vsis3/, zarr); only the network
 between them and moto is made unreliable, by tests/_faulty_proxy.py.
@@ -19,9 +19,9 @@ from _cluster import make_tiny_scene  # noqa: E402
 from _faulty_proxy import Fault, FaultyProxy  # noqa: E402
 from _s3 import fresh_bucket, isolate_aws  # noqa: E402
 
-from s2dask import storage  # noqa: E402
 from s2dask.errors import ParameterError, StorageError  # noqa: E402
-from s2dask.retry import (  # noqa: E402
+from s2dask.io import storage  # noqa: E402
+from s2dask.io.retry import (  # noqa: E402
     OTHER,
     PERMANENT,
     TRANSIENT,

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tables import buffalo_dir, separable_table, write_table
 
 from s2dask.errors import SamplesError
-from s2dask.samples import read_samples, split_samples
+from s2dask.training.samples import read_samples, split_samples
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def table(tmp_path):
 
 
 def test_read_csv_canonical_bands_classes_and_hash(table):
-    from s2dask.model import sha256_file
+    from s2dask.model.bundle import sha256_file
 
     s = read_samples(table)
     assert s.X.shape == (3 * 40 * 4, 10) and s.X.dtype == np.float32

@@ -18,9 +18,9 @@ pytest.importorskip("rioxarray")
 import _rasters as R  # noqa: E402
 
 from s2dask import cli  # noqa: E402
-from s2dask.bands import BAND_NAMES  # noqa: E402
 from s2dask.errors import BandError, OutputExistsError, SceneError, StorageError  # noqa: E402
 from s2dask.scene import grid_to_raster, open_scene, scene_summary  # noqa: E402
+from s2dask.scene.bands import BAND_NAMES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -500,7 +500,7 @@ def test_a_cog_with_overviews_is_sampled_from_them(tmp_path):
     from rasterio.enums import Resampling
 
     from s2dask.scene.checks import SAMPLE_GRID, SAMPLE_SIZE, sample_pixels
-    from s2dask.synthetic import make_scene
+    from s2dask.scene.synthetic import make_scene
 
     path = make_scene(tmp_path / "s.tif", size=(520, 500), seed=1)
     windows = sample_pixels(open_scene(path, chunks=256))

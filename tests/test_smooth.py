@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from s2dask.errors import ParameterError
-from s2dask.smooth import MAX_WINDOW, NODATA, check_window, halo_window, smooth_block, smooth_chunk
+from s2dask.maps.smooth import MAX_WINDOW, NODATA, check_window, halo_window, smooth_block, smooth_chunk
 
 
 def _field(k=4, shape=(45, 52), seed=1):

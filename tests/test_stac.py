@@ -1,4 +1,4 @@
-"""s2dask.stac: STAC items, item lists and catalogues parsed into scene records, on real small COGs."""
+"""s2dask.scene.stac_catalog: STAC items, item lists and catalogues parsed into scene records, on real small COGs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ rasterio = pytest.importorskip("rasterio")
 from _stac_fixtures import add_cog_asset, l2a_item, write_cog  # noqa: E402
 
 from s2dask.errors import BandError, SceneError  # noqa: E402
-from s2dask.stac import (  # noqa: E402
+from s2dask.scene.stac_catalog import (  # noqa: E402
     expand_inputs,
     gdal_path,
     is_stac,
@@ -328,7 +328,7 @@ def s3(moto_s3):
 
 
 def test_item_on_s3(s3, tmp_path):
-    from s2dask.storage import gdal_env_for
+    from s2dask.io.storage import gdal_env_for
 
     item = build_item(tmp_path / "local", "es1", bands=("B02", "B05"))
     for key, asset in item.assets.items():
@@ -451,7 +451,7 @@ def test_is_stac_and_paths(tmp_path):
     ({}, None, "S2A_item", None),
 ])
 def test_product_level(tmp_path, props, collection, ident, level):
-    from s2dask.stac import scene_from_item
+    from s2dask.scene.stac_catalog import scene_from_item
 
     item = build_item(tmp_path, "es1", bands=("B02",), scl=False, item_id=ident,
                       properties={"s2:product_type": None, **props})

@@ -20,12 +20,12 @@ from _rasters import CRS, X0, Y0, make_scene
 from _stac_fixtures import add_cog_asset, l2a_item, write_cog
 
 from s2dask import cli
-from s2dask.bands import BANDS
-from s2dask.job import classify
-from s2dask.mask import CLOUD, NODATA, SHADOW, VALID
-from s2dask.model import load_model
+from s2dask.job.run import classify
+from s2dask.job.worker import forward_counts
+from s2dask.model.bundle import load_model
 from s2dask.scene import open_scene
-from s2dask.worker import forward_counts
+from s2dask.scene.bands import BANDS
+from s2dask.scene.mask import CLOUD, NODATA, SHADOW, VALID
 
 pystac = pytest.importorskip("pystac")
 

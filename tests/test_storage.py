@@ -1,4 +1,4 @@
-"""s2dask.storage against a real S3 API: moto's server on loopback, no other network."""
+"""s2dask.io.storage against a real S3 API: moto's server on loopback, no other network."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ pytest.importorskip("boto3")
 from _cluster import make_tiny_scene  # noqa: E402
 from _s3 import fresh_bucket  # noqa: E402
 
-from s2dask import storage  # noqa: E402
 from s2dask.errors import StorageError  # noqa: E402
+from s2dask.io import storage  # noqa: E402
 
 BUCKET = "s2dask-test"
 
@@ -223,7 +223,7 @@ def _check_outputs(fs, out: str, local_scene, model_dir) -> None:
     import rasterio
     import xarray as xr
 
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
 
     with rasterio.open(local_scene) as src:
         data, crs, transform = src.read(), src.crs, src.transform

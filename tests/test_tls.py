@@ -15,8 +15,8 @@ pytest.importorskip("distributed")
 
 from _cluster import BIN, MAKE_CERTS, local_recipe, pid_alive, recipe_env, run_or_dump  # noqa: E402
 
-from s2dask.cluster import connect, make_security  # noqa: E402
 from s2dask.errors import ClusterError  # noqa: E402
+from s2dask.job.cluster import connect, make_security  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_client_with_certificate_flags(tls_cluster):
 
 _CLIENT_SCRIPT = textwrap.dedent("""
     import json, sys
-    from s2dask.cluster import connect
+    from s2dask.job.cluster import connect
     client, _ = connect(scheduler_file=sys.argv[1], timeout=10)
     try:
         workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -211,7 +211,7 @@ def test_classify_cli_on_tls_cluster(tls_cluster, job_inputs, tmp_path):
     import numpy as np
     import rasterio
 
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
 
     scene, model = job_inputs
     proc, _ = _cli([scene, "--model", model, "--out", tmp_path / "out", "--chunks", 32, "-q",

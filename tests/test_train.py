@@ -20,9 +20,9 @@ from _tables import buffalo_dir, separable_table, write_table
 
 from s2dask import cli
 from s2dask.errors import OutputExistsError
-from s2dask.model import load_model, sha256_file
-from s2dask.samples import read_samples, split_samples
-from s2dask.train import evaluate, train
+from s2dask.model.bundle import load_model, sha256_file
+from s2dask.training.samples import read_samples, split_samples
+from s2dask.training.train import evaluate, train
 
 FAST = {"epochs": 25, "batch_size": 32, "units": (64, 64), "dropout": (0.1, 0.1),
         "early_stopping": 8, "verbose": 0}
@@ -158,7 +158,7 @@ def test_existing_model_dir_refused_then_overwritten(trained, tmp_path, capsys):
 
 
 def test_failure_during_training_leaves_nothing(trained, tmp_path, monkeypatch):
-    import s2dask.train as train_mod
+    import s2dask.training.train as train_mod
 
     table, _, _ = trained
 
@@ -205,8 +205,8 @@ def test_buffalo_block_split_short_run(tmp_path):
 def test_metrics_say_what_bf16_does_to_the_test_split(trained):
     """Training scores the test split in bf16 too (the default engine where the CPU has bf16
     matrix units) and reports the change against float32 and the 0.002 bar."""
-    from s2dask.engine import cpu_has_bf16
-    from s2dask.metrics import format_report
+    from s2dask.model.engines import cpu_has_bf16
+    from s2dask.training.metrics import format_report
 
     table, out, metrics = trained
     bf16 = metrics["precision"]["bf16"]

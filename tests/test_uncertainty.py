@@ -7,7 +7,7 @@ import pytest
 from _maps import CRS, write_class_tif, write_job_json, write_job_zarr
 
 from s2dask.errors import OutputExistsError, ParameterError, SceneError
-from s2dask.uncertainty import (
+from s2dask.maps.uncertainty import (
     NODATA,
     cog_name,
     compute_layers,

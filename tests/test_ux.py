@@ -16,7 +16,7 @@ import xarray as xr
 
 from s2dask import cli
 from s2dask.errors import SceneError
-from s2dask.job import classify
+from s2dask.job.run import classify
 from s2dask.scene import open_scene
 
 MODEL_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
@@ -115,7 +115,7 @@ def test_reflectance_floats_refused_unless_tagged_dn(synth_dir, tiny_model, tmp_
     err = _refused(["classify", str(refl), "--model", str(tiny_model), "--out", str(tmp_path / "out")],
                    capsys, tmp_path / "out")
     assert "every sampled value below 2" in err and "rescale it" in err and str(tiny_model) in err
-    from s2dask.model import load_model
+    from s2dask.model.bundle import load_model
     from s2dask.scene.checks import check_fits
 
     tagged = _rewrite(synth_dir / "scene.tif", tmp_path / "dn.tif", dtype="float32", scale=1e-4,
@@ -174,8 +174,8 @@ def test_typos_suggest_the_closest_option_and_subcommand(capsys, tmp_path):
 
 
 def test_default_split_is_leak_free():
-    from s2dask.samples import Samples
-    from s2dask.train import default_split
+    from s2dask.training.samples import Samples
+    from s2dask.training.train import default_split
 
     assert cli.build_parser().parse_args(["train", "t.csv", "--out", "m"]).split == "auto"
     rng = np.random.default_rng(0)
@@ -191,7 +191,8 @@ def test_default_split_is_leak_free():
 
 
 def test_metrics_summary_in_the_job_record(tmp_path):
-    from s2dask.metrics import metrics_summary, plot_history
+    from s2dask.model.bundle import metrics_summary
+    from s2dask.training.metrics import plot_history
 
     (tmp_path / "metrics.json").write_text(json.dumps({
         "evaluated_on": "test split", "overall_accuracy": 0.98, "kappa": 0.97, "n": 100,

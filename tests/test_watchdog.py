@@ -1,4 +1,4 @@
-"""s2dask.watchdog on real processes: a `dask scheduler` SIGKILLed mid-computation, and
+"""s2dask.job.watch on real processes: a `dask scheduler` SIGKILLed mid-computation, and
 addresses where something answers that is not a Dask scheduler."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from _cluster import local_recipe, wait_dead
 
 from s2dask.errors import ClusterError, JobError, ParameterError
-from s2dask.watchdog import SchedulerWatch, check_scheduler, completed
+from s2dask.job.watch import SchedulerWatch, check_scheduler, completed
 
 
 def test_scheduler_sigkill_mid_computation_stops_within_bound(tmp_path):

@@ -22,10 +22,10 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from ..bands import BAND_NAMES, DEFAULT_BANDS, canonical_band, find_band_in_name
-from ..contract import normalise_nodata
 from ..errors import BandError, SceneError
-from ..storage import remote_env, stat
+from ..io.records import normalise_nodata
+from ..io.storage import remote_env, stat
+from .bands import BAND_NAMES, DEFAULT_BANDS, canonical_band, find_band_in_name
 from .integrity import check_complete
 from .reader import BandRead, Grid
 

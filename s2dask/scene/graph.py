@@ -23,7 +23,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import S2DaskError, SceneError
-from ..retry import RetryPolicy
+from ..io.retry import RetryPolicy
 from .formats import Layout, safe_id, select_bands
 from .reader import BlockReader, RasterReader
 
@@ -100,7 +100,7 @@ def block_reader(array: da.Array) -> BlockReader | None:
     """The reader of an array made by :func:`block_graph`, or None for any other array.
 
     A task that needs a window other than its chunk (a chunk plus a halo:
-    :mod:`s2dask.halo`) calls the reader itself instead of gathering neighbouring chunks.
+    :mod:`s2dask.maps.halo`) calls the reader itself instead of gathering neighbouring chunks.
     """
     return _READERS.get(getattr(array, "name", None))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import SceneError
-from ..storage import stat
+from ..io.storage import stat
 
 __all__ = ["MAX_BLOCK_CHECKS", "check_complete"]
 

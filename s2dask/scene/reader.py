@@ -10,7 +10,7 @@ and closes its own rasterio handles (never shared between threads, so no lock), 
 bands onto the finest grid (nearest: exact ``k x k`` replication of the source window;
 bilinear: a ``WarpedVRT`` onto the full target grid, seamless across chunks) and applies the
 processing-baseline offset. Failed HTTP requests of remote files are retried by GDAL itself
-(:mod:`s2dask.retry`), counted, and left for the chunk's marker with the read's duration. It
+(:mod:`s2dask.io.retry`), counted, and left for the chunk's marker with the read's duration. It
 runs on workers.
 """
 
@@ -29,8 +29,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..errors import StorageError, detached
-from ..retry import RetryCounter, RetryPolicy, note_read, read_with_retry
-from ..storage import remote_env
+from ..io.retry import RetryCounter, RetryPolicy, note_read, read_with_retry
+from ..io.storage import remote_env
 
 __all__ = ["READ_ENV", "BandRead", "Grid", "BlockReader", "RasterReader"]
 
