@@ -9,7 +9,9 @@ asked), so the model is never pickled into a task graph.
 
 The task functions of a job live here too: :func:`predict_and_store` (one chunk:
 predict, write its Zarr region, leave its ledger marker) and :func:`write_rasters` (the
-COG and the quick-look, streamed from the Zarr store next to the data).
+COG and the quick-look, streamed from the Zarr store next to the data); and the task of
+:func:`s2dask.predict`, :func:`predict_layers`. Both prediction tasks run one block through
+:func:`predict_block`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from ..model.engines import EngineChoice, build_predictor, describe, detect_devi
 from ..scene.mask import NODATA, VALID, ChunkMask, count_codes
 from .ledger import N_COUNTS, N_TOTALS, write_marker
 
-__all__ = ["ModelRef", "ModelPlugin", "get_predictor", "engine_record", "predict_and_store",
-           "write_rasters", "build_counts", "forward_counts"]
+__all__ = ["ModelRef", "ModelPlugin", "get_predictor", "engine_record", "predict_block", "predict_and_store",
+           "predict_layers", "write_rasters", "build_counts", "forward_counts"]
 
 # ---------------------------------------------------------------- the per-process model cache
 
@@ -212,6 +214,66 @@ class ModelPlugin(WorkerPlugin):
 # ---------------------------------------------------------------- the job's tasks
 
 
+def predict_block(block: np.ndarray, predictor: Any, *, probabilities: bool,
+                  origin: tuple[int, int] = (0, 0), mask: ChunkMask | None = None,
+                  maps: MapSpec | None = None, chunk: tuple[int, int] = (0, 0),
+                  count_as: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The layers of one raw ``(band, y, x)`` block: the per-block code of every prediction path.
+
+    :func:`predict_and_store` (a ``classify`` task) and the tasks of :func:`s2dask.predict`
+    both call it, so their maps cannot drift apart. It finds the block's mask codes, predicts
+    the valid pixels only (a block without one never reaches the forward pass) and marks as
+    nodata what the model's own nodata test refused.
+
+    Parameters
+    ----------
+    block
+        Raw band values in the model's band order; with ``maps.halo`` the block is the chunk
+        plus its halo (:func:`s2dask.maps.halo.halo_array`), and only the chunk's layers are
+        returned.
+    predictor
+        The model's predictor (:func:`get_predictor`).
+    probabilities
+        Also return the per-class probabilities (layers ``2..`` of the stack).
+    origin
+        ``(y0, x0)``: the block's top-left pixel in the scene (where mask rasters are read).
+    mask
+        How the mask codes are found (:class:`s2dask.scene.mask.ChunkMask`; default: no
+        nodata value, no mask rasters).
+    maps
+        Uncertainty layers and smoothing (:class:`s2dask.maps.outputs.MapSpec`), or None.
+    chunk
+        ``(iy, ix)``: the chunk's position in ``maps``'s grid (used with a halo only).
+    count_as
+        Counts the block in :func:`forward_counts` under this key when it is predicted.
+
+    Returns
+    -------
+    (numpy.ndarray, dict, numpy.ndarray)
+        The ``(k, y, x)`` uint8 stack of :func:`s2dask.model.blocks.block_outputs` (classes,
+        confidence [, probabilities]), ``{uncertainty layer name: (y, x) uint8}`` and the
+        ``(y, x)`` uint8 mask codes.
+    """
+    chunk_mask = mask or ChunkMask()
+    halo = maps is not None and maps.halo > 0
+    if halo:  # the codes of the chunk and its halo: masked halo pixels are not smoothed into
+        codes = maps.codes(chunk_mask, block, chunk=chunk)
+    else:
+        codes = chunk_mask.codes(block, *origin)
+    valid = codes == VALID
+    if count_as is not None and valid.any():
+        _FORWARDS[count_as] += 1
+    layers: dict[str, np.ndarray] = {}
+    if maps is None:
+        out = block_outputs(predictor, block, probabilities=probabilities, valid=valid)
+    else:
+        out, layers = maps.outputs(predictor, block, chunk=chunk, probabilities=probabilities, valid=valid)
+        if halo:
+            codes, valid = maps.inner(codes, chunk=chunk), maps.inner(valid, chunk=chunk)
+    codes[valid & (out[0] == OUTPUT_NODATA)] = NODATA  # what the model's own nodata test refused
+    return out, layers, codes
+
+
 def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, markers: Location,
                       probabilities: bool, mask: ChunkMask | None = None, block_info=None,
                       maps: MapSpec | None = None, retry: RetryPolicy | None = None) -> np.ndarray:
@@ -265,22 +327,9 @@ def predict_and_store(block: np.ndarray, *, ref: ModelRef, store: Location, mark
     t_model = time.perf_counter()
     if maps is not None:
         where = maps.location(iy, ix)  # the chunk itself, without its halo
-    predictor = get_predictor(ref)
-    chunk_mask = mask or ChunkMask()
-    if maps is None:
-        codes = chunk_mask.codes(block, where[1][0], where[2][0])
-    else:  # the codes of the chunk and its halo: masked halo pixels are not smoothed into
-        codes = maps.codes(chunk_mask, block, chunk=(iy, ix))
-    valid = codes == VALID
-    if valid.any():
-        _FORWARDS[ref.sha256] += 1
-    layers: dict[str, np.ndarray] = {}
-    if maps is None:
-        out = block_outputs(predictor, block, probabilities=probabilities, valid=valid)
-    else:
-        out, layers = maps.outputs(predictor, block, chunk=(iy, ix), probabilities=probabilities, valid=valid)
-        codes, valid = maps.inner(codes, chunk=(iy, ix)), maps.inner(valid, chunk=(iy, ix))
-    codes[valid & (out[0] == OUTPUT_NODATA)] = NODATA  # what the model's own nodata test refused
+    out, layers, codes = predict_block(block, get_predictor(ref), probabilities=probabilities,
+                                       origin=(where[1][0], where[2][0]), mask=mask, maps=maps,
+                                       chunk=(iy, ix), count_as=ref.sha256)
     if mask is not None and mask.layer:
         layers[MASK] = codes
     counts = np.bincount(out[0].ravel(), minlength=N_COUNTS).astype("int64")
@@ -342,6 +391,35 @@ def _portable(fn: Callable) -> Callable:
         raise detached(error)
 
     return task
+
+
+@_portable
+def predict_layers(block: np.ndarray, *, ref: ModelRef, probabilities: bool, mask: ChunkMask | None = None,
+                   maps: MapSpec | None = None, block_info=None) -> np.ndarray:
+    """One task of :func:`s2dask.predict`: the layers of a ``(..., band, y, x)`` block, stacked.
+
+    Each ``(band, y, x)`` step of the block (one per time step, say) goes through
+    :func:`predict_block`, as a ``classify`` chunk does; only ``ref`` travels with the task.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., k, y, x)`` uint8: classes, confidence, the probabilities when asked, then
+        ``maps.layers`` in their order.
+    """
+    where = block_info[0]["array-location"] if block_info else [(0, 0)] * block.ndim
+    origin = (where[-2][0], where[-1][0])
+    predictor = get_predictor(ref)
+    names = maps.layers if maps is not None else ()
+    k = 2 + (predictor.n_classes if probabilities else 0)
+    out = np.empty((*block.shape[:-3], k + len(names), *block.shape[-2:]), dtype="uint8")
+    for step in np.ndindex(*block.shape[:-3]):
+        stack, layers, _ = predict_block(block[step], predictor, probabilities=probabilities,
+                                         origin=origin, mask=mask, maps=maps, count_as=ref.sha256)
+        out[step][:k] = stack
+        for i, name in enumerate(names):
+            out[step][k + i] = layers[name]
+    return out
 
 
 @_portable
