@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 from _cluster import CLUSTER, TLS_CLIENT_ENV, recipe_constants
@@ -215,18 +216,23 @@ def test_docker_entrypoint_roles():
 
 
 def test_sbatch_script():
+    """Runs anywhere SLURM does: no GPU count or node count fixed, the venv by default, the image
+    only with S2DASK_SIF, TLS on by default (run for real in tests/test_slurm.py)."""
     text = (CLUSTER / "slurm" / "s2dask.sbatch").read_text()
     directives = dict(re.findall(r"^#SBATCH\s+(--[\w-]+)=?(\S*)", text, flags=re.M))
-    assert directives["--gres"].startswith("gpu:") and "--time" in directives
+    assert "--gres" not in directives and directives["--nodes"] == "1" and "--time" in directives
+    assert "S2DASK_GPUS_PER_NODE" in text and "SLURM_GPUS_ON_NODE" in text
     assert re.search(rf"^S2DASK_IMAGE={re.escape(C['S2DASK_IMAGE'])}$", text, flags=re.M)
     assert re.search(rf"^S2DASK_TLS_DIR={re.escape(TLS_DIR)}$", text, flags=re.M)
     assert re.search(r"^run s2dask classify ", text, flags=re.M)
-    assert "dask cuda worker" in text and "--protocol tls" in text
+    assert "dask cuda worker" in text and "dask worker" in text and "--protocol tls" in text
+    assert 'if [ -n "${S2DASK_SIF:-}" ]; then' in text and "S2DASK_VENV" in text
+    assert 'if [ "${S2DASK_TLS:-1}" != 0 ]; then' in text and "make_certs.py" in text
     for name in TLS_ENV:
-        assert f"APPTAINERENV_{name}=" in text
+        assert f"export {name}=" in text
     for key in ("S2DASK_TLS_CA_NAME", "S2DASK_TLS_CERT_NAME", "S2DASK_TLS_KEY_NAME"):
-        assert f"$S2DASK_TLS_DIR/{C[key]}" in text
-    assert "APPTAINERENV_TF_FORCE_GPU_ALLOW_GROWTH=true" in text
+        assert f"$tls_dir/{C[key]}" in text
+    assert "export TF_FORCE_GPU_ALLOW_GROWTH=true" in text
 
 
 def test_jobqueue_spec():
@@ -241,27 +247,45 @@ def test_jobqueue_spec():
     assert len(calls) == 1
     kw = {k.arg: k.value for k in calls[0].keywords}
     assert {"cores", "memory", "processes", "job_extra_directives", "protocol", "security", "python"} <= set(kw)
-    assert ast.literal_eval(kw["job_extra_directives"]) == ["--gres=gpu:1"]
-    assert ast.literal_eval(kw["protocol"]) == "tls://"
     env = next(n.value for n in tree.body if isinstance(n, ast.Assign)
                and any(getattr(t, "id", None) == "WORKER_ENV" for t in n.targets))
     names = {k.value for k in env.keys}
     assert names - {"TF_FORCE_GPU_ALLOW_GROWTH"} <= TLS_ENV and "TF_FORCE_GPU_ALLOW_GROWTH" in names
 
 
-def test_jobqueue_builds_a_cluster_when_dask_jobqueue_is_installed(tmp_path, monkeypatch):
-    pytest.importorskip("dask_jobqueue")
-    import subprocess as sp
-
-    sp.run([str(CLUSTER / "tls" / "make-certs.sh"), str(tmp_path)], check=True, capture_output=True,
-           env={**os.environ, "PYTHON": os.sys.executable})
+def _jobqueue_recipe():
     spec = importlib.util.spec_from_file_location("jobqueue_recipe", CLUSTER / "slurm" / "jobqueue.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    cluster = mod.make_cluster(certs=str(tmp_path))
+    return mod
+
+
+def test_jobqueue_job_scripts(tmp_path, monkeypatch):
+    """CPU jobs in this venv with TLS by default; GPUs and the image only when asked."""
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("S2DASK_DASHBOARD_ADDRESS", ":0")
+    mod = _jobqueue_recipe()
+    certs = mod.make_certs(tmp_path)
+    assert sorted(p.name for p in Path(certs).iterdir()) == ["ca-key.pem", "ca.pem", "cert.pem", "key.pem"]
+    cluster = mod.make_cluster(certs=certs)
     try:
         script = cluster.job_script()
-        assert "--gres=gpu:1" in script and C["S2DASK_IMAGE"] in script
+        assert "--gres" not in script and "apptainer" not in script and os.sys.executable in script
+        assert f"--tls-ca-file {certs}/ca.pem" in script and cluster.scheduler_address.startswith("tls://")
+        assert f"export DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT={certs}/cert.pem" in script
+    finally:
+        cluster.close()
+    cluster = mod.make_cluster(certs=certs, gpus_per_job=2, sif="/shared/s2dask.sif")
+    try:
+        script = cluster.job_script()
+        assert "#SBATCH --gres=gpu:2" in script and "--resources GPU=2" in script
+        assert f"apptainer exec --nv --bind {certs}:{TLS_DIR} /shared/s2dask.sif python" in script
+        assert f"--tls-cert {TLS_DIR}/cert.pem" in script
+    finally:
+        cluster.close()
+    cluster = mod.make_cluster(certs=None)
+    try:
+        assert cluster.scheduler_address.startswith("tcp://") and "--tls" not in cluster.job_script()
     finally:
         cluster.close()
 
