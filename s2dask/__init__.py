@@ -27,7 +27,9 @@ __all__ = [
     "evaluate",
     "load_model",
     "ModelBundle",
+    "bundle",
     "classify",
+    "predict",
 ]
 
 _LAZY = {
@@ -42,7 +44,9 @@ _LAZY = {
     "evaluate": "s2dask.training.train",
     "load_model": "s2dask.model.bundle",
     "ModelBundle": "s2dask.model.bundle",
+    "bundle": "s2dask.model.foreign",
     "classify": "s2dask.job.run",
+    "predict": "s2dask.job.predict_xr",
 }
 
 
