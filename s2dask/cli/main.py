@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import S2DaskError
+from . import models as model_commands
 from .args import chunk_size, positive_int
 from .maps import add_classify_options, add_subcommands
 
@@ -246,10 +247,12 @@ def _cmd_grid_to_raster(args: argparse.Namespace) -> int:
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
-        help="summarise a scene (GeoTIFF, band folder, .SAFE, Zarr) without reading pixels",
+        help="summarise a scene (GeoTIFF, band folder, .SAFE, Zarr) without reading pixels, "
+        "or print a model bundle's card",
     )
     p.add_argument("scene", metavar="SCENE",
-                   help="multi-band GeoTIFF, band folder, .SAFE product, Zarr store or STAC item (FILE#ID)")
+                   help="multi-band GeoTIFF, band folder, .SAFE product, Zarr store or STAC item (FILE#ID); "
+                   "or a model bundle directory")
     _add_bands(p, "select")
     p.add_argument("--chunks", type=positive_int, default=2048, help="spatial chunk edge (default 2048)")
     _add_boa_option(p)
@@ -258,6 +261,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..scene import open_scene, scene_summary
+
+    if model_commands.is_bundle(args.scene):
+        return model_commands.print_card(args.scene)
 
     scene = open_scene(args.scene, bands=_band_list(args.bands), chunks=args.chunks,
                        boa_add_offset=args.boa_add_offset)
@@ -560,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _ADDERS:
         add(sub)
     add_subcommands(sub)
+    model_commands.add_subcommands(sub)
     return parser
 
 

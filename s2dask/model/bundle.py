@@ -32,6 +32,7 @@ from ..io.records import sha256_file
 from ..io.storage import atomic_write_json
 from ..scene.bands import canonical_bands
 from .backend import UNSAFE_MESSAGE, load_keras_model, require_keras
+from .card import MLM_FILE, card, mlm_item
 from .contract import (
     CONTRACT_FILE,
     CONTRACT_VERSION,
@@ -151,7 +152,8 @@ def save_bundle(
     input_scale: str = "dn",
     extra: dict | None = None,
 ) -> dict:
-    """Write ``model.keras`` and ``model.json`` into an existing directory.
+    """Write ``model.keras``, ``model.json`` and ``mlm.json`` (the model's STAC MLM item,
+    :func:`s2dask.model.card.mlm_item`) into an existing directory.
 
     Parameters
     ----------
@@ -203,6 +205,7 @@ def save_bundle(
     }
     contract.update(extra or {})
     atomic_write_json(out / CONTRACT_FILE, contract)
+    atomic_write_json(out / MLM_FILE, mlm_item(contract))
     return contract
 
 
@@ -341,6 +344,11 @@ class ModelBundle:
     @property
     def model_file(self) -> Path:
         return self.path / self.contract.model_file
+
+    @property
+    def card(self) -> dict:
+        """The model card: kind, receptive field and halo, scaling, outputs, source file."""
+        return card(self.contract)
 
     def __repr__(self) -> str:
         return (f"ModelBundle({str(self.path)!r}, bands={self.bands}, "

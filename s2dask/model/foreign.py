@@ -1,0 +1,421 @@
+"""Models made elsewhere: a Keras 3 ``.keras`` file, a legacy HDF5 ``.h5`` (Keras 2, as R
+``keras`` and ``tf.keras`` write it) or a TensorFlow SavedModel directory, turned into a
+bundle that every s2dask command accepts (:func:`bundle`).
+
+The scaling a user applied outside the model (R's ``scale()``: z-scores with the training
+means and standard deviations; or ``x * scale + offset``) is folded into the bundle as
+standard Keras layers in front of the model, and logits get a softmax behind it, so every
+engine and :meth:`~s2dask.model.bundle.ModelBundle.predict` take raw digital numbers, as they
+do for the models ``s2dask train`` writes. Everything is checked on the client before
+anything is written; the bundle is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ModelError, OutputExistsError, ParameterError
+from ..io.records import sha256_file
+from ..io.storage import commit_dir
+from ..scene.bands import canonical_bands
+from .backend import require_keras
+from .contract import normalise_classes
+
+__all__ = ["SOURCE_FORMATS", "OUTPUTS", "Scaling", "source_format", "read_model_file",
+           "read_class_table", "model_kind", "bundle"]
+
+#: the model files :func:`bundle` reads
+SOURCE_FORMATS = ("keras", "h5", "savedmodel")
+#: what a model's output units hold
+OUTPUTS = ("probabilities", "logits")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_FLAG = "--unsafe (unsafe=True in Python)"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The scaling applied to raw band values before the model: ``x * scale + offset``, then
+    ``(x - mean) / std`` per band (each part optional)."""
+
+    #: multiplies every band value (``None``: 1)
+    scale: float | None = None
+    #: added after the scale (``None``: 0)
+    offset: float | None = None
+    #: per-band means of the z-score (``None``: no z-score)
+    mean: tuple[float, ...] | None = None
+    #: per-band standard deviations of the z-score
+    std: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's ``scaling`` entry."""
+        return {"scale": self.scale, "offset": self.offset,
+                "mean": list(self.mean) if self.mean is not None else None,
+                "std": list(self.std) if self.std is not None else None}
+
+    @property
+    def empty(self) -> bool:
+        return self.scale is None and self.offset is None and self.mean is None
+
+
+def source_format(path: str | os.PathLike) -> str:
+    """Which of :data:`SOURCE_FORMATS` ``path`` is, from its content (not its name).
+
+    Raises
+    ------
+    ModelError
+        If it does not exist, is an s2dask bundle already, or is none of them.
+    """
+    path = Path(path)
+    hint = "give a Keras 3 .keras file, a Keras 2 .h5 file or a TensorFlow SavedModel directory"
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist: {hint}")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "savedmodel"
+        if (path / "model.json").is_file():
+            raise ModelError(f"{path} is an s2dask bundle already: give it to 'classify --model' as it is")
+        raise ModelError(f"{path} is a directory without saved_model.pb, not a SavedModel: {hint}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        return "keras"
+    if head == _HDF5_MAGIC:
+        return "h5"
+    raise ModelError(f"{path} is not a model file (neither a .keras archive nor HDF5): {hint}")
+
+
+def _unsafe_layers(config: Any) -> list[str]:
+    """``"Lambda 'name'"`` for each layer of a model configuration that needs unsafe
+    deserialisation: Lambda layers (Python bytecode) and classes from other packages."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            cls = node.get("class_name")
+            module = node.get("module")
+            name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
+            if cls == "Lambda" or (isinstance(cls, str) and isinstance(module, str)
+                                   and not (module == "builtins" or module.startswith("keras"))):
+                found.append(f"{cls} {name!r}" if name else str(cls))
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def _config_of(path: Path, fmt: str) -> Any:
+    try:
+        if fmt == "keras":
+            with zipfile.ZipFile(path) as zf:
+                return json.loads(zf.read("config.json"))
+        if fmt == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+            if raw is None:
+                raise ModelError(f"{path} holds weights only (no model_config): save the whole model, "
+                                 "e.g. save_model_hdf5() in R or model.save('model.h5') in Python")
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path} is not a readable {fmt} model ({type(exc).__name__}: {exc})") from None
+    return None
+
+
+def read_model_file(path: str | os.PathLike, *, unsafe: bool = False) -> tuple[Any, str]:
+    """Load a model file made elsewhere as a Keras 3 model, without compiling it.
+
+    Parameters
+    ----------
+    path
+        A ``.keras`` archive, a legacy ``.h5`` file, or a SavedModel directory written by
+        Keras 2 (``tf.keras`` ``save()``, R's ``save_model_tf()``), read through ``tf_keras``.
+    unsafe
+        Allow layers that need unsafe deserialisation (Lambda layers, custom classes): only
+        for files you trust, since loading them runs their code.
+
+    Returns
+    -------
+    (model, format)
+
+    Raises
+    ------
+    ModelError
+        If the file is none of the formats, needs unsafe deserialisation without ``unsafe``
+        (naming the layer), or cannot be loaded.
+    """
+    path = Path(path)
+    fmt = source_format(path)
+    keras = require_keras()
+    if fmt == "savedmodel":
+        return _read_savedmodel(path, keras, unsafe=unsafe), fmt
+    bad = _unsafe_layers(_config_of(path, fmt))
+    if bad and not unsafe:
+        raise ModelError(f"{path} needs unsafe deserialisation for layer {bad[0]} (it would run code "
+                         f"from the file): rebuild it from standard layers, or pass {_FLAG} if you trust it")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {first})") from None
+    return model, fmt
+
+
+def _read_savedmodel(path: Path, keras, *, unsafe: bool):
+    try:
+        import tf_keras
+    except ImportError:
+        raise ModelError(f"{path} is a SavedModel; reading one needs tf-keras (Keras 2): "
+                         "pip install 's2dask[keras2]'") from None
+    try:
+        old = tf_keras.models.load_model(str(path), compile=False)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path} is a SavedModel without a loadable Keras model ({first}): export it "
+                         "from Keras with model.save() (Python) or save_model_tf() (R)") from None
+    bad = _unsafe_layers(json.loads(old.to_json()))
+    if bad and not unsafe:
+        raise ModelError(f"{path} needs unsafe deserialisation for layer {bad[0]} (it would run code "
+                         f"from the file): rebuild it from standard layers, or pass {_FLAG} if you trust it")
+    with tempfile.TemporaryDirectory(prefix="s2dask-savedmodel-") as d:
+        h5 = Path(d) / "model.h5"
+        old.save(str(h5), save_format="h5")
+        try:
+            return keras.saving.load_model(h5, compile=False, safe_mode=not unsafe)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"{path}: its Keras 2 model does not load in Keras 3 ({first})") from None
+
+
+def read_class_table(path: str | os.PathLike) -> list[dict]:
+    """``value,name[,colour]`` rows (a header row is optional), row *i* naming output unit *i*.
+
+    Raises
+    ------
+    ModelError
+        If the file is missing, empty, or a value is not an integer.
+    """
+    path = Path(path)
+    try:
+        rows = [r for r in csv.reader(path.read_text().splitlines()) if r and any(c.strip() for c in r)]
+    except OSError as exc:
+        raise ModelError(f"class table {path} cannot be read ({exc}): give a CSV of value,name[,colour]") from None
+    if rows and not rows[0][0].strip().lstrip("-").isdigit():
+        rows = rows[1:]  # a header
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            value = int(row[0])
+        except ValueError:
+            raise ModelError(f"class table {path}, row {i + 1}: value {row[0]!r} is not an integer "
+                             "(columns: value,name[,colour])") from None
+        entry: dict[str, Any] = {"value": value, "name": row[1].strip() if len(row) > 1 else str(value)}
+        if len(row) > 2 and row[2].strip():
+            entry["colour"] = row[2].strip()
+        out.append(entry)
+    if not out:
+        raise ModelError(f"class table {path} has no rows: give one row value,name[,colour] per output unit")
+    return out
+
+
+def model_kind(model, *, where: Any) -> dict[str, Any]:
+    """The model's kind from its input and output shapes: ``{"kind": "pixel"}`` for
+    ``(N, bands) -> (N, classes)``.
+
+    Raises
+    ------
+    ModelError
+        For spatial models (patch ``(N, k, k, bands)``, fully convolutional
+        ``(N, H, W, bands)``), which this version does not run yet, and for input ranks
+        s2dask cannot map.
+    """
+    shape_in = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    shape_out = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
+    if shape_in is None or shape_out is None:
+        raise ModelError(f"{where} has several inputs or outputs: s2dask runs models with one input "
+                         "(the bands) and one output (the classes)")
+    if len(shape_in) == 2 and len(shape_out) == 2:
+        return {"kind": "pixel", "window": 1, "receptive_field": 1, "halo": 0}
+    if len(shape_in) == 4:
+        raise ModelError(f"{where} takes {len(shape_in) - 1}-D inputs {shape_in[1:]} (a patch or "
+                         "fully-convolutional model): this s2dask runs pixel models (N, bands) only; "
+                         "spatial models are planned")
+    raise ModelError(f"{where} takes inputs of shape {shape_in[1:]}: s2dask maps pixel models "
+                     "(N, bands) -> (N, classes)")
+
+
+def _floats(values: Sequence[float] | str | None, what: str) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{what} must be numbers separated by commas, got {values!r}") from None
+
+
+def _scaling(bands: list[str], mean, std, scale, offset) -> Scaling:
+    mean, std = _floats(mean, "--mean"), _floats(std, "--std")
+    if (mean is None) != (std is None):
+        raise ParameterError("give --mean and --std together (R: attr(scale(x), 'scaled:center') and "
+                             "'scaled:scale')")
+    if mean is not None:
+        for what, vals in (("--mean", mean), ("--std", std)):
+            if len(vals) != len(bands):
+                raise ParameterError(f"{what} has {len(vals)} values but --bands names {len(bands)} "
+                                     f"bands ({','.join(bands)}): give one per band, in that order")
+        if any(not s > 0 for s in std):
+            raise ParameterError(f"--std values must be > 0, got {','.join(f'{s:g}' for s in std)}")
+    return Scaling(None if scale is None else float(scale), None if offset is None else float(offset),
+                   mean, std)
+
+
+def _wrap(model, scaling: Scaling, outputs: str, keras):
+    """The model with its scaling in front and a softmax behind logits, as standard layers."""
+    if scaling.empty and outputs == "probabilities":
+        return model
+    inp = keras.Input(shape=tuple(model.input_shape[1:]), name="bands", dtype="float32")
+    x = inp
+    if scaling.scale is not None or scaling.offset is not None:
+        x = keras.layers.Rescaling(scaling.scale if scaling.scale is not None else 1.0,
+                                   scaling.offset or 0.0, name="scale_offset")(x)
+    if scaling.mean is not None:
+        x = keras.layers.Normalization(mean=np.asarray(scaling.mean, "float32"),
+                                       variance=np.square(np.asarray(scaling.std, "float32")),
+                                       name="zscore")(x)
+    y = model(x)
+    if outputs == "logits":
+        y = keras.layers.Softmax(name="softmax")(y)
+    return keras.Model(inp, y, name="s2dask_bundle")
+
+
+def _check_probabilities(model, n_bands: int, where: Any) -> None:
+    """Refuse outputs that are not probabilities (rows summing to 1) on a few DN-like rows."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 10000, size=(64, n_bands)).astype("float32")
+    p = np.asarray(model.predict(x, batch_size=64, verbose=0), dtype="float64")
+    if not (np.all(np.isfinite(p)) and np.all(p >= -1e-4) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3)):
+        raise ModelError(f"{where}'s outputs are not probabilities (rows do not sum to 1): if its last "
+                         "layer has no softmax, pass --outputs logits")
+
+
+def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[str] | str,
+           classes: str | os.PathLike | Sequence[dict], mean: Sequence[float] | str | None = None,
+           std: Sequence[float] | str | None = None, scale: float | None = None,
+           offset: float | None = None, outputs: str = "probabilities", input_nodata: float | None = 0,
+           overwrite: bool = False, unsafe: bool = False, extra: dict | None = None):
+    """Turn a model file made elsewhere into an s2dask model bundle.
+
+    Parameters
+    ----------
+    model
+        A Keras 3 ``.keras`` file, a legacy HDF5 ``.h5`` (Keras 2: R ``keras``'s
+        ``save_model_hdf5()``, ``tf.keras``) or a SavedModel directory (R's
+        ``save_model_tf()``, ``tf.keras`` ``save()``; needs ``tf-keras``).
+    out
+        The bundle directory to write.
+    bands
+        Band names in the model's input order (``B02,B03,...``; aliases such as ``B2`` accepted).
+    classes
+        A CSV of ``value,name[,colour]`` (row *i* names output unit *i*; its value is what
+        maps hold), or the rows as dicts.
+    mean, std
+        Per-band z-score statistics applied outside the model in training (R's ``scale()``).
+    scale, offset
+        ``x * scale + offset`` before the model (before the z-score when both are given).
+    outputs
+        ``"probabilities"`` (the default) or ``"logits"`` (a softmax is added).
+    input_nodata
+        The band value that marks a missing pixel (0 for Sentinel-2 digital numbers).
+    overwrite
+        Replace an existing ``out``.
+    unsafe
+        Allow layers that need unsafe deserialisation (only for files you trust).
+    extra
+        More entries for ``model.json``.
+
+    Returns
+    -------
+    ModelBundle
+        The bundle, loaded and checked as :func:`~s2dask.model.bundle.load_model` does.
+
+    Raises
+    ------
+    ModelError
+        If the file is not a model, needs unsafe deserialisation, or its input width or
+        output units disagree with ``bands`` or ``classes``.
+    ParameterError
+        If ``mean``/``std`` do not give one value per band, or ``outputs`` is unknown.
+    OutputExistsError
+        If ``out`` exists and ``overwrite`` is false.
+    """
+    from .bundle import load_model, save_bundle
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists: choose another --out or pass --overwrite")
+    if outputs not in OUTPUTS:
+        raise ParameterError(f"--outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}")
+    try:
+        band_list = canonical_bands(bands)
+    except Exception as exc:
+        raise ParameterError(f"--bands: {exc}") from None
+    table = read_class_table(classes) if isinstance(classes, (str, os.PathLike)) else list(classes)
+    infos = normalise_classes(table)
+    scaling = _scaling(band_list, mean, std, scale, offset)
+    src = Path(model)
+    keras_model, fmt = read_model_file(src, unsafe=unsafe)
+    card = model_kind(keras_model, where=src)
+    n_in, n_out = keras_model.input_shape[-1], keras_model.output_shape[-1]
+    if n_in is not None and n_in != len(band_list):
+        raise ModelError(f"{src} takes {n_in} input values per pixel but --bands names {len(band_list)} "
+                         f"({','.join(band_list)}): name every input band in the model's order")
+    if n_out != len(infos):
+        raise ModelError(f"{src} has {n_out} output units but the class table has {len(infos)} rows: "
+                         "give one row per output unit, in order")
+    wrapped = _wrap(keras_model, scaling, outputs, require_keras())
+    _check_probabilities(wrapped, len(band_list), src)
+    card.update({"scaling": scaling.to_dict(), "outputs": outputs, "source_format": fmt,
+                 "source_file": src.name,
+                 "source_sha256": sha256_file(src) if src.is_file() else _dir_sha256(src)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_bundle(wrapped, tmp, bands=band_list, classes=[c.to_dict() for c in infos],
+                    input_nodata=input_nodata, extra={"card": card, **(extra or {})})
+        commit_dir(tmp, out, overwrite=overwrite,
+                   appeared=f"{out} appeared while the bundle was written: choose another --out or "
+                            "pass --overwrite")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_model(out, check_keras=False)
+
+
+def _dir_sha256(path: Path) -> str:
+    """One sha256 over a directory's files (relative names and contents, sorted)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(path)).encode() + b"\0")
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
