@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from ..scene.bands import canonical_band
 from ..scene.mask import ChunkMask
 from ..scene.stac_item import COMMON_NAMES
 from .worker import ModelRef, predict_layers
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = ["predict", "band_of"]
 
@@ -59,8 +62,9 @@ def band_of(name: Any) -> str | None:
         return None
 
 
-def predict(data, model, *, probabilities: bool = False, uncertainty: str | Sequence[str] = (),
-            engine: str = "auto", precision: str = "auto", batch_size: int | None = None):
+def predict(data: xr.DataArray | xr.Dataset, model: ModelBundle | str | os.PathLike, *,
+            probabilities: bool = False, uncertainty: str | Sequence[str] = (), engine: str = "auto",
+            precision: str = "auto", batch_size: int | None = None) -> xr.Dataset:
     """Classify the Sentinel-2 data you hold in xarray; lazy when the data is dask-backed.
 
     The model's bands are picked from ``data`` by name, in the model's order. Values are used
@@ -134,6 +138,9 @@ def predict(data, model, *, probabilities: bool = False, uncertainty: str | Sequ
         arr = stack.chunk({d: (-1 if d == "band" else EAGER_CHUNK) for d in stack.dims}).data
     ref = _deliver(bundle, engine=engine, precision=precision, batch_size=batch_size)
     ny, nx = arr.shape[-2:]
+    # a spatial model's halo would come in here: regular chunks, the blocks read with
+    # da.map_overlap (depth h on y/x, the nodata value outside) and a MapSpec of halo h, so that
+    # predict_block predicts the chunk and its halo and returns the chunk only
     maps = map_spec(uncertainty=kinds, smooth=1, chunks=(arr.chunks[-2][0], arr.chunks[-1][0]),
                     shape=(ny, nx))
     nodata = stack.attrs.get("nodata")
