@@ -114,9 +114,11 @@ def test_odc_stac_load_with_a_time_dimension_equals_classify(synth_dir, tiny_mod
                                                              expected, tmp_path):
     pystac = pytest.importorskip("pystac")
     odc_stac = pytest.importorskip("odc.stac")
-    items = [pystac.Item.from_dict(_write_item(tmp_path, synth_dir / "scene.tif", when, tag))
-             for when, tag in (("2023-08-01T16:00:00Z", "a"), ("2023-08-11T16:00:00Z", "b"))]
-    (tmp_path / "item.json").write_text(json.dumps(items[0].to_dict()))
+    items = []
+    for when, tag in (("2023-08-01T16:00:00Z", "a"), ("2023-08-11T16:00:00Z", "b")):
+        path = tmp_path / f"item-{tag}.json"
+        path.write_text(json.dumps(_write_item(tmp_path, synth_dir / "scene.tif", when, tag)))
+        items.append(pystac.Item.from_file(str(path)))
     with rasterio.open(synth_dir / "scene.tif") as src:
         crs, res = src.crs.to_string(), src.res[0]
     data = odc_stac.load(items, bands=EARTH_SEARCH, crs=crs, resolution=res, chunks={"x": 128, "y": 128})
