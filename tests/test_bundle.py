@@ -163,11 +163,26 @@ def _lambda_h5(path: Path) -> None:
     m.save(path)
 
 
-def _conv_keras(path: Path) -> None:
+def _even_patch_keras(path: Path) -> None:
     import keras
 
-    m = keras.Sequential([keras.Input((None, None, 10)), keras.layers.Conv2D(5, 3, padding="same",
-                                                                             activation="softmax")])
+    m = keras.Sequential([keras.Input((4, 4, 10)), keras.layers.Flatten(),
+                          keras.layers.Dense(5, activation="softmax")])
+    m.save(path)
+
+
+def _sequence_keras(path: Path) -> None:
+    import keras
+
+    m = keras.Sequential([keras.Input((3, 10)), keras.layers.Flatten(), keras.layers.Dense(5, activation="softmax")])
+    m.save(path)
+
+
+def _valid_conv_keras(path: Path) -> None:
+    import keras
+
+    m = keras.Sequential([keras.Input((None, None, 10)), keras.layers.ZeroPadding2D(1),
+                          keras.layers.Conv2D(5, 3, padding="valid", activation="softmax")])
     m.save(path)
 
 
@@ -187,8 +202,12 @@ def _conv_keras(path: Path) -> None:
      "outputs are not probabilities (rows do not sum to 1): if its last layer has no softmax, pass --outputs logits"),
     ("unsafe", ["{d}/lambda.h5", "--bands", ",".join(BANDS)],
      "needs unsafe deserialisation for layer Lambda 'double'"),
-    ("spatial", ["{d}/conv.keras", "--bands", ",".join(BANDS)],
-     "(a patch or fully-convolutional model): this s2dask runs pixel models (N, bands) only"),
+    ("even patch", ["{d}/even.keras", "--bands", ",".join(BANDS)],
+     "takes 4 x 4 px windows: a patch classifier needs an odd window edge"),
+    ("rank", ["{d}/sequence.keras", "--bands", ",".join(BANDS)],
+     "takes inputs of shape (3, 10) and gives (5,): s2dask maps pixel (N, bands), patch"),
+    ("receptive field", ["{d}/valid.keras", "--bands", ",".join(BANDS)],
+     "the receptive field cannot be derived past layer ZeroPadding2D"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(made_elsewhere, tmp_path, capsys, case, args,
                                                           message):
@@ -196,7 +215,9 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(made_elsewhere, tmp_pa
     (d / "three.csv").write_text("1,a\n2,b\n3,c\n")
     if not (d / "lambda.h5").exists():
         _lambda_h5(d / "lambda.h5")
-        _conv_keras(d / "conv.keras")
+        _even_patch_keras(d / "even.keras")
+        _sequence_keras(d / "sequence.keras")
+        _valid_conv_keras(d / "valid.keras")
     out = tmp_path / "b"
     argv = [a.format(d=d) for a in args]
     if "--classes" not in argv:

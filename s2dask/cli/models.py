@@ -49,6 +49,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         kwargs = dict(model=args.model, bands=args.bands, classes=args.classes, mean=args.mean,
                       std=args.std, scale=args.scale, offset=args.offset)
     result = bundle(out=args.out, outputs=args.outputs, input_nodata=args.input_nodata,
+                    receptive_field=args.receptive_field,
                     overwrite=args.overwrite, unsafe=args.unsafe, **kwargs)
     print(f"wrote {result.path} (model.keras, model.json, mlm.json)")
     for key, value in format_card(result.contract, result.path)[1:]:
@@ -91,6 +92,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="then add O (before the z-score when both are given)")
     p.add_argument("--outputs", choices=("probabilities", "logits"), default="probabilities",
                    help="what the output units hold (default probabilities; logits get a softmax)")
+    p.add_argument("--receptive-field", type=int, default=None, metavar="N",
+                   help="a fully-convolutional model's receptive field edge in pixels (each chunk is "
+                   "read with a halo of N // 2); derived from the layers when omitted")
     p.add_argument("--input-nodata", type=float, default=0, metavar="V",
                    help="the band value that marks a missing pixel (default 0)")
     p.add_argument("--mlm", default=None, metavar="ITEM.json",

@@ -17,6 +17,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ..errors import ParameterError
 from ..io.retry import RetryPolicy
 from ..io.storage import Location
 from ..maps.halo import halo_array
@@ -53,7 +54,11 @@ def prediction_graph(scene: Any, *, chunks: tuple[int, int], ref: ModelRef, stor
     """
     data = scene.data
     target = da.core.normalize_chunks((data.shape[0], *chunks), data.shape)
-    maps = map_spec(uncertainty=options.uncertainty, smooth=options.smooth, chunks=chunks, shape=data.shape[1:])
+    if ref.stride > 1 and (chunks[0] % ref.stride or chunks[1] % ref.stride):
+        raise ParameterError(f"chunks {chunks[0]} x {chunks[1]} are not multiples of the model's stride "
+                             f"{ref.stride}: give --chunks a multiple of {ref.stride}")
+    maps = map_spec(uncertainty=options.uncertainty, smooth=options.smooth, chunks=chunks,
+                    shape=data.shape[1:], model_halo=ref.halo)
     if maps is not None and maps.halo:  # each task reads its chunk plus a halo
         data = halo_array(data, chunks=chunks, halo=maps.halo, fill=scene.attrs.get("nodata", 0))
     elif data.chunks != target:  # every task must own whole Zarr chunks

@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import ClusterError
@@ -97,7 +96,7 @@ def deliver_model(client, bundle, *, engine: str = "auto", precision: str = "aut
     plugin = ModelPlugin(bundle.handle(), batch_size=batch_size, tf_threads=tf_threads,
                          host_threads=host_thread_counts(client), engine=engine, precision=precision)
     register_plugin(client, plugin)  # a model the workers cannot build fails here (again on churn)
-    ref = ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), batch_size, engine, precision)
+    ref = ModelRef.of(bundle, batch_size, engine, precision)
     try:
         engines = {addr: rec for addr, rec in client.run(engine_record, ref).items() if rec}
     except Exception:  # a worker leaving at this moment must not fail the job

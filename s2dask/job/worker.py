@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -66,6 +67,20 @@ class ModelRef:
     batch_size: int | None = None
     engine: str = "auto"
     precision: str = "auto"
+    #: a spatial model's halo in pixels (its chunks are read with it); ``None``: a pixel model
+    halo: int | None = None
+    #: a spatial model's total stride (chunks must be multiples of it)
+    stride: int = 1
+
+    @classmethod
+    def of(cls, bundle: Any, batch_size: int | None = None, engine: str = "auto",
+           precision: str = "auto") -> "ModelRef":
+        """The reference of a loaded bundle (:class:`~s2dask.model.bundle.ModelBundle`), with
+        its card's halo and stride when it is a spatial model."""
+        card = bundle.card
+        spatial = card.get("kind", "pixel") != "pixel"
+        return cls(bundle.sha256, str(Path(bundle.path).resolve()), batch_size, engine, precision,
+                   int(card.get("halo", 0)) if spatial else None, int(card.get("stride", 1)))
 
     @property
     def key(self) -> tuple:

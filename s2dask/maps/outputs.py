@@ -58,6 +58,8 @@ class MapSpec:
     chunks: tuple[int, int] = (2048, 2048)
     #: ``(rows, cols)`` of the scene
     shape: tuple[int, int] = (0, 0)
+    #: a spatial model's halo (its receptive field's radius); ``None`` for pixel models
+    model_halo: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uncertainty", parse_kinds(self.uncertainty))
@@ -65,8 +67,14 @@ class MapSpec:
 
     @property
     def halo(self) -> int:
-        """Halo width each task reads around its chunk (``smooth // 2``)."""
-        return self.smooth // 2
+        """Halo width each task reads around its chunk (``smooth // 2``, plus a spatial
+        model's own halo)."""
+        return self.smooth // 2 + (self.model_halo or 0)
+
+    def scene_edges(self, iy: int, ix: int) -> tuple[tuple[bool, bool], tuple[bool, bool]]:
+        """Which sides of chunk ``(iy, ix)``'s read window are the scene's edges."""
+        ry0, ry1, rx0, rx1 = self.chunk_halo(iy, ix).read
+        return (ry0 == 0, ry1 == self.shape[0]), (rx0 == 0, rx1 == self.shape[1])
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -142,13 +150,26 @@ class MapSpec:
         if valid is not None:
             ok &= np.asarray(valid, dtype=bool).ravel()
         n_cls = predictor.n_classes
-        prob = np.zeros((ny * nx, n_cls), dtype="float32")
-        if ok.all():
-            prob[:] = predictor.forward(rows)
-        elif ok.any():
-            prob[ok] = predictor.forward(rows[ok])
-        prob = prob.T.reshape(n_cls, ny, nx)
-        ok = ok.reshape(ny, nx)
+        if getattr(predictor, "spatial", False):  # the model sees the scene part of the block
+            (t, b), (l, r) = self.chunk_halo(*chunk).pad
+            prob = np.zeros((n_cls, ny, nx), dtype="float32")
+            exact = np.zeros((ny, nx), dtype=bool)
+            if ok.any():
+                part, sure = predictor.block_probabilities(block[:, t:ny - b, l:nx - r],
+                                                           self.scene_edges(*chunk))
+                prob[:, t:ny - b, l:nx - r], exact[t:ny - b, l:nx - r] = part, sure
+            ok = ok.reshape(ny, nx) & exact
+            m = self.model_halo or 0
+            if m:  # the model's own halo is spent: what remains is the chunk (+ a smoothing ring)
+                prob, ok = prob[:, m:ny - m, m:nx - m], ok[m:ny - m, m:nx - m]
+        else:
+            prob = np.zeros((ny * nx, n_cls), dtype="float32")
+            if ok.all():
+                prob[:] = predictor.forward(rows)
+            elif ok.any():
+                prob[ok] = predictor.forward(rows[ok])
+            prob = prob.T.reshape(n_cls, ny, nx)
+            ok = ok.reshape(ny, nx)
         if self.smooth > 1:
             s = smooth_block(prob, ok, size=self.smooth, values=predictor.class_values)
             classes, confidence, prob, ok = s.classes, s.confidence, s.probabilities, s.valid
@@ -165,18 +186,19 @@ class MapSpec:
 
 
 def map_spec(*, uncertainty: tuple[str, ...], smooth: int | None, chunks: tuple[int, int],
-             shape: tuple[int, int]) -> MapSpec | None:
+             shape: tuple[int, int], model_halo: int | None = None) -> MapSpec | None:
     """The :class:`MapSpec` of a job, or None when it asks for neither uncertainty nor smoothing
-    (its tasks then run :func:`s2dask.model.blocks.block_outputs` as before).
+    (its tasks then run :func:`s2dask.model.blocks.block_outputs` as before) and the model is a
+    pixel model (``model_halo`` None; a spatial model's tasks always read a halo).
 
     Raises
     ------
     ParameterError
         If a measure is unknown or ``smooth`` is not an odd window edge.
     """
-    if not uncertainty and (smooth or 1) == 1:
+    if not uncertainty and (smooth or 1) == 1 and model_halo is None:
         return None
-    return MapSpec(tuple(uncertainty), int(smooth or 1), tuple(chunks), tuple(shape))
+    return MapSpec(tuple(uncertainty), int(smooth or 1), tuple(chunks), tuple(shape), model_halo)
 
 
 def zarr_layers(uncertainty: tuple[str, ...]) -> dict[str, dict]:

@@ -457,6 +457,32 @@ class ModelBundle:
         pred = self.predictor(batch_size=batch_size, engine=engine, precision=precision)
         return pred.predict_classes(self._check(values))
 
+    def predict_image(self, image: np.ndarray, *, engine: str = "auto", precision: str = "auto",
+                      batch_size: int | None = None) -> np.ndarray:
+        """Class values ``(y, x)`` uint8 of a whole ``(bands, y, x)`` image of raw band values
+        (255 where any band is nodata), the image's edges taken as the scene's: what a job
+        gives for that scene, whatever its chunks. Pixel and spatial models alike.
+
+        Raises
+        ------
+        ModelError
+            If ``image`` does not have one band per contract band.
+        ParameterError
+            If ``engine``/``precision`` is unknown or cannot run here.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[0] != len(self.bands):
+            raise ModelError(f"expected an image of shape ({len(self.bands)}, y, x) with bands "
+                             f"{','.join(self.bands)}, got shape {image.shape}")
+        pred = self.predictor(batch_size=batch_size, engine=engine, precision=precision)
+        nb, ny, nx = image.shape
+        rows = image.reshape(nb, ny * nx).T
+        if not getattr(pred, "spatial", False):
+            return pred.predict_classes(rows).reshape(ny, nx)
+        prob = pred.predict_image(image)
+        valid = pred.valid_mask(rows).reshape(ny, nx)
+        return np.where(valid, self.class_values[np.argmax(prob, axis=0)], OUTPUT_NODATA).astype("uint8")
+
     def _check(self, values) -> np.ndarray:
         values = np.asarray(values)
         if values.ndim != 2 or values.shape[1] != len(self.bands):

@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import ModelError, ParameterError
 from .blocks import DEFAULT_BATCH_SIZE as DEFAULT_KERAS_BATCH_SIZE
 from .blocks import RowPredictor
+from .card import card
 from .openvino_ir import (
     BF16_WIDTH_MULTIPLE,
     bf16_rewrites,
@@ -53,6 +54,7 @@ from .openvino_ir import (
     pad_hidden_widths,
 )
 from .openvino_ir import contract_field as _get
+from .spatial import KerasSpatialPredictor, SpatialPredictor
 
 __all__ = [
     "ENGINES",
@@ -232,6 +234,10 @@ def default_batch_size(engine: str, device: str = "cpu") -> int:
 
 #: the key in ``model.json`` of what bf16 did to the model's test split at training
 PRECISION_CHECK_KEY = "precision_check"
+#: output pixels per forward call of a fully-convolutional model (one 256 x 256 tile and its halo)
+DEFAULT_SPATIAL_BATCH_SIZE = 65536
+#: windows per forward call of a patch model
+DEFAULT_PATCH_BATCH_SIZE = 4096
 #: bf16 should keep a model's test accuracy within this of float32 (issue 13's bar)
 PRECISION_OA_BAR = 0.002
 
@@ -511,6 +517,55 @@ def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, pr
         return pred
 
 
+class OpenVINOSpatialPredictor(SpatialPredictor):
+    """A spatial model (patch or fully convolutional) compiled by OpenVINO for any input size,
+    in float32 or bf16 (``INFERENCE_PRECISION_HINT``), tiled over blocks by
+    :class:`s2dask.model.spatial.SpatialPredictor`."""
+
+    def __init__(self, model, contract, *, precision: str = "fp32", batch_size: int = 4096,
+                 threads: int = 1):
+        if precision not in _OV_PRECISION:
+            raise ParameterError(f"precision {precision!r} is not one of fp32, bf16: resolve() it first")
+        super().__init__(contract, batch_size=batch_size)
+        self.precision = precision
+        self.threads = max(1, int(threads))
+        self.source = "converted"
+        self._compiled = core().compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1, "PERFORMANCE_HINT": PERFORMANCE_HINT, "ENABLE_CPU_PINNING": False})
+        self._local = threading.local()
+
+    @property
+    def engine(self) -> str:
+        return "openvino"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        req = getattr(self._local, "request", None)
+        if req is None:  # an infer request per thread: requests are not thread-safe
+            req = self._local.request = self._compiled.create_infer_request()
+        res = req.infer({0: np.ascontiguousarray(x, dtype="float32")})
+        return np.array(res[0], dtype="float32")
+
+    def record(self) -> dict:
+        ov = import_openvino()
+        return {"engine": "openvino", "precision": self.precision, "threads": self.threads,
+                "model_source": self.source, "openvino": ov.__version__.split("-")[0], **super().record()}
+
+
+def get_openvino_spatial_predictor(sha256: str, contract, keras_model: Callable[[], Any], *,
+                                   precision: str, batch_size: int, threads: int = 1):
+    """The process's compiled spatial predictor for a model (converted once, cached)."""
+    key = ("spatial", sha256, precision, int(batch_size), max(1, int(threads)))
+    with _CACHE_LOCK:
+        pred = _CACHE.get(key)
+        if pred is None:
+            pred = OpenVINOSpatialPredictor(convert(keras_model()), contract, precision=precision,
+                                            batch_size=key[3], threads=key[4])
+            _CACHE[key] = pred
+            _BUILDS[key] = _BUILDS.get(key, 0) + 1
+        return pred
+
+
 # ---------------------------------------------------------------- either engine
 
 
@@ -549,6 +604,15 @@ def build_predictor(choice: EngineChoice, *, sha256: str, contract, keras_model:
         If the model cannot be loaded, converted or compiled.
     """
     bs = int(batch_size or default_batch_size(choice.engine, choice.device))
+    if card(contract).get("kind", "pixel") != "pixel":
+        bs = int(batch_size or (DEFAULT_PATCH_BATCH_SIZE if card(contract)["kind"] == "patch"
+                                else DEFAULT_SPATIAL_BATCH_SIZE))
+        if choice.engine == "keras":
+            pred = KerasSpatialPredictor(keras_model(), contract, batch_size=bs)
+            pred.threads = threads
+            return pred
+        return get_openvino_spatial_predictor(sha256, contract, keras_model, precision=choice.precision,
+                                              batch_size=bs, threads=threads or 1)
     if choice.engine == "keras":
         from .blocks import Predictor
 

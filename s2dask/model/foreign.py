@@ -30,9 +30,10 @@ from ..io.storage import commit_dir
 from ..scene.bands import canonical_bands
 from .backend import require_keras
 from .contract import normalise_classes
+from .spatial import describe
 
 __all__ = ["SOURCE_FORMATS", "OUTPUTS", "Scaling", "source_format", "read_model_file",
-           "read_class_table", "model_kind", "bundle"]
+           "read_class_table", "bundle"]
 
 #: the model files :func:`bundle` reads
 SOURCE_FORMATS = ("keras", "h5", "savedmodel")
@@ -235,32 +236,6 @@ def read_class_table(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def model_kind(model, *, where: Any) -> dict[str, Any]:
-    """The model's kind from its input and output shapes: ``{"kind": "pixel"}`` for
-    ``(N, bands) -> (N, classes)``.
-
-    Raises
-    ------
-    ModelError
-        For spatial models (patch ``(N, k, k, bands)``, fully convolutional
-        ``(N, H, W, bands)``), which this version does not run yet, and for input ranks
-        s2dask cannot map.
-    """
-    shape_in = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
-    shape_out = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
-    if shape_in is None or shape_out is None:
-        raise ModelError(f"{where} has several inputs or outputs: s2dask runs models with one input "
-                         "(the bands) and one output (the classes)")
-    if len(shape_in) == 2 and len(shape_out) == 2:
-        return {"kind": "pixel", "window": 1, "receptive_field": 1, "halo": 0}
-    if len(shape_in) == 4:
-        raise ModelError(f"{where} takes {len(shape_in) - 1}-D inputs {shape_in[1:]} (a patch or "
-                         "fully-convolutional model): this s2dask runs pixel models (N, bands) only; "
-                         "spatial models are planned")
-    raise ModelError(f"{where} takes inputs of shape {shape_in[1:]}: s2dask maps pixel models "
-                     "(N, bands) -> (N, classes)")
-
-
 def _floats(values: Sequence[float] | str | None, what: str) -> tuple[float, ...] | None:
     if values is None:
         return None
@@ -307,12 +282,19 @@ def _wrap(model, scaling: Scaling, outputs: str, keras):
     return keras.Model(inp, y, name="s2dask_bundle")
 
 
-def _check_probabilities(model, n_bands: int, where: Any) -> None:
-    """Refuse outputs that are not probabilities (rows summing to 1) on a few DN-like rows."""
+def _check_probabilities(model, card: dict, n_bands: int, where: Any) -> None:
+    """Refuse outputs that are not probabilities (summing to 1 over the classes) on DN-like input."""
     rng = np.random.default_rng(0)
-    x = rng.uniform(1, 10000, size=(64, n_bands)).astype("float32")
-    p = np.asarray(model.predict(x, batch_size=64, verbose=0), dtype="float64")
-    if not (np.all(np.isfinite(p)) and np.all(p >= -1e-4) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3)):
+    if card["kind"] == "pixel":
+        shape = (64, n_bands)
+    elif card["kind"] == "patch":
+        shape = (8, card["window"], card["window"], n_bands)
+    else:
+        edge = max(16, 2 * card.get("stride", 1))
+        shape = (1, edge, edge, n_bands)
+    x = rng.uniform(1, 10000, size=shape).astype("float32")
+    p = np.asarray(model.predict(x, batch_size=shape[0], verbose=0), dtype="float64")
+    if not (np.all(np.isfinite(p)) and np.all(p >= -1e-4) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-3)):
         raise ModelError(f"{where}'s outputs are not probabilities (rows do not sum to 1): if its last "
                          "layer has no softmax, pass --outputs logits")
 
@@ -320,7 +302,8 @@ def _check_probabilities(model, n_bands: int, where: Any) -> None:
 def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[str] | str,
            classes: str | os.PathLike | Sequence[dict], mean: Sequence[float] | str | None = None,
            std: Sequence[float] | str | None = None, scale: float | None = None,
-           offset: float | None = None, outputs: str = "probabilities", input_nodata: float | None = 0,
+           offset: float | None = None, outputs: str = "probabilities",
+           receptive_field: int | None = None, input_nodata: float | None = 0,
            overwrite: bool = False, unsafe: bool = False, extra: dict | None = None):
     """Turn a model file made elsewhere into an s2dask model bundle.
 
@@ -343,6 +326,9 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
         ``x * scale + offset`` before the model (before the z-score when both are given).
     outputs
         ``"probabilities"`` (the default) or ``"logits"`` (a softmax is added).
+    receptive_field
+        A fully-convolutional model's receptive field edge in pixels (its halo is half of
+        it); derived from the layers when ``None``.
     input_nodata
         The band value that marks a missing pixel (0 for Sentinel-2 digital numbers).
     overwrite
@@ -360,8 +346,10 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
     Raises
     ------
     ModelError
-        If the file is not a model, needs unsafe deserialisation, or its input width or
-        output units disagree with ``bands`` or ``classes``.
+        If the file is not a model, needs unsafe deserialisation, its input width or
+        output units disagree with ``bands`` or ``classes``, its input rank cannot be
+        mapped, a patch window is even, or a receptive field cannot be derived and was not
+        given.
     ParameterError
         If ``mean``/``std`` do not give one value per band, or ``outputs`` is unknown.
     OutputExistsError
@@ -383,7 +371,8 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
     scaling = _scaling(band_list, mean, std, scale, offset)
     src = Path(model)
     keras_model, fmt = read_model_file(src, unsafe=unsafe)
-    card = model_kind(keras_model, where=src)
+    keras_model, card = describe(keras_model, where=src, receptive_field_given=receptive_field,
+                                 keras=require_keras())
     n_in, n_out = keras_model.input_shape[-1], keras_model.output_shape[-1]
     if n_in is not None and n_in != len(band_list):
         raise ModelError(f"{src} takes {n_in} input values per pixel but --bands names {len(band_list)} "
@@ -392,7 +381,7 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
         raise ModelError(f"{src} has {n_out} output units but the class table has {len(infos)} rows: "
                          "give one row per output unit, in order")
     wrapped = _wrap(keras_model, scaling, outputs, require_keras())
-    _check_probabilities(wrapped, len(band_list), src)
+    _check_probabilities(wrapped, card, len(band_list), src)
     card.update({"scaling": scaling.to_dict(), "outputs": outputs, "source_format": fmt,
                  "source_file": src.name,
                  "source_sha256": sha256_file(src) if src.is_file() else _dir_sha256(src)})
