@@ -84,9 +84,10 @@ def receptive_field(model) -> tuple[int | None, int, str | None]:
                 (s if isinstance(s, (list, tuple)) else (s, s)), (d if isinstance(d, (list, tuple)) else (d, d))
             if s[0] != s[1] or k[0] != k[1]:
                 return None, stride, f"{name} {layer.name!r} (not square)"
-            if cfg.get("padding", "valid") != "same" and max(k) > 1:
-                return None, stride, f"{name} {layer.name!r} (padding {cfg.get('padding')!r}, not 'same')"
             k_eff = d[0] * (k[0] - 1) + 1
+            # 'valid' keeps the size only for windows that tile the input (k = stride)
+            if cfg.get("padding", "valid") != "same" and k_eff != s[0]:
+                return None, stride, f"{name} {layer.name!r} (padding {cfg.get('padding')!r}, not 'same')"
             if name == "Conv2DTranspose":
                 rf += int(math.ceil((k_eff - 1) * jump / s[0]))
                 jump /= s[0]
