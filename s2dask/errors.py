@@ -81,3 +81,12 @@ class JobError(S2DaskError, RuntimeError):
 
 class ParameterError(S2DaskError, ValueError):
     """An option has an impossible value (chunk size <= 0, unknown method ...)."""
+
+
+class AreaError(S2DaskError, ValueError):
+    """An area of interest (``--aoi``) or the maps of a mosaic are unusable (no polygons, no CRS,
+    different class tables)."""
+
+
+class AreaMissError(AreaError):
+    """The area of interest misses a scene entirely: in a batch the scene is skipped."""

@@ -317,6 +317,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true",
                    help="also write per-class probabilities (uint8 percent) to the Zarr store")
     _add_bands(p, "name")
+    p.add_argument("--aoi", metavar="FILE",
+                   help="area of interest: a polygon layer in any CRS; only the chunks it touches are read "
+                   "and predicted, pixels outside it get 255, scenes it misses are skipped")
     add_classify_options(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler (tcp:// or tls://)")
@@ -391,6 +394,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     security = make_security(ca_file=args.tls_ca_file, cert=args.tls_cert, key=args.tls_key)
     check_output_location(args.out)
     load_model(args.model, check_keras=False)  # a bad bundle fails before any cluster starts
+    if args.aoi:  # so does an area of interest that is not a polygon layer with a CRS
+        from ..scene.aoi import read_aoi
+
+        read_aoi(args.aoi)
     # the cluster starts (and gets the model) while this process imports the job's libraries
     # and checks the scenes; the job takes it over
     delivery = {"engine": args.engine, "precision": args.precision, "batch_size": args.batch_size,
@@ -410,7 +417,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             workers=args.workers, threads_per_worker=args.threads_per_worker, gpu=args.gpu,
             overwrite=args.overwrite, resume=args.resume, batch_size=args.batch_size,
             connect_timeout=args.timeout, overview_resampling=args.overview_resampling,
-            bands=_band_list(args.bands),
+            bands=_band_list(args.bands), aoi=args.aoi,
             engine=args.engine, precision=args.precision, progress=False if args.quiet else None,
             mask=args.mask, mask_classes=args.mask_classes, boa_add_offset=args.boa_add_offset,
             uncertainty=args.uncertainty, smooth=args.smooth, retries=args.retries,
@@ -423,6 +430,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     for r in results:
         if r.status == "complete":
             print(_job_line(r.record))
+        elif r.status == "skipped":  # the area of interest misses it: not an error
+            print(f"s2dask classify: {r.error}", file=sys.stderr)
         else:
             failed += 1
             print(f"s2dask classify: error: {r.error}", file=sys.stderr)

@@ -81,6 +81,8 @@ class JobOptions:
     boa_add_offset: int | None = None
     #: the scenes' bands in stored order, for GeoTIFFs without band descriptions (never guessed)
     bands: tuple[str, ...] | None = None
+    #: an area of interest (a polygon layer in any CRS): only the chunks it touches are computed
+    aoi: str | None = None
     #: retries of a failed storage request (None: $S2DASK_RETRIES or 5); seconds without an answer
     #: from the scheduler before the job stops; the --resume command of error lines; the memory
     #: limit of each worker of the embedded LocalCluster (None: Dask's "auto")

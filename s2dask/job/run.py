@@ -39,6 +39,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..errors import (
+    AreaMissError,
     BandError,
     JobError,
     OutputExistsError,
@@ -56,8 +57,9 @@ from ..model.bundle import ModelBundle, library_versions, load_model, metrics_su
 from ..model.contract import OUTPUT_NODATA
 from ..scene import open_scene
 from ..scene.checks import check_fits, missing_bands_message
-from ..scene.mask_source import SceneMask, record_mask, scene_mask
+from ..scene.mask_source import SceneMask, record_mask, scene_mask, with_aoi
 from ..scene.stac_catalog import expand_inputs
+from .area import aoi_params, check_hits, job_aoi, place_aoi, publish, record_aoi, skipped, write_item
 from .cluster import close_cluster, cluster_summary, host_thread_counts
 from .graph import prediction_graph
 from .ledger import (
@@ -91,7 +93,7 @@ class JobResult:
     """What one scene's job produced (also written as ``job.json``)."""
 
     scene: str
-    status: str  # "complete" | "failed"
+    status: str  # "complete" | "failed" | "skipped" (the area of interest misses it)
     out: str | None
     record: dict
     error: str | None = None
@@ -117,6 +119,7 @@ class _SceneJob:
     chunks_from: str = "auto"  # "given" (--chunks), "recorded" (a resumed output's), "auto"
     where: Any = None  # what open_scene opened (a path, URL or parsed STAC item)
     t_open: float = 0.0  # seconds to open and check it
+    aoi: Any = None  # the area of interest on its grid (s2dask.scene.aoi.SceneAoi), or None
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def classify(
         ``resume``, ``batch_size``, ``tf_threads``, ``engine``, ``precision``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
         ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
-        ``mask``, ``mask_classes``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``retries``, ``scheduler_timeout``, ``memory_limit``, ``bands``:
+        ``mask``, ``mask_classes``, ``aoi``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``retries``, ``scheduler_timeout``, ``memory_limit``, ``bands``:
         the scene's bands in stored order, for files without band names), replacing those of
         ``options``.
 
@@ -214,6 +217,7 @@ def classify(
         raise ParameterError("no scene given: name at least one scene to classify")
     check_output_location(out)
     out = Location(out)
+    job_aoi(opts)  # a file that is not a polygon layer with a CRS fails before anything starts
 
     # the archive is checked here (safe mode, sizes) without importing a backend; each
     # worker deserialises it once, in safe mode, when the model plugin reaches it
@@ -233,8 +237,10 @@ def classify(
     if first is not None:
         results.update(_run_all(itertools.chain([first], jobs), bundle, out=out, options=opts,
                                 client=client, single=single))
-    results.update({src: _failed(src, exc) for src, exc in errors.items()})
+    results.update({src: skipped(src, exc) if isinstance(exc, AreaMissError) else _failed(src, exc)
+                    for src, exc in errors.items()})
     ordered = [results[p] for p in paths]
+    check_hits(ordered, opts)  # an area of interest that misses every scene is an error
     if not single:
         out.makedirs()
         atomic_write_json(out.join("batch.json"), {
@@ -381,6 +387,8 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
         if recorded and recorded != scene_chunks:
             scene, scene_chunks = _open_checked(src, bundle, options, recorded, where=where)
     mask = scene_mask(scene, options.mask_spec(), scene_id=sid)
+    aoi = place_aoi(options, scene, scene_chunks, sid)  # None without --aoi; raises AreaMissError
+    mask = with_aoi(mask, aoi.reader) if aoi is not None else mask
     done = 0
     if final.exists() and not options.overwrite:
         raise OutputExistsError(f"output {final} already exists: pass --overwrite to "
@@ -388,13 +396,14 @@ def _prepare_one(src: str, bundle: ModelBundle, *, out: Location, options: JobOp
     if partial.exists():
         if options.resume:
             want = {"model_sha256": bundle.sha256, "chunks": list(scene_chunks),
-                    "scene": _scene_identity(scene), "mask": mask.spec.to_json(), **map_record(options)}
+                    "scene": _scene_identity(scene), "mask": mask.spec.to_json(), **map_record(options),
+                    **aoi_params(aoi)}
             done = check_resumable(partial, partial.join("chunks"), want)
         elif not options.overwrite:
             raise OutputExistsError(
                 f"an unfinished output of scene {src} is in {partial}: pass --resume to "
                 "finish it, or --overwrite to start again")
-    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, mask, chunks_from, where)
+    return _SceneJob(src, scene, sid, final, partial, done, scene_chunks, mask, chunks_from, where, aoi=aoi)
 
 
 # ------------------------------------------------------------------------------ one scene
@@ -427,12 +436,13 @@ def _submit(job: _SceneJob, run: _Run, previous: _Flight | None) -> _Flight:
         _layout_output(job, run, store=store, markers=markers, params={
             "model_sha256": run.bundle.sha256, "chunks": list(job.chunks), "scene": ident,
             "probabilities": opts.probabilities, "batch_size": run.batch_size,
-            "mask": job.mask.spec.to_json(), **map_record(opts)})
+            "mask": job.mask.spec.to_json(), **map_record(opts), **aoi_params(job.aoi)})
     blocks = prediction_graph(job.scene, chunks=job.chunks, ref=run.ref, store=store, markers=markers,
                               options=opts, mask=job.mask.chunk, name=job.scene_id)
     nyb, nxb = blocks.shape
     done, totals = read_ledger(markers)
-    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if chunk_id(iy, ix) not in done]
+    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if chunk_id(iy, ix) not in done
+            and (job.aoi is None or (iy, ix) in job.aoi.chunks)]  # chunks outside the area: never read
     futures = run.client.compute(todo) if todo else []
     return _Flight(job, store, markers, ident, (nyb, nxb), done, totals, futures, t0, previous)
 
@@ -455,11 +465,14 @@ def _conclude(flight: _Flight, run: _Run) -> JobResult:
                      cog_report=cog_report, timings=timings)
     # storage retries and task time of every chunk (markers)
     record["retries"], record["task_seconds"] = chunk_totals(flight.markers, kept=flight.done)
+    record_aoi(record, job.aoi, totals, N_COUNTS)  # statistics over the area of interest only
+    write_item(job.partial, record, bundle=run.bundle, layers=cog_layers(opts.uncertainty))  # item.json
     atomic_write_json(job.partial.join("job.json"), record, default=json_text_default)
     commit_dir(job.partial, job.final, overwrite=opts.overwrite,
                appeared=f"output {job.final} appeared while the job ran: pass --overwrite to "
                         "replace it")
     clear_ledger(job.final)  # resume bookkeeping belongs to the partial output only
+    publish(run.out)  # OUT/catalog.json links the new item (added to, never overwritten)
     record["output"]["dir"] = str(job.final)
     return JobResult(job.source, "complete", str(job.final), record)
 
@@ -479,7 +492,8 @@ def _layout_output(job: _SceneJob, run: _Run, *, store: Location, markers: Locat
         markers.makedirs()
         layout_zarr(store, scene=job.scene, chunks=job.chunks, classes=classes,
                     probabilities=run.options.probabilities, attrs=attrs,
-                    mask_attrs=job.mask.layer_attrs, layers=zarr_layers(run.options.uncertainty))
+                    mask_attrs=job.mask.layer_attrs, layers=zarr_layers(run.options.uncertainty),
+                    mask_fill=job.mask.fill)
         atomic_write_json(job.partial.join(PARAMS_FILE), params, default=json_text_default)
     except OSError as exc:
         raise StorageError(f"cannot write output {job.partial}: {exc.strerror or exc}; check free "

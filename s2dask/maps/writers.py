@@ -58,7 +58,7 @@ def colour_table(classes: Classes, nodata: int = OUTPUT_NODATA) -> dict[int, tup
 def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chunks: tuple[int, int],
                 classes: Classes, probabilities: bool, attrs: dict,
                 storage_options: dict | None = None, mask_attrs: dict | None = None,
-                layers: Mapping[str, dict] | None = None) -> None:
+                layers: Mapping[str, dict] | None = None, mask_fill: int = 0) -> None:
     """Create the output Zarr v3 group: coordinates, ``spatial_ref`` and empty arrays.
 
     Parameters
@@ -85,6 +85,9 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
     layers
         More ``(y, x)`` uint8 arrays (uncertainty layers): ``{name: attrs}``, filled with
         ``attrs["nodata"]`` (default 255) until written; chunked like ``classes``.
+    mask_fill
+        The ``mask`` layer's value where nothing is written (chunks outside an area of interest);
+        ``classes`` reads 255 there, each layer its ``nodata``.
 
     Raises
     ------
@@ -127,6 +130,12 @@ def layout_zarr(store: Location | str | os.PathLike, *, scene: xr.DataArray, chu
     if probabilities:
         encoding[PROBABILITIES] = {"chunks": (n_cls, cy, cx)}
     encoding.update({name: {"chunks": (cy, cx)} for name in (layers or {})})
+    # chunks no task writes (outside an area of interest) read as "not classified"
+    encoding[CLASSES]["fill_value"] = OUTPUT_NODATA
+    if MASK in encoding:
+        encoding[MASK]["fill_value"] = int(mask_fill)
+    for name, layer_attrs in (layers or {}).items():
+        encoding[name]["fill_value"] = int(layer_attrs.get("nodata", OUTPUT_NODATA))
     import zarr
 
     with warnings.catch_warnings():

@@ -16,6 +16,7 @@ code  name         meaning
 7     snow         SCL 11 (snow or ice), only when asked for in ``--mask-classes``
 8     water        SCL 6 (water), only when asked for
 9     scl_other    SCL 2, 4, 5 or 7 (dark area, vegetation, not vegetated, unclassified), when asked for
+10    outside_aoi  outside the job's area of interest (``--aoi``; :mod:`s2dask.scene.aoi`)
 ====  ===========  ========================================================================
 
 SCL "no data" (0) shares code 1 with band nodata: both mean that there is no measurement to
@@ -52,6 +53,7 @@ __all__ = [
     "MASK_CODES",
     "MASK_CODE_NAMES",
     "VALID", "NODATA", "CLOUD", "SHADOW", "CIRRUS", "DEFECTIVE", "USER", "SNOW", "WATER", "SCL_OTHER",
+    "OUTSIDE_AOI",
     "SCL_CLASSES",
     "SCL_TO_CODE",
     "DEFAULT_MASK_CLASSES",
@@ -89,7 +91,7 @@ class MaskCode:
     """SCL classes that give this code when they are masked."""
 
 
-VALID, NODATA, CLOUD, SHADOW, CIRRUS, DEFECTIVE, USER, SNOW, WATER, SCL_OTHER = range(10)
+VALID, NODATA, CLOUD, SHADOW, CIRRUS, DEFECTIVE, USER, SNOW, WATER, SCL_OTHER, OUTSIDE_AOI = range(11)
 
 #: Every mask code, by value.
 MASK_CODES: tuple[MaskCode, ...] = (
@@ -103,6 +105,7 @@ MASK_CODES: tuple[MaskCode, ...] = (
     MaskCode(SNOW, "snow", "snow or ice", (11,)),
     MaskCode(WATER, "water", "water", (6,)),
     MaskCode(SCL_OTHER, "scl_other", "other SCL class", (2, 4, 5, 7)),
+    MaskCode(OUTSIDE_AOI, "outside_aoi", "outside the area of interest"),
 )
 MASK_CODE_NAMES: dict[int, str] = {c.code: c.name for c in MASK_CODES}
 
@@ -349,12 +352,13 @@ def mask_statistics(counts: Sequence[int] | np.ndarray) -> dict[str, Any]:
     """``job.json`` statistics from :func:`count_codes` totals.
 
     Returns ``{"pixels", "valid_pixels", "nodata_pixels", "masked_pixels", "masked_by_reason":
-    {name: n}}``; ``masked_by_reason`` lists every masking reason (0 where none).
+    {name: n}}``; ``masked_by_reason`` lists every masking reason (0 where none). Pixels outside
+    an area of interest are none of these (``pixels`` is the area's).
     """
     c = [int(v) for v in counts]
-    masked = {code.name: c[code.code] for code in MASK_CODES if code.code not in (VALID, NODATA)}
+    masked = {code.name: c[code.code] for code in MASK_CODES if code.code not in (VALID, NODATA, OUTSIDE_AOI)}
     return {
-        "pixels": sum(c),
+        "pixels": sum(c) - c[OUTSIDE_AOI],
         "valid_pixels": c[VALID],
         "nodata_pixels": c[NODATA],
         "masked_pixels": sum(masked.values()),
@@ -386,7 +390,7 @@ def legend_entry(spec: MaskSpec) -> dict[str, Any] | None:
             if c.code != NODATA and set(c.scl_classes) & set(spec.classes) and c.label not in reasons:
                 reasons.append(c.label)
     return {"name": f"masked ({', '.join(reasons)})" if reasons else "masked", "colour": MASKED_COLOUR,
-            "codes": [c.code for c in MASK_CODES if c.code not in (VALID, NODATA)]}
+            "codes": [c.code for c in MASK_CODES if c.code not in (VALID, NODATA, OUTSIDE_AOI)]}
 
 
 # --------------------------------------------------------------------------- grid check, reader
@@ -523,8 +527,10 @@ class ChunkMask:
     """What a prediction task needs to compute its chunk's mask codes; small and picklable.
 
     ``nodata`` is the scene's band nodata, ``readers`` the SCL and/or user mask readers
-    (:class:`MaskReader`, at most one of each kind), ``layer`` whether the job stores the
-    codes as the Zarr ``mask`` layer (not for ``--mask none``).
+    (:class:`MaskReader`, at most one of each kind) and the area of interest's
+    (:class:`s2dask.scene.aoi.AoiReader`, kind ``aoi``: its outside comes before every other
+    reason), ``layer`` whether the job stores the codes as the Zarr ``mask`` layer (not for
+    ``--mask none`` without an area of interest).
     """
 
     nodata: float | None = None
@@ -541,4 +547,7 @@ class ChunkMask:
         """
         _, height, width = np.shape(block)
         found = {r.kind: r(y0, x0, height, width) for r in self.readers}
-        return combine(nodata_pixels(block, self.nodata), found.get("scl"), found.get("file"))
+        out = combine(nodata_pixels(block, self.nodata), found.get("scl"), found.get("file"))
+        if "aoi" in found:
+            out[found["aoi"] == OUTSIDE_AOI] = OUTSIDE_AOI
+        return out

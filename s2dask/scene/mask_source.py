@@ -20,6 +20,8 @@ from rasterio.errors import RasterioError
 from ..errors import SceneError
 from ..io.storage import is_remote, remote_env
 from .mask import (
+    OUTSIDE_AOI,
+    VALID,
     ChunkMask,
     MaskReader,
     MaskSpec,
@@ -31,7 +33,7 @@ from .mask import (
 )
 from .stac_item import gdal_path
 
-__all__ = ["SceneMask", "scene_mask", "record_mask"]
+__all__ = ["SceneMask", "scene_mask", "record_mask", "with_aoi"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ class SceneMask:
     def layer_attrs(self) -> dict[str, Any] | None:
         """Attributes of the Zarr ``mask`` layer, or None when the job writes none (``--mask none``)."""
         return mask_attrs(self.spec) if self.chunk.layer else None
+
+    @property
+    def fill(self) -> int:
+        """The ``mask`` layer's value where no task wrote (chunks outside an area of interest)."""
+        return OUTSIDE_AOI if any(r.kind == "aoi" for r in self.chunk.readers) else VALID
 
     @property
     def legend(self) -> dict[str, Any] | None:
@@ -89,6 +96,13 @@ def scene_mask(scene: Any, spec: MaskSpec, *, scene_id: str) -> SceneMask:
         readers = (MaskReader(path, kind="file"),)
     return SceneMask(spec, ChunkMask(nodata=None if nodata is None else float(nodata), readers=readers,
                                      layer=spec.mode != "none"))
+
+
+def with_aoi(mask: SceneMask, reader: Any) -> SceneMask:
+    """``mask`` with an area of interest's reader (:class:`s2dask.scene.aoi.AoiReader`) added; the
+    ``mask`` layer is then written even with ``--mask none`` (it says which pixels are outside)."""
+    chunk = mask.chunk
+    return SceneMask(mask.spec, ChunkMask(nodata=chunk.nodata, readers=(*chunk.readers, reader), layer=True))
 
 
 def _check_scl(path: str, scene: Any, factor: int, scene_id: str) -> None:
