@@ -13,18 +13,25 @@ run each block through :func:`s2dask.job.worker.predict_block`, the per-block co
 worker once through the :class:`~s2dask.job.worker.ModelPlugin` that ``classify`` uses
 (:func:`s2dask.job.startup.deliver_model`); without one the threaded scheduler builds it
 once per process (:func:`s2dask.job.worker.get_predictor`).
+
+Spatial models (patch classifiers, fully-convolutional networks: their bundle's card has a
+``halo``) read each block with that halo, as ``classify``'s tasks do: ``y``/``x`` are rechunked
+to a regular grid, each task receives its chunk plus ``halo`` pixels on every side
+(:func:`s2dask.maps.halo.halo_array`, or :func:`_halo_blocks` with extra dimensions) and
+:class:`~s2dask.maps.outputs.MapSpec` (``model_halo``) returns the chunk's layers only, equal
+to the model applied to the whole scene for any chunking.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import numpy as np
 
 from ..errors import BandError, ParameterError, SceneError
+from ..maps.halo import chunk_halo, halo_array
 from ..maps.outputs import map_spec
 from ..maps.uncertainty import layer_attrs, layer_name, parse_kinds
 from ..model.bundle import ModelBundle, load_model
@@ -40,7 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["predict", "band_of"]
 
-#: edge of the spatial chunks a numpy-backed input is cut into (its result is computed at once)
+#: edge of the spatial chunks a numpy-backed input is cut into (its result is computed at once;
+#: rounded down to a multiple of a strided model's stride)
 EAGER_CHUNK = 2048
 _BAND_DIMS = ("band", "bands")
 
@@ -72,6 +80,12 @@ def predict(data: xr.DataArray | xr.Dataset, model: ModelBundle | str | os.PathL
     give the model the values it was trained on. Pixels where any band is NaN or equals the
     data's nodata (``nodata``/``_FillValue``) are nodata in the output.
 
+    Spatial models (patch and fully-convolutional bundles) are run seamlessly: ``y``/``x`` are
+    rechunked to a regular grid (the largest chunk's edges) and each task reads its chunk plus
+    the model's halo, so a pixel's class is what the model gives on the whole scene
+    (:meth:`s2dask.ModelBundle.predict_image`), whatever the chunking; a task
+    holds one chunk and its halo.
+
     Nothing runs before ``compute`` (or ``to_raster``, ``to_zarr``): the graph has explicit
     dtypes and never calls the model to guess them. Its tasks carry only a small handle of
     the model. With a distributed client active (``distributed.get_client()``) the model is
@@ -87,7 +101,8 @@ def predict(data: xr.DataArray | xr.Dataset, model: ModelBundle | str | os.PathL
         ``B2``, ``blue``, ``nir08``, ``swir16`` ...) or, for ``rioxarray.open_rasterio``, by its
         ``long_name`` band descriptions; or a Dataset with one variable per band (odc-stac,
         stackstac's ``to_dataset``). numpy- or dask-backed; a dask-backed one must hold all
-        bands in one chunk (``data.chunk(band=-1)``).
+        bands in one chunk (``data.chunk(band=-1)``); for a model with a stride (pooling), its
+        ``y``/``x`` chunks must be multiples of it.
     model : ModelBundle or path
         A bundle (:func:`s2dask.load_model`) or its directory.
     probabilities
@@ -120,7 +135,8 @@ def predict(data: xr.DataArray | xr.Dataset, model: ModelBundle | str | os.PathL
         If ``data`` is not a DataArray or Dataset, has no ``x``/``y`` dimensions, no CRS, or
         is chunked along its bands.
     ParameterError
-        If ``uncertainty``, ``engine``, ``precision`` or ``batch_size`` is invalid.
+        If ``uncertainty``, ``engine``, ``precision`` or ``batch_size`` is invalid, or the
+        ``y``/``x`` chunks are not multiples of a spatial model's stride.
     ModelError
         If the bundle is missing, corrupt or unloadable.
     """
@@ -132,26 +148,30 @@ def predict(data: xr.DataArray | xr.Dataset, model: ModelBundle | str | os.PathL
     if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) <= 0):
         raise ParameterError(f"batch_size must be a positive number of pixels, got {batch_size!r}")
     bundle = model if isinstance(model, ModelBundle) else load_model(model, check_keras=False)
+    spatial = ModelRef.of(bundle)
+    halo, stride = spatial.halo, spatial.stride  # halo None: a pixel model
     stack = _model_bands(data, bundle)
     arr, lazy = stack.data, stack.chunks is not None
     if not lazy:  # the same graph, computed before returning
-        arr = stack.chunk({d: (-1 if d == "band" else EAGER_CHUNK) for d in stack.dims}).data
+        edge = max(stride, EAGER_CHUNK // stride * stride)
+        arr = stack.chunk({d: (-1 if d == "band" else edge) for d in stack.dims}).data
+    if halo is not None:
+        arr = _regular(arr, stride)
     ref = _deliver(bundle, engine=engine, precision=precision, batch_size=batch_size)
     ny, nx = arr.shape[-2:]
-    # a spatial model's halo would come in here: regular chunks, the blocks read with
-    # da.map_overlap (depth h on y/x, the nodata value outside) and a MapSpec of halo h, so that
-    # predict_block predicts the chunk and its halo and returns the chunk only
-    maps = map_spec(uncertainty=kinds, smooth=1, chunks=(arr.chunks[-2][0], arr.chunks[-1][0]),
-                    shape=(ny, nx))
+    chunks = (arr.chunks[-2][0], arr.chunks[-1][0])
+    maps = map_spec(uncertainty=kinds, smooth=1, chunks=chunks, shape=(ny, nx), model_halo=halo)
     nodata = stack.attrs.get("nodata")
     mask = ChunkMask(nodata=nodata)
+    # a spatial model's tasks get their chunk and its halo (MapSpec.model_halo), give the chunk
+    blocks = _halo_blocks(arr, chunks=chunks, halo=maps.halo) if halo else arr
     n_cls = len(bundle.classes)
     k = 2 + (n_cls if probabilities else 0) + len(kinds)
     layers = da.map_blocks(
-        predict_layers, arr, ref=ref, probabilities=bool(probabilities), mask=mask, maps=maps,
+        predict_layers, blocks, ref=ref, probabilities=bool(probabilities), mask=mask, maps=maps,
         chunks=(*arr.chunks[:-3], (k,), *arr.chunks[-2:]), dtype="uint8",
         meta=np.empty((0,) * arr.ndim, dtype="uint8"),
-        name=f"s2dask-predict-{tokenize(arr, ref, probabilities, kinds, nodata)}")
+        name=f"s2dask-predict-{tokenize(arr, ref, probabilities, kinds, nodata, maps)}")
     ds = _dataset(stack, layers, bundle, probabilities=bool(probabilities), kinds=kinds)
     return ds if lazy else ds.compute()
 
@@ -301,6 +321,55 @@ def _ordered(stack, bands: Sequence[str], y, x, nodata):
     return stack
 
 
+# ------------------------------------------------------------------------------ the halo
+
+
+def _regular(arr, stride: int):
+    """``arr`` with regular ``y``/``x`` chunks (all of the largest chunk's edge, the last
+    smaller): the grid of :class:`~s2dask.maps.outputs.MapSpec` and ``classify`` (already
+    regular chunks are kept as they are).
+
+    Raises
+    ------
+    ParameterError
+        If those chunks are not multiples of the model's ``stride``.
+    """
+    cy, cx = max(arr.chunks[-2]), max(arr.chunks[-1])
+    if stride > 1 and (cy % stride or cx % stride):
+        uy, ux = -(-cy // stride) * stride, -(-cx // stride) * stride
+        raise ParameterError(f"data's y/x chunks {cy} x {cx} are not multiples of the model's stride "
+                             f"{stride}: rechunk them, e.g. data.chunk({{'y': {uy}, 'x': {ux}}})")
+    return arr.rechunk({arr.ndim - 2: cy, arr.ndim - 1: cx})
+
+
+def _halo_blocks(arr, *, chunks: tuple[int, int], halo: int):
+    """``(..., band, y, x)`` blocks of ``(..., band, ch + 2 halo, cw + 2 halo)``: each chunk of
+    ``chunks`` with its halo, padded with 0 outside the scene (the tasks never predict the
+    padding nor show it to the model: :class:`~s2dask.maps.outputs.MapSpec`).
+
+    A ``(band, y, x)`` array goes through :func:`s2dask.maps.halo.halo_array` (one read per
+    task where the array has a block reader); with extra dimensions (``time``), each chunk
+    and its halo are sliced lazily from the neighbouring chunks and joined in one block per
+    task, the extra dimensions keeping their chunks.
+    """
+    import dask.array as da
+
+    if arr.ndim == 3:
+        return halo_array(arr, chunks=chunks, halo=halo, fill=0)
+    lead = arr.ndim - 2
+    shape = arr.shape[-2:]
+    rows = []
+    for iy in range(len(arr.chunks[-2])):
+        row = []
+        for ix in range(len(arr.chunks[-1])):
+            h = chunk_halo(iy, ix, chunks=chunks, shape=shape, halo=halo)
+            y0, y1, x0, x1 = h.read
+            piece = da.pad(arr[..., y0:y1, x0:x1], ((0, 0),) * lead + tuple(h.pad), constant_values=0)
+            row.append(piece.rechunk({lead: -1, lead + 1: -1}))
+        rows.append(da.concatenate(row, axis=-1))
+    return da.concatenate(rows, axis=-2)
+
+
 # ------------------------------------------------------------------------------ the model
 
 
@@ -321,7 +390,7 @@ def _deliver(bundle: ModelBundle, *, engine: str, precision: str, batch_size: in
         from .startup import deliver_model
 
         return deliver_model(client, bundle, engine=engine, precision=precision, batch_size=batch_size).ref
-    return ModelRef(bundle.sha256, str(Path(bundle.path).resolve()), batch_size, engine, precision)
+    return ModelRef.of(bundle, batch_size, engine, precision)
 
 
 # ------------------------------------------------------------------------------ the output

@@ -415,6 +415,8 @@ def predict_layers(block: np.ndarray, *, ref: ModelRef, probabilities: bool, mas
 
     Each ``(band, y, x)`` step of the block (one per time step, say) goes through
     :func:`predict_block`, as a ``classify`` chunk does; only ``ref`` travels with the task.
+    With ``maps.halo`` the block is chunk ``(iy, ix)`` of ``maps.chunks`` plus its halo
+    (dask's ``chunk-location``) and the layers are the chunk's.
 
     Returns
     -------
@@ -424,13 +426,19 @@ def predict_layers(block: np.ndarray, *, ref: ModelRef, probabilities: bool, mas
     """
     where = block_info[0]["array-location"] if block_info else [(0, 0)] * block.ndim
     origin = (where[-2][0], where[-1][0])
+    chunk = tuple(block_info[0]["chunk-location"][-2:]) if block_info else (0, 0)
+    ny, nx = block.shape[-2:]
+    if maps is not None and maps.halo:  # the chunk and its halo in, the chunk out
+        ys, xs = maps.chunk_halo(*chunk).inner
+        ny, nx = ys.stop - ys.start, xs.stop - xs.start
     predictor = get_predictor(ref)
     names = maps.layers if maps is not None else ()
     k = 2 + (predictor.n_classes if probabilities else 0)
-    out = np.empty((*block.shape[:-3], k + len(names), *block.shape[-2:]), dtype="uint8")
+    out = np.empty((*block.shape[:-3], k + len(names), ny, nx), dtype="uint8")
     for step in np.ndindex(*block.shape[:-3]):
         stack, layers, _ = predict_block(block[step], predictor, probabilities=probabilities,
-                                         origin=origin, mask=mask, maps=maps, count_as=ref.sha256)
+                                         origin=origin, mask=mask, maps=maps, chunk=chunk,
+                                         count_as=ref.sha256)
         out[step][:k] = stack
         for i, name in enumerate(names):
             out[step][k + i] = layers[name]
