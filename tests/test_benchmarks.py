@@ -20,7 +20,7 @@ pytest.importorskip("psutil")
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-NAMES = ("forward", "baseline", "e2e", "scaling", "batch", "gpu_tile")
+NAMES = ("forward", "baseline", "e2e", "scaling", "batch", "gpu_tile", "spatial")
 HEAD = {"benchmark", "created", "command", "machine", "versions", "settings"}
 KEYS = {
     "forward": {"groups", "best"},
@@ -28,7 +28,8 @@ KEYS = {
     "e2e": {"runs", "summary"},
     "scaling": {"runs"},
     "batch": {"runs", "summary"},
-    "gpu_tile": {"worker_startup", "check"},  # without a GPU: its exactness check alone
+    "gpu_tile": {"worker_startup", "check"},
+    "spatial": {"peaks_gflop_s", "forward", "cli", "halo"},  # without a GPU: its exactness check alone
 }
 
 
