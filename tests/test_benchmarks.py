@@ -28,8 +28,8 @@ KEYS = {
     "e2e": {"runs", "summary"},
     "scaling": {"runs"},
     "batch": {"runs", "summary"},
-    "gpu_tile": {"worker_startup", "check"},
-    "spatial": {"peaks_gflop_s", "forward", "cli", "halo"},  # without a GPU: its exactness check alone
+    "gpu_tile": {"worker_startup", "check"},  # without a GPU: its exactness check alone
+    "spatial": {"peaks_gflop_s", "forward", "cli", "halo"},
 }
 
 
