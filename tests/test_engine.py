@@ -245,7 +245,7 @@ def test_export_ir_and_load_ir(bundle_dir, bundle, ov_model, block, tmp_path):
     rec = E.export_ir(d)
     contract = json.loads((d / "model.json").read_text())
     assert contract["openvino_ir"] == rec and rec["model_sha256"] == contract["model_sha256"]
-    assert sorted(p.name for p in d.iterdir()) == ["model.bin", "model.json", "model.keras", "model.xml"]
+    assert sorted(p.name for p in d.iterdir()) == ["mlm.json", "model.bin", "model.json", "model.keras", "model.xml"]
     assert load_model(d, check_keras=False).sha256 == bundle.sha256  # the contract still loads
     from_ir = E.OpenVINOPredictor(E.load_ir(d), contract, precision="bf16")
     converted = E.OpenVINOPredictor(ov_model, bundle.contract, precision="bf16")
@@ -284,7 +284,7 @@ def test_workers_need_no_backend_with_an_ir(bundle_dir, tmp_path):
     E.export_ir(d)
     code = (
         "import json, sys, numpy as np\n"
-        "from s2dask import engine as E\n"
+        "from s2dask.model import engines as E\n"
         f"d = {str(d)!r}\n"
         "c = json.loads(open(d + '/model.json').read())\n"
         "p = E.get_openvino_predictor(c['model_sha256'], c, lambda: E.load_ir(d, contract=c),"

@@ -195,3 +195,18 @@ def test_bf16_agreement_with_fp32_is_high(models, scene_image):
     agreement = float((fp32 == bf16).mean())
     print(f"bf16 agreement with fp32 on the FCN: {agreement:.4%}")
     assert agreement > 0.99
+
+
+def test_bundle_check_records_bf16_agreement_and_auto_precision_follows_it(models, synth_dir, tmp_path):
+    from s2dask.model.engines import resolve
+
+    b = bundle(models["fcn"].bundle.path.parent / "fcn.keras", tmp_path / "b", bands=BANDS,
+               classes=models["fcn"].bundle.path.parent / "classes.csv", check=synth_dir / "scene.tif")
+    check = b.contract.extra["precision_check"]["bf16"]
+    if not check["checked"]:
+        assert "bf16" in check["why"]
+        return
+    assert 0.9 < check["agreement"] <= 1.0 and check["pixels"] > 60000
+    assert check["within_bar"] == (check["agreement"] >= 0.998)
+    choice = resolve("auto", "auto", "cpu", contract=b.contract)
+    assert choice.engine == "openvino" and choice.precision == ("bf16" if check["within_bar"] else "fp32")

@@ -49,9 +49,14 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         kwargs = dict(model=args.model, bands=args.bands, classes=args.classes, mean=args.mean,
                       std=args.std, scale=args.scale, offset=args.offset)
     result = bundle(out=args.out, outputs=args.outputs, input_nodata=args.input_nodata,
-                    receptive_field=args.receptive_field,
+                    receptive_field=args.receptive_field, check=args.check,
                     overwrite=args.overwrite, unsafe=args.unsafe, **kwargs)
     print(f"wrote {result.path} (model.keras, model.json, mlm.json)")
+    checked = (result.contract.extra.get("precision_check") or {}).get("bf16") or {}
+    if checked.get("checked"):
+        print(f"  bf16 check: {checked['agreement']:.3%} of {checked['pixels']} pixels as in float32 "
+              f"({'within' if checked['within_bar'] else 'beyond'} the bar: jobs run "
+              f"{'bf16' if checked['within_bar'] else 'float32'} by default)")
     for key, value in format_card(result.contract, result.path)[1:]:
         print(f"  {key:<18} {value}")
     return 0
@@ -95,6 +100,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--receptive-field", type=int, default=None, metavar="N",
                    help="a fully-convolutional model's receptive field edge in pixels (each chunk is "
                    "read with a halo of N // 2); derived from the layers when omitted")
+    p.add_argument("--check", default=None, metavar="SCENE",
+                   help="check OpenVINO bf16 against float32 on a window of SCENE and record it: jobs' "
+                   "--precision auto then keeps float32 if bf16 changed more than 0.2%% of the classes")
     p.add_argument("--input-nodata", type=float, default=0, metavar="V",
                    help="the band value that marks a missing pixel (default 0)")
     p.add_argument("--mlm", default=None, metavar="ITEM.json",

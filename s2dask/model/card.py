@@ -193,5 +193,17 @@ def format_card(contract: InputContract, path: Any) -> list[tuple[str, str]]:
         ("source", f"{c.get('source_format')}"
                    + (f" {c['source_file']} (sha256 {c['source_sha256'][:12]}...)"
                       if c.get("source_sha256") else "")),
+        ("bf16 check", _check_line(contract)),
         ("model sha256", contract.model_sha256),
     ]
+
+
+def _check_line(contract: InputContract) -> str:
+    check = ((contract.extra.get("precision_check") or {}).get("bf16")) or {}
+    if not check.get("checked"):
+        return check.get("why") or "none (--precision auto uses bf16 where the CPU has it)"
+    if "agreement" in check:
+        what = f"{check['agreement']:.3%} of the classes of {check.get('on', 'a check scene')} as in float32"
+    else:
+        what = f"test OA {check.get('test_oa_minus_fp32', 0.0):+.4f} against float32"
+    return f"{what}: jobs run {'bf16' if check.get('within_bar') else 'float32'} by default"

@@ -42,6 +42,7 @@ from .blocks import RowPredictor
 from .card import card
 from .openvino_ir import (
     BF16_WIDTH_MULTIPLE,
+    OV_PRECISION,
     bf16_rewrites,
     convert,
     core,
@@ -54,7 +55,7 @@ from .openvino_ir import (
     pad_hidden_widths,
 )
 from .openvino_ir import contract_field as _get
-from .spatial import KerasSpatialPredictor, SpatialPredictor
+from .spatial import KerasSpatialPredictor, OpenVINOSpatialPredictor
 
 __all__ = [
     "ENGINES",
@@ -102,7 +103,7 @@ DEFAULT_KERAS_GPU_BATCH_SIZE = 262144
 #: THROUGHPUT compile the same graph (benchmarks/forward.py measures both)
 PERFORMANCE_HINT = "LATENCY"
 
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_OV_PRECISION = OV_PRECISION
 
 
 # ---------------------------------------------------------------- engine and precision
@@ -240,6 +241,8 @@ DEFAULT_SPATIAL_BATCH_SIZE = 65536
 DEFAULT_PATCH_BATCH_SIZE = 4096
 #: bf16 should keep a model's test accuracy within this of float32 (issue 13's bar)
 PRECISION_OA_BAR = 0.002
+#: the least share of a check scene's classes bf16 must give as float32 (s2dask bundle --check)
+PRECISION_AGREEMENT_BAR = 0.998
 
 
 def bf16_verdict(contract) -> tuple[bool | None, str]:
@@ -252,6 +255,10 @@ def bf16_verdict(contract) -> tuple[bool | None, str]:
     check = (_get(contract, PRECISION_CHECK_KEY) or {}).get("bf16") or {}
     if not check.get("checked"):
         return None, ""
+    if "agreement" in check:  # s2dask bundle --check SCENE: class agreement on a window
+        return bool(check.get("within_bar")), (
+            f"bf16 gave {check['agreement']:.3%} of a check scene's classes as float32 when the "
+            f"bundle was made (bar {check.get('bar', PRECISION_AGREEMENT_BAR):.1%})")
     return bool(check.get("within_bar")), (
         f"bf16 changed this model's test accuracy by {check.get('test_oa_minus_fp32', 0.0):+.4f} at "
         f"training (bar {check.get('bar', PRECISION_OA_BAR):g})")
@@ -515,41 +522,6 @@ def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, pr
             _CACHE[key] = pred
             _BUILDS[key] = _BUILDS.get(key, 0) + 1
         return pred
-
-
-class OpenVINOSpatialPredictor(SpatialPredictor):
-    """A spatial model (patch or fully convolutional) compiled by OpenVINO for any input size,
-    in float32 or bf16 (``INFERENCE_PRECISION_HINT``), tiled over blocks by
-    :class:`s2dask.model.spatial.SpatialPredictor`."""
-
-    def __init__(self, model, contract, *, precision: str = "fp32", batch_size: int = 4096,
-                 threads: int = 1):
-        if precision not in _OV_PRECISION:
-            raise ParameterError(f"precision {precision!r} is not one of fp32, bf16: resolve() it first")
-        super().__init__(contract, batch_size=batch_size)
-        self.precision = precision
-        self.threads = max(1, int(threads))
-        self.source = "converted"
-        self._compiled = core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "INFERENCE_NUM_THREADS": self.threads,
-            "NUM_STREAMS": 1, "PERFORMANCE_HINT": PERFORMANCE_HINT, "ENABLE_CPU_PINNING": False})
-        self._local = threading.local()
-
-    @property
-    def engine(self) -> str:
-        return "openvino"
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        req = getattr(self._local, "request", None)
-        if req is None:  # an infer request per thread: requests are not thread-safe
-            req = self._local.request = self._compiled.create_infer_request()
-        res = req.infer({0: np.ascontiguousarray(x, dtype="float32")})
-        return np.array(res[0], dtype="float32")
-
-    def record(self) -> dict:
-        ov = import_openvino()
-        return {"engine": "openvino", "precision": self.precision, "threads": self.threads,
-                "model_source": self.source, "openvino": ov.__version__.split("-")[0], **super().record()}
 
 
 def get_openvino_spatial_predictor(sha256: str, contract, keras_model: Callable[[], Any], *,

@@ -26,14 +26,15 @@ import numpy as np
 
 from ..errors import ModelError, OutputExistsError, ParameterError
 from ..io.records import sha256_file
-from ..io.storage import commit_dir
+from ..io.storage import atomic_write_json, commit_dir
 from ..scene.bands import canonical_bands
 from .backend import require_keras
-from .contract import normalise_classes
+from .contract import CONTRACT_FILE, normalise_classes
+from .engines import PRECISION_AGREEMENT_BAR, PRECISION_CHECK_KEY
 from .spatial import describe
 
 __all__ = ["SOURCE_FORMATS", "OUTPUTS", "Scaling", "source_format", "read_model_file",
-           "read_class_table", "bundle"]
+           "read_class_table", "bf16_scene_check", "bundle"]
 
 #: the model files :func:`bundle` reads
 SOURCE_FORMATS = ("keras", "h5", "savedmodel")
@@ -304,7 +305,8 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
            std: Sequence[float] | str | None = None, scale: float | None = None,
            offset: float | None = None, outputs: str = "probabilities",
            receptive_field: int | None = None, input_nodata: float | None = 0,
-           overwrite: bool = False, unsafe: bool = False, extra: dict | None = None):
+           check: str | os.PathLike | None = None, overwrite: bool = False, unsafe: bool = False,
+           extra: dict | None = None):
     """Turn a model file made elsewhere into an s2dask model bundle.
 
     Parameters
@@ -331,6 +333,10 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
         it); derived from the layers when ``None``.
     input_nodata
         The band value that marks a missing pixel (0 for Sentinel-2 digital numbers).
+    check
+        A scene to check bf16 against float32 on (:func:`bf16_scene_check`): the share of
+        equal classes is recorded, and jobs' ``--precision auto`` keeps float32 for a
+        model below the bar. Without it ``auto`` uses bf16 where the CPU has it.
     overwrite
         Replace an existing ``out``.
     unsafe
@@ -388,8 +394,11 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        save_bundle(wrapped, tmp, bands=band_list, classes=[c.to_dict() for c in infos],
-                    input_nodata=input_nodata, extra={"card": card, **(extra or {})})
+        contract = save_bundle(wrapped, tmp, bands=band_list, classes=[c.to_dict() for c in infos],
+                               input_nodata=input_nodata, extra={"card": card, **(extra or {})})
+        if check is not None:
+            contract[PRECISION_CHECK_KEY] = bf16_scene_check(load_model(tmp, check_keras=False), check)
+            atomic_write_json(tmp / CONTRACT_FILE, contract)
         commit_dir(tmp, out, overwrite=overwrite,
                    appeared=f"{out} appeared while the bundle was written: choose another --out or "
                             "pass --overwrite")
@@ -408,3 +417,32 @@ def _dir_sha256(path: Path) -> str:
         h.update(str(p.relative_to(path)).encode() + b"\0")
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def bf16_scene_check(bundle, scene: str | os.PathLike, *, size: int = 512) -> dict:
+    """OpenVINO bf16 against float32 on a window of ``scene`` (its centre, at most
+    ``size`` x ``size`` px): ``{"bf16": {...}}`` with the share of equal classes and whether it
+    reaches :data:`~s2dask.model.engines.PRECISION_AGREEMENT_BAR`.
+
+    Raises
+    ------
+    SceneError
+        If the scene cannot be opened or lacks a model band.
+    """
+    from ..errors import S2DaskError
+    from ..scene import open_scene
+
+    da = open_scene(scene, bands=bundle.bands)
+    _, ny, nx = da.shape
+    y0, x0 = max(0, (ny - size) // 2), max(0, (nx - size) // 2)
+    image = da[:, y0:y0 + size, x0:x0 + size].values
+    try:
+        fp32 = bundle.predict_image(image, engine="openvino", precision="fp32")
+        bf16 = bundle.predict_image(image, engine="openvino", precision="bf16")
+    except S2DaskError as exc:  # no OpenVINO, or no bf16 instructions on this CPU
+        return {"bf16": {"checked": False, "why": str(exc)}}
+    valid = fp32 != 255
+    agreement = float((fp32[valid] == bf16[valid]).mean()) if valid.any() else 1.0
+    return {"bf16": {"checked": True, "agreement": agreement, "pixels": int(valid.sum()),
+                     "on": f"{Path(scene).name} [{y0}:{y0 + image.shape[1]}, {x0}:{x0 + image.shape[2]}]",
+                     "bar": PRECISION_AGREEMENT_BAR, "within_bar": agreement >= PRECISION_AGREEMENT_BAR}}

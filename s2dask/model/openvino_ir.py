@@ -28,10 +28,14 @@ from ..errors import ModelError, OutputExistsError
 from ..io.records import sha256_file
 from ..io.storage import atomic_write_bytes, atomic_write_json
 
-__all__ = ["IR_KEY", "IR_XML", "IR_BIN", "TELEMETRY_ENV", "BF16_WIDTH_MULTIPLE", "import_openvino",
+__all__ = [
+    "OV_PRECISION", "IR_KEY", "IR_XML", "IR_BIN", "TELEMETRY_ENV", "BF16_WIDTH_MULTIPLE", "import_openvino",
            "pad_hidden_widths", "exact_input_layers", "bf16_rewrites", "graph_with_outputs",
            "softmax_input", "core", "convert", "ir_from_bytes", "export_ir", "load_ir", "read_ir",
            "ir_record", "contract_field"]
+
+#: OpenVINO's ``INFERENCE_PRECISION_HINT`` of each precision s2dask offers
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 #: the key of the IR record in ``model.json``
 IR_KEY = "openvino_ir"

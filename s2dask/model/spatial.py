@@ -26,14 +26,16 @@ function (Keras here, OpenVINO in :mod:`s2dask.model.engines`).
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, ParameterError
+from .openvino_ir import OV_PRECISION, core, import_openvino
 
 __all__ = ["KINDS", "PATCH_EDGE", "describe", "receptive_field", "flexible", "SpatialPredictor",
-           "KerasSpatialPredictor", "DEFAULT_TILE"]
+           "KerasSpatialPredictor", "OpenVINOSpatialPredictor", "DEFAULT_TILE"]
 
 KINDS = ("pixel", "patch", "dense")
 #: how a patch window that leaves the scene is filled (recorded in the card)
@@ -375,3 +377,38 @@ class KerasSpatialPredictor(SpatialPredictor):
 
         return {"engine": "keras", "backend": keras.backend.backend(), "precision": "fp32",
                 "model_source": "keras", **super().record()}
+
+
+class OpenVINOSpatialPredictor(SpatialPredictor):
+    """A spatial model (patch or fully convolutional) compiled by OpenVINO for any input size,
+    in float32 or bf16 (``INFERENCE_PRECISION_HINT``), tiled over blocks by
+    :class:`s2dask.model.spatial.SpatialPredictor`."""
+
+    def __init__(self, model, contract, *, precision: str = "fp32", batch_size: int = 4096,
+                 threads: int = 1):
+        if precision not in OV_PRECISION:
+            raise ParameterError(f"precision {precision!r} is not one of fp32, bf16: resolve() it first")
+        super().__init__(contract, batch_size=batch_size)
+        self.precision = precision
+        self.threads = max(1, int(threads))
+        self.source = "converted"
+        self._compiled = core().compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
+        self._local = threading.local()
+
+    @property
+    def engine(self) -> str:
+        return "openvino"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        req = getattr(self._local, "request", None)
+        if req is None:  # an infer request per thread: requests are not thread-safe
+            req = self._local.request = self._compiled.create_infer_request()
+        res = req.infer({0: np.ascontiguousarray(x, dtype="float32")})
+        return np.array(res[0], dtype="float32")
+
+    def record(self) -> dict:
+        ov = import_openvino()
+        return {"engine": "openvino", "precision": self.precision, "threads": self.threads,
+                "model_source": self.source, "openvino": ov.__version__.split("-")[0], **super().record()}
