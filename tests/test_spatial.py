@@ -20,6 +20,7 @@ from s2dask.job.graph import prediction_graph
 from s2dask.job.run import classify
 from s2dask.job.worker import ModelRef
 from s2dask.model.bundle import load_model
+from s2dask.model.engines import engine_line
 from s2dask.model.foreign import bundle
 from s2dask.scene import open_scene
 
@@ -134,7 +135,12 @@ def test_chunked_classify_equals_the_whole_scene(models, synth_dir, scene_image,
         got = src.read(1)
     np.testing.assert_array_equal(got, want)
     record = json.loads((Path(res.out) / "job.json").read_text())
-    assert record["model"]["contract"]["card"]["kind"] == models[name].bundle.card["kind"]
+    card = models[name].bundle.card
+    assert record["model"]["contract"]["card"]["kind"] == card["kind"]
+    workers = list(record["engine"]["workers"].values())
+    assert workers and all((w["engine"], w["kind"], w["halo"]) == (engine, card["kind"], card["halo"])
+                           for w in workers)
+    assert f"{card['kind']} model with a {card['halo']} px halo" in engine_line(record["engine"]["workers"])
 
 
 def test_smoothing_and_uncertainty_on_top_of_a_spatial_model_do_not_depend_on_chunks(

@@ -603,7 +603,8 @@ def describe(choice: EngineChoice, predictor) -> dict:
 def engine_line(workers: dict) -> str:
     """One line about what the workers of a job ran: ``{worker: describe(...)}`` grouped.
 
-    E.g. ``openvino bf16 on cpu, batch 2048, 1 thread, IR (2 workers)``.
+    E.g. ``openvino bf16 on cpu, batch 2048, 1 thread, IR (2 workers)``; a spatial model adds
+    its kind and halo (``..., dense model with a 6 px halo``).
     """
     groups: dict[str, int] = {}
     for rec in workers.values():
@@ -611,6 +612,7 @@ def engine_line(workers: dict) -> str:
         text = (f"{rec.get('engine')} {rec.get('precision')} on {rec.get('device', '?')}, "
                 f"batch {rec.get('batch_size')}"
                 + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
-                + {"ir": ", IR", "converted": ", converted"}.get(rec.get("model_source"), ""))
+                + {"ir": ", IR", "converted": ", converted"}.get(rec.get("model_source"), "")
+                + (f", {rec['kind']} model with a {rec.get('halo', 0)} px halo" if rec.get("kind") else ""))
         groups[text] = groups.get(text, 0) + 1
     return "; ".join(f"{text} ({n} worker{'s' if n != 1 else ''})" for text, n in groups.items())
