@@ -146,6 +146,39 @@ def test_mlm_item_reads_back_into_the_same_bundle(made_elsewhere, tmp_path):
     assert pystac.Item.from_dict(mlm).id.startswith("s2dask-model-")
 
 
+def test_mlm_clip_and_min_max_are_folded_in_order(tmp_path):
+    import keras
+
+    from s2dask.model.card import read_mlm
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.save(tmp_path / "m.keras")
+    steps = [{"type": "clip", "minimum": 0, "maximum": 10000},
+             {"type": "min-max", "minimum": 0, "maximum": 10000},
+             {"type": "clip-max", "maximum": 0.5}]  # after min-max: raw 5000
+    item = {"type": "Feature", "stac_version": "1.1.0", "id": "m", "geometry": None,
+            "properties": {"datetime": "2026-01-01T00:00:00Z",
+                           "mlm:input": [{"name": "x", "bands": ["B04", "B08"], "value_scaling": steps}],
+                           "mlm:output": [{"name": "y", "classification:classes": [
+                               {"value": 0, "name": "no"}, {"value": 1, "name": "yes"}]}]},
+            "assets": {"model": {"href": "m.keras", "roles": ["mlm:model"]}}}
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    kwargs = read_mlm(tmp_path / "item.json")
+    assert kwargs["clip"] == (0.0, 5000.0) and kwargs["scale"] == pytest.approx(1e-4)
+    b = bundle(out=tmp_path / "b", **kwargs)
+    x = np.array([[-50, 7000], [300, 12000], [9000, 20]], "float32")
+    want = model.predict(np.minimum(np.clip(x, 0, 10000) / 10000, 0.5), verbose=0)
+    np.testing.assert_allclose(b.predict_proba(x, engine="keras", precision="fp32"), want, atol=1e-6)
+    np.testing.assert_allclose(b.predict_proba(x, engine="openvino", precision="fp32"), want, atol=1e-5)
+    assert b.card["scaling"]["clip"] == [0.0, 5000.0]
+    item["properties"]["mlm:input"][0]["value_scaling"] = [{"type": "processing", "expression": "x"}]
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    with pytest.raises(ModelError, match="value_scaling 'processing' cannot be folded into the bundle"):
+        read_mlm(tmp_path / "item.json")
+
+
 def test_trained_bundles_carry_an_mlm_item_and_inspect_prints_the_card(tiny_model):
     mlm = json.loads((tiny_model / "mlm.json").read_text())
     assert mlm["properties"]["s2dask:kind"] == "pixel"

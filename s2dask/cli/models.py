@@ -35,7 +35,8 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     from ..model.foreign import bundle
 
     if args.mlm:
-        given = {k: getattr(args, k) for k in ("model", "bands", "classes", "mean", "std", "scale", "offset")
+        given = {k: getattr(args, k) for k in ("model", "bands", "classes", "mean", "std", "scale", "offset",
+                                               "clip")
                  if getattr(args, k) is not None}
         if given:
             raise_usage(f"--mlm reads the model, bands, classes and scaling from the item: drop "
@@ -47,7 +48,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         if missing:
             raise_usage(f"give {', '.join(missing)} (or --mlm ITEM.json)")
         kwargs = dict(model=args.model, bands=args.bands, classes=args.classes, mean=args.mean,
-                      std=args.std, scale=args.scale, offset=args.offset)
+                      std=args.std, scale=args.scale, offset=args.offset, clip=args.clip)
     result = bundle(out=args.out, outputs=args.outputs, input_nodata=args.input_nodata,
                     receptive_field=args.receptive_field, check=args.check,
                     overwrite=args.overwrite, unsafe=args.unsafe, **kwargs)
@@ -95,6 +96,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="multiply band values by S before the model (e.g. 0.0001 for reflectance models)")
     p.add_argument("--offset", type=float, default=None, metavar="O",
                    help="then add O (before the z-score when both are given)")
+    p.add_argument("--clip", default=None, metavar="MIN,MAX",
+                   help="clip raw band values to [MIN, MAX] first (either may be empty: 0, or ,10000)")
     p.add_argument("--outputs", choices=("probabilities", "logits"), default="probabilities",
                    help="what the output units hold (default probabilities; logits get a softmax)")
     p.add_argument("--receptive-field", type=int, default=None, metavar="N",

@@ -110,14 +110,14 @@ def read_mlm(path: str | os.PathLike) -> dict[str, Any]:
 
     Reads the model asset (role ``mlm:model``, href relative to the item), the bands of the
     first ``mlm:input``, its ``value_scaling`` (``z-score``, ``scale``, ``offset``,
-    ``min-max``; applied in order) and the ``classification:classes`` of the first
-    ``mlm:output``.
+    ``min-max``, ``clip``, ``clip-min``, ``clip-max``; applied in order, a clip moved to the
+    raw values it bounds) and the ``classification:classes`` of the first ``mlm:output``.
 
     Raises
     ------
     ModelError
         If the item is not MLM, lacks a model asset, bands or classes, or asks for a value
-        scaling s2dask cannot fold into the model (``clip``, ``processing``).
+        scaling s2dask cannot fold into the model (``processing``, a clip after a z-score).
     """
     path = Path(path)
     try:
@@ -148,11 +148,21 @@ def read_mlm(path: str | os.PathLike) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "bands": bands, "classes": classes}
     scale, offset = 1.0, 0.0
     mean = std = None
+    lo, hi = None, None  # clipping bounds in raw units (clipping commutes with x * a + b, a > 0)
     for step in inputs[0].get("value_scaling") or []:
         kind, n = step.get("type"), len(bands)
         if mean is not None:
             raise ModelError(f"{path}: value_scaling after a z-score cannot be folded into one step")
-        if kind == "z-score":
+        if kind in ("clip", "clip-min", "clip-max"):
+            if scale <= 0:
+                raise ModelError(f"{path}: a clip after a negative scale cannot be folded into the bundle")
+            if kind != "clip-max" and step.get("minimum") is not None:
+                raw = (float(step["minimum"]) - offset) / scale
+                lo = raw if lo is None else max(lo, raw)
+            if kind != "clip-min" and step.get("maximum") is not None:
+                raw = (float(step["maximum"]) - offset) / scale
+                hi = raw if hi is None else min(hi, raw)
+        elif kind == "z-score":
             mean = _scalar(step["mean"], n, "mean", path)
             std = _scalar(step["stddev"], n, "stddev", path)
         elif kind == "scale":  # x / value
@@ -164,11 +174,13 @@ def read_mlm(path: str | os.PathLike) -> dict[str, Any]:
             scale, offset = scale / (hi - lo), (offset - lo) / (hi - lo)
         else:
             raise ModelError(f"{path}: value_scaling {kind!r} cannot be folded into the bundle "
-                             "(z-score, scale, offset and min-max can)")
+                             "(z-score, scale, offset, min-max and clip can)")
     if (scale, offset) != (1.0, 0.0):
         out["scale"], out["offset"] = scale, offset
     if mean is not None:
         out["mean"], out["std"] = mean, std
+    if (lo, hi) != (None, None):
+        out["clip"] = (lo, hi)
     return out
 
 
@@ -177,7 +189,9 @@ def format_card(contract: InputContract, path: Any) -> list[tuple[str, str]]:
     c = card(contract)
     scaling = c.get("scaling")
     if isinstance(scaling, dict):
-        parts = [f"x * {scaling['scale']:g}" if scaling.get("scale") is not None else "",
+        clip = scaling.get("clip")
+        parts = [f"clip to [{clip[0]}, {clip[1]}]" if clip else "",
+                 f"x * {scaling['scale']:g}" if scaling.get("scale") is not None else "",
                  f"+ {scaling['offset']:g}" if scaling.get("offset") is not None else "",
                  "z-score per band" if scaling.get("mean") is not None else ""]
         scaling = " ".join(p for p in parts if p) or "none"

@@ -46,8 +46,8 @@ _FLAG = "--unsafe (unsafe=True in Python)"
 
 @dataclass(frozen=True)
 class Scaling:
-    """The scaling applied to raw band values before the model: ``x * scale + offset``, then
-    ``(x - mean) / std`` per band (each part optional)."""
+    """The scaling applied to raw band values before the model: clipped to ``clip``, then
+    ``x * scale + offset``, then ``(x - mean) / std`` per band (each part optional)."""
 
     #: multiplies every band value (``None``: 1)
     scale: float | None = None
@@ -57,16 +57,19 @@ class Scaling:
     mean: tuple[float, ...] | None = None
     #: per-band standard deviations of the z-score
     std: tuple[float, ...] | None = None
+    #: ``(minimum, maximum)`` of the raw values, either ``None`` (``None``: no clipping)
+    clip: tuple[float | None, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The card's ``scaling`` entry."""
         return {"scale": self.scale, "offset": self.offset,
                 "mean": list(self.mean) if self.mean is not None else None,
-                "std": list(self.std) if self.std is not None else None}
+                "std": list(self.std) if self.std is not None else None,
+                "clip": list(self.clip) if self.clip is not None else None}
 
     @property
     def empty(self) -> bool:
-        return self.scale is None and self.offset is None and self.mean is None
+        return self.scale is None and self.offset is None and self.mean is None and self.clip is None
 
 
 def source_format(path: str | os.PathLike) -> str:
@@ -248,8 +251,21 @@ def _floats(values: Sequence[float] | str | None, what: str) -> tuple[float, ...
         raise ParameterError(f"{what} must be numbers separated by commas, got {values!r}") from None
 
 
-def _scaling(bands: list[str], mean, std, scale, offset) -> Scaling:
+def _scaling(bands: list[str], mean, std, scale, offset, clip=None) -> Scaling:
     mean, std = _floats(mean, "--mean"), _floats(std, "--std")
+    if clip is not None:
+        if isinstance(clip, str):
+            clip = [None if not v.strip() else v for v in clip.split(",")]
+        if len(clip) != 2:
+            raise ParameterError(f"--clip takes MIN,MAX (either may be empty), got {clip!r}")
+        try:
+            clip = tuple(None if v is None else float(v) for v in clip)
+        except (TypeError, ValueError):
+            raise ParameterError(f"--clip takes numbers MIN,MAX, got {clip!r}") from None
+        if clip == (None, None):
+            clip = None
+        elif None not in clip and clip[0] >= clip[1]:
+            raise ParameterError(f"--clip minimum {clip[0]:g} is not below its maximum {clip[1]:g}")
     if (mean is None) != (std is None):
         raise ParameterError("give --mean and --std together (R: attr(scale(x), 'scaled:center') and "
                              "'scaled:scale')")
@@ -261,7 +277,7 @@ def _scaling(bands: list[str], mean, std, scale, offset) -> Scaling:
         if any(not s > 0 for s in std):
             raise ParameterError(f"--std values must be > 0, got {','.join(f'{s:g}' for s in std)}")
     return Scaling(None if scale is None else float(scale), None if offset is None else float(offset),
-                   mean, std)
+                   mean, std, clip)
 
 
 def _wrap(model, scaling: Scaling, outputs: str, keras):
@@ -270,6 +286,16 @@ def _wrap(model, scaling: Scaling, outputs: str, keras):
         return model
     inp = keras.Input(shape=tuple(model.input_shape[1:]), name="bands", dtype="float32")
     x = inp
+    if scaling.clip is not None:  # clip(x, lo, hi) = lo + min(max(x - lo, 0), hi - lo)
+        lo, hi = scaling.clip
+        if lo is None:  # min(x, hi) = hi - max(hi - x, 0)
+            x = keras.layers.Rescaling(-1.0, hi, name="clip_flip")(x)
+            x = keras.layers.ReLU(name="clip")(x)
+            x = keras.layers.Rescaling(-1.0, hi, name="clip_back")(x)
+        else:
+            x = keras.layers.Rescaling(1.0, -lo, name="clip_shift")(x)
+            x = keras.layers.ReLU(max_value=None if hi is None else hi - lo, name="clip")(x)
+            x = keras.layers.Rescaling(1.0, lo, name="clip_back")(x)
     if scaling.scale is not None or scaling.offset is not None:
         x = keras.layers.Rescaling(scaling.scale if scaling.scale is not None else 1.0,
                                    scaling.offset or 0.0, name="scale_offset")(x)
@@ -303,7 +329,8 @@ def _check_probabilities(model, card: dict, n_bands: int, where: Any) -> None:
 def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[str] | str,
            classes: str | os.PathLike | Sequence[dict], mean: Sequence[float] | str | None = None,
            std: Sequence[float] | str | None = None, scale: float | None = None,
-           offset: float | None = None, outputs: str = "probabilities",
+           offset: float | None = None, clip: Sequence[float | None] | str | None = None,
+           outputs: str = "probabilities",
            receptive_field: int | None = None, input_nodata: float | None = 0,
            check: str | os.PathLike | None = None, overwrite: bool = False, unsafe: bool = False,
            extra: dict | None = None):
@@ -326,6 +353,8 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
         Per-band z-score statistics applied outside the model in training (R's ``scale()``).
     scale, offset
         ``x * scale + offset`` before the model (before the z-score when both are given).
+    clip
+        ``(minimum, maximum)`` of the raw values (either ``None``), applied first.
     outputs
         ``"probabilities"`` (the default) or ``"logits"`` (a softmax is added).
     receptive_field
@@ -374,7 +403,7 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
         raise ParameterError(f"--bands: {exc}") from None
     table = read_class_table(classes) if isinstance(classes, (str, os.PathLike)) else list(classes)
     infos = normalise_classes(table)
-    scaling = _scaling(band_list, mean, std, scale, offset)
+    scaling = _scaling(band_list, mean, std, scale, offset, clip)
     src = Path(model)
     keras_model, fmt = read_model_file(src, unsafe=unsafe)
     keras_model, card = describe(keras_model, where=src, receptive_field_given=receptive_field,
