@@ -106,7 +106,7 @@ def forward(bundle_dir: Path, scene: Path, chunk: int, threads: int, seconds: fl
     block = da[:, y0:y0 + chunk + 2 * h, x0:x0 + chunk + 2 * h].values
     edges = ((False, False), (False, False))
     px = (block.shape[1] - 2 * h) * (block.shape[2] - 2 * h)
-    rows = []
+    rows, classes = [], {}
     cases = [("openvino", "fp32"), ("openvino", "bf16"), ("keras", "fp32")]
     for engine, precision in cases:
         if precision == "bf16" and not cpu_has_bf16()[0]:
@@ -121,8 +121,14 @@ def forward(bundle_dir: Path, scene: Path, chunk: int, threads: int, seconds: fl
 
             configure_threads(threads)
         mpx = C.rate(lambda: pred.block_probabilities(block, edges), px / 1e6, seconds, warm=True)
+        prob, exact = pred.block_probabilities(block, edges)
+        classes[(engine, precision)] = np.argmax(prob, axis=0)[exact]
         rows.append({"engine": engine, "precision": precision, "threads": threads, "chunk": chunk,
                      "halo": h, "mpx_s": mpx, "gflop_s": mpx * 1e6 * fpp / 1e9})
+    ref = classes.get(("openvino", "fp32"))
+    for r in rows:  # the share of the chunk's classes each engine and precision gives as OpenVINO fp32
+        got = classes[(r["engine"], r["precision"])]
+        r["agreement_with_openvino_fp32"] = float((got == ref).mean()) if ref is not None else None
     return rows
 
 
@@ -179,9 +185,10 @@ def main(argv=None) -> int:
     result["halo"] = halo_read(scene, chunk, record["model"]["contract"]["card"]["halo"], 3 if args.quick else 5)
     result["gpu"] = "none here: run this benchmark with KERAS_BACKEND=jax on a GPU machine (benchmarks/gpu_tile.py)"
 
-    rows = [(r["engine"], r["precision"], r["mpx_s"], r["gflop_s"], r["vs_fp32_peak"], r["vs_bf16_peak"])
-            for r in result["forward"]]
-    print(C.table(rows, ["engine", "precision", "Mpx/s", "GFLOP/s", "/fp32 peak", "/bf16 peak"]))
+    rows = [(r["engine"], r["precision"], r["mpx_s"], r["gflop_s"], r["vs_fp32_peak"], r["vs_bf16_peak"],
+             r["agreement_with_openvino_fp32"]) for r in result["forward"]]
+    print(C.table(rows, ["engine", "precision", "Mpx/s", "GFLOP/s", "/fp32 peak", "/bf16 peak",
+                         "= ov fp32"]))
     print(f"peaks (GFLOP/s, {threads} threads): " + ", ".join(f"{k} {v:.0f}" for k, v in result["peaks_gflop_s"].items()))
     vs = result["cli"]["vs_forward"]
     print(f"whole CLI: {cli['wall_s']:.1f} s, {cli['mpx_s']:.3f} Mpx/s ({result['cli']['engine']} "
