@@ -216,3 +216,18 @@ def test_bundle_check_records_bf16_agreement_and_auto_precision_follows_it(model
     assert check["within_bar"] == (check["agreement"] >= 0.998)
     choice = resolve("auto", "auto", "cpu", contract=b.contract)
     assert choice.engine == "openvino" and choice.precision == ("bf16" if check["within_bar"] else "fp32")
+
+
+@pytest.mark.parametrize("name, tile", [("fcn", 48), ("unet", 64)])
+def test_small_tiles_give_the_same_map(models, scene_image, name, tile):
+    """The tiling inside a block (default 512 px tiles) is seamless too: small tiles, many
+    seams, the same classes."""
+    want = _reference(name, models[name].model, scene_image)
+    pred = models[name].bundle.predictor(engine="openvino", precision="fp32")
+    default = pred.tile
+    pred.tile = tile
+    try:
+        prob = pred.predict_image(scene_image)
+    finally:
+        pred.tile = default
+    np.testing.assert_array_equal(_classes(np.moveaxis(prob, 0, -1), scene_image), want)

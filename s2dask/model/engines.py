@@ -235,8 +235,8 @@ def default_batch_size(engine: str, device: str = "cpu") -> int:
 
 #: the key in ``model.json`` of what bf16 did to the model's test split at training
 PRECISION_CHECK_KEY = "precision_check"
-#: output pixels per forward call of a fully-convolutional model (one 256 x 256 tile and its halo)
-DEFAULT_SPATIAL_BATCH_SIZE = 65536
+#: output pixels per forward call of a fully-convolutional model (one 512 x 512 tile and its halo)
+DEFAULT_SPATIAL_BATCH_SIZE = 262144
 #: windows per forward call of a patch model
 DEFAULT_PATCH_BATCH_SIZE = 4096
 #: bf16 should keep a model's test accuracy within this of float32 (issue 13's bar)

@@ -41,7 +41,7 @@ KINDS = ("pixel", "patch", "dense")
 #: how a patch window that leaves the scene is filled (recorded in the card)
 PATCH_EDGE = "reflect"
 #: the output tile edge of a dense model's forward calls (its input: tile + 2 x halo)
-DEFAULT_TILE = 256
+DEFAULT_TILE = 512
 
 # layers that move no pixel: receptive field and stride unchanged
 _POINTWISE = {
