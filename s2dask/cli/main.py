@@ -356,6 +356,10 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler-timeout", type=float, default=60.0, metavar="S",
                    help="seconds without an answer from the scheduler before the job stops, "
                    "keeping finished chunks for --resume (default 60)")
+    p.add_argument("--task-timeout", type=float, default=None, metavar="S",
+                   help="seconds a chunk task may run before it is retried on another worker; after "
+                   "2 retries the job stops, keeping finished chunks (default: 10 x the median "
+                   "chunk time, at least 60 s)")
     p.add_argument("--memory-limit", metavar="SIZE",
                    help="memory limit per worker of the embedded cluster, e.g. 1.5GiB (default: "
                    "the machine's memory shared out); chunks are picked to fit it")
@@ -422,6 +426,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             mask=args.mask, mask_classes=args.mask_classes, boa_add_offset=args.boa_add_offset,
             uncertainty=args.uncertainty, smooth=args.smooth, retries=args.retries,
             scheduler_timeout=args.scheduler_timeout, memory_limit=args.memory_limit,
+            task_timeout=args.task_timeout,
             resume_command=_resume_command(getattr(args, "argv", None)),
         )
     finally:

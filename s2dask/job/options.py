@@ -17,6 +17,7 @@ from ..model.engines import check_options
 from ..scene.bands import canonical_bands
 from ..scene.graph import chunk_pair
 from ..scene.mask import MaskSpec, parse_mask_option
+from .taskwatch import DEFAULT_TASK_RETRIES, check_task_timeout
 from .watch import DEFAULT_SCHEDULER_TIMEOUT, check_timeout
 
 __all__ = ["JobOptions"]
@@ -90,6 +91,10 @@ class JobOptions:
     scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
     resume_command: str | None = None
     memory_limit: str | float | None = None
+    #: seconds a chunk task may run before it is retried on another worker (``None``: 10 x the
+    #: job's median chunk time, at least 60 s); retries of such a chunk before the job stops
+    task_timeout: float | None = None
+    task_retries: int = DEFAULT_TASK_RETRIES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uncertainty", map_options(self.uncertainty, self.smooth))
@@ -105,6 +110,7 @@ class JobOptions:
         self.mask_spec()
         RetryPolicy.of(self.retries)  # a negative or odd number of retries: one line, now
         check_timeout(self.scheduler_timeout)
+        check_task_timeout(self.task_timeout, self.task_retries)
 
     def mask_spec(self) -> MaskSpec:
         """``mask`` and ``mask_classes`` parsed (raises ParameterError)."""

@@ -78,6 +78,7 @@ from .options import JobOptions
 from .pipeline import run_pipelined
 from .progress import Progress
 from .startup import ClusterStart, Timeline, deliver_for_job, delivery_options, startup_timings
+from .taskwatch import TaskWatch
 from .watch import DEFAULT_RESUME, completed
 from .worker import ModelRef, write_rasters
 
@@ -182,7 +183,7 @@ def classify(
         ``resume``, ``batch_size``, ``tf_threads``, ``engine``, ``precision``, ``cog``, ``quicklook``,
         ``overview_resampling``, ``progress``, ``scheduler``, ``scheduler_file``,
         ``security``, ``workers``, ``threads_per_worker``, ``gpu``, ``connect_timeout``,
-        ``mask``, ``mask_classes``, ``aoi``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``retries``, ``scheduler_timeout``, ``memory_limit``, ``bands``:
+        ``mask``, ``mask_classes``, ``aoi``, ``boa_add_offset``, ``uncertainty``, ``smooth``, ``retries``, ``scheduler_timeout``, ``task_timeout``, ``memory_limit``, ``bands``:
         the scene's bands in stored order, for files without band names), replacing those of
         ``options``.
 
@@ -424,6 +425,7 @@ class _Flight:
     t_submit: float
     previous: "_Flight | None"  # the scene whose chunks run before these
     t_chunks_done: float = 0.0
+    labels: dict = dataclasses.field(default_factory=dict)  # {future key: "chunk y=.. x=.. of SCENE"}
 
 
 def _submit(job: _SceneJob, run: _Run, previous: _Flight | None) -> _Flight:
@@ -441,10 +443,13 @@ def _submit(job: _SceneJob, run: _Run, previous: _Flight | None) -> _Flight:
                               options=opts, mask=job.mask.chunk, name=job.scene_id)
     nyb, nxb = blocks.shape
     done, totals = read_ledger(markers)
-    todo = [blocks[iy, ix] for iy in range(nyb) for ix in range(nxb) if chunk_id(iy, ix) not in done
-            and (job.aoi is None or (iy, ix) in job.aoi.chunks)]  # chunks outside the area: never read
-    futures = run.client.compute(todo) if todo else []
-    return _Flight(job, store, markers, ident, (nyb, nxb), done, totals, futures, t0, previous)
+    ids = [(iy, ix) for iy in range(nyb) for ix in range(nxb) if chunk_id(iy, ix) not in done
+           and (job.aoi is None or (iy, ix) in job.aoi.chunks)]  # chunks outside the area: never read
+    futures = run.client.compute([blocks[i] for i in ids]) if ids else []
+    (cy, cx), (ny, nx) = job.chunks, job.scene.shape[1:]
+    labels = {f.key: f"chunk y={iy * cy}:{min(ny, (iy + 1) * cy)} x={ix * cx}:{min(nx, (ix + 1) * cx)} of "
+              f"{job.source}" for f, (iy, ix) in zip(futures, ids)}
+    return _Flight(job, store, markers, ident, (nyb, nxb), done, totals, futures, t0, previous, labels=labels)
 
 
 def _conclude(flight: _Flight, run: _Run) -> JobResult:
@@ -508,7 +513,7 @@ def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarra
     bar.update(len(done))
     if futures:
         try:
-            for fut, value in _watched(run, job, futures):
+            for fut, value in _watched(run, job, futures, flight.labels):
                 if fut.status == "error":
                     raise _task_error(value, job)
                 totals += value.reshape(N_TOTALS)
@@ -520,12 +525,15 @@ def _compute(flight: _Flight, run: _Run, t0: float) -> tuple[set[str], np.ndarra
     return done, totals, time.perf_counter() - t0, bool(futures)
 
 
-def _watched(run: _Run, job: _SceneJob, futures: list):
+def _watched(run: _Run, job: _SceneJob, futures: list, labels: dict | None = None):
     """``(future, value)`` as a scene's futures finish, under the scheduler watch
-    (:func:`s2dask.job.watch.completed`) with the job's timeout and ``--resume`` command."""
-    opts = run.options
+    (:func:`s2dask.job.watch.completed`) with the job's timeout and ``--resume`` command;
+    with ``labels`` (chunk tasks) under the task watch too (:class:`s2dask.job.taskwatch.TaskWatch`)."""
+    opts, resume = run.options, run.options.resume_command or DEFAULT_RESUME
+    tasks = TaskWatch(run.client, labels, timeout=opts.task_timeout, retries=opts.task_retries,
+                      resume=resume, kept=str(job.partial)) if labels else None
     return completed(run.client, futures, timeout=opts.scheduler_timeout, kept=str(job.partial),
-                     resume=opts.resume_command or DEFAULT_RESUME)
+                     resume=resume, tasks=tasks)
 
 
 def _cog_threads(client) -> int:

@@ -153,7 +153,7 @@ def _lost(message: str) -> JobError:
 
 def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
               resume: str = DEFAULT_RESUME, kept: str | None = None,
-              poll: float = 0.2) -> Iterator[tuple[Any, Any]]:
+              poll: float = 0.2, tasks: Any = None) -> Iterator[tuple[Any, Any]]:
     """Yield ``(future, value)`` as ``futures`` finish, like ``distributed.as_completed``,
     with a watch.
 
@@ -172,17 +172,20 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
         See :class:`SchedulerWatch`.
     poll
         Seconds between looks at the futures while none is ready.
+    tasks
+        A :class:`s2dask.job.taskwatch.TaskWatch` of these futures: a task that never finishes
+        is retried elsewhere, then ends the wait in its one line (``None``: no bound).
 
     Raises
     ------
     JobError
         When the scheduler has not answered for ``timeout`` seconds, or answers again
-        having lost the job's tasks.
+        having lost the job's tasks, or (``tasks``) a task stayed stuck after its retries.
     """
     watch = SchedulerWatch(client, timeout=timeout, resume=resume, kept=kept)
     level = _quiet_client_logs()  # while waiting; left quiet once the scheduler is gone
     try:
-        yield from _wait(client, futures, watch, resume=resume, kept=kept, poll=poll)
+        yield from _wait(client, futures, watch, resume=resume, kept=kept, poll=poll, tasks=tasks)
     except GeneratorExit:
         logging.getLogger("distributed.client").setLevel(level)
         raise
@@ -190,7 +193,7 @@ def completed(client, futures: Iterable, *, timeout: float = DEFAULT_SCHEDULER_T
 
 
 def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept: str | None,
-          poll: float) -> Iterator[tuple[Any, Any]]:
+          poll: float, tasks: Any = None) -> Iterator[tuple[Any, Any]]:
     from distributed import as_completed
 
     pending = as_completed(list(futures), loop=client.loop)
@@ -202,6 +205,8 @@ def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept
                 if value is _LOST:
                     lost += 1
                 else:
+                    if tasks is not None:
+                        tasks.finished(fut.key)
                     yield fut, value
             continue
         if pending.is_empty() and not lost:
@@ -211,6 +216,8 @@ def _wait(client, futures: Iterable, watch: SchedulerWatch, *, resume: str, kept
                         "(it restarted, or they were cancelled): the finished chunks are kept"
                         f"{f' in {kept}' if kept else ''}; finish the job with: {resume}")
         watch.check()
+        if tasks is not None:
+            tasks.check()
         time.sleep(poll)
 
 
