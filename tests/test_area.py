@@ -9,6 +9,7 @@ mosaic.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,166 @@ def test_item_and_catalogue_on_object_storage(runs, moto_url, moto_s3):
         item = json.loads(final.join("item.json").read_text())
         assert item["id"] == "scene" and item["assets"]["classes"]["href"] == "./classes.tif"
         assert not partial.exists()
+
+
+# ---------------------------------------------------------------------------------------- mosaic
+
+# two 2 km tiles at 43 N either side of -78 deg (the UTM 17N / 18N boundary), overlapping by ~1 km
+TILE_A = ("EPSG:32617", (742900.0, 4766200.0))
+TILE_B = ("EPSG:32618", (254800.0, 4766200.0))
+
+
+@pytest.fixture(scope="module")
+def tiles(tiny_model, cluster_client, tmp_path_factory):
+    from s2dask.scene.synthetic import make_scene
+
+    d = tmp_path_factory.mktemp("tiles")
+    outs = []
+    for name, (crs, origin), seed in (("A", TILE_A, 5), ("B", TILE_B, 6)):
+        scene = make_scene(d / f"{name}.tif", size=(200, 200), seed=seed, crs=crs, origin=origin)
+        classify(scene, tiny_model, d / f"out-{name}", client=cluster_client, chunks=100, progress=False,
+                 quicklook=False)
+        outs.append(d / f"out-{name}")
+    return outs
+
+
+def nearest(out: Path, cog: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's classes and confidence at the centres of the mosaic's pixels (nearest neighbour,
+    computed here with pyproj, not GDAL): 255 / 0 outside the tile."""
+    from pyproj import Transformer
+
+    with rasterio.open(cog) as m:
+        t, crs, (ny, nx) = m.transform, m.crs, (m.height, m.width)
+    tile = next(out.iterdir())
+    with rasterio.open(tile / "classes.tif") as src:
+        classes, inv, tcrs = src.read(1), ~src.transform, src.crs
+    conf = xr.open_zarr(tile / "classes.zarr")["confidence"].values
+    cols, rows = np.meshgrid(np.arange(nx) + 0.5, np.arange(ny) + 0.5)
+    xs, ys = t * (cols, rows)
+    tx, ty = Transformer.from_crs(crs, tcrs, always_xy=True).transform(xs, ys)
+    c, r = inv * (tx, ty)
+    r, c = np.floor(r).astype(int), np.floor(c).astype(int)
+    inside = (r >= 0) & (r < classes.shape[0]) & (c >= 0) & (c < classes.shape[1])
+    out_c = np.full((ny, nx), 255, dtype="uint8")
+    out_p = np.zeros((ny, nx), dtype="uint8")
+    out_c[inside], out_p[inside] = classes[r[inside], c[inside]], conf[r[inside], c[inside]]
+    return out_c, out_p
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean()) if a.size else 1.0
+
+
+def _interior(region: np.ndarray) -> np.ndarray:
+    """``region`` without its edge pixels (GDAL and pyproj round a few pixel centres apart: pixels
+    at a tile's edge, and some 0.1 % in EPSG:4326 whose centre lies on a source pixel's edge)."""
+    out = region.copy()
+    out[1:] &= region[:-1]
+    out[:-1] &= region[1:]
+    out[:, 1:] &= region[:, :-1]
+    out[:, :-1] &= region[:, 1:]
+    out[[0, -1], :] = out[:, [0, -1]] = False
+    return out
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32617", "EPSG:4326"])
+def test_mosaic_across_utm_zones_follows_the_overlap_rule(tiles, cluster_client, tmp_path, crs):
+    from s2dask.maps.mosaic import mosaic
+
+    for rule in ("confidence", "first", "last"):
+        res = mosaic(tiles, tmp_path / f"{rule}.tif", crs=crs, overlap=rule, client=cluster_client,
+                     confidence=rule == "confidence")
+        with rasterio.open(res.path) as m:
+            got = m.read(1)
+            assert m.crs.to_epsg() == int(crs[5:]) and m.nodata == 255
+            assert json.loads(m.tags()["CLASS_NAMES"]) and m.colormap(1)
+        (a, ca), (b, cb) = nearest(tiles[0], Path(res.path)), nearest(tiles[1], Path(res.path))
+        only_a, only_b = _interior((a != 255) & (b == 255)), _interior((b != 255) & (a == 255))
+        both = _interior((a != 255) & (b != 255))
+        assert only_a.sum() > 5000 and only_b.sum() > 5000 and both.sum() > 5000
+        assert (a[both] != b[both]).mean() > 0.2  # the tiles disagree there: the rule decides
+        assert _agree(got[only_a], a[only_a]) > 0.995 and _agree(got[only_b], b[only_b]) > 0.995
+        want = {"first": a, "last": b, "confidence": np.where(cb > ca, b, a)}[rule]
+        assert _agree(got[both], want[both]) > 0.995, rule
+        # outside both tiles: 255 (but for a few pixels whose centre falls on a tile's very edge)
+        neither = (a == 255) & (b == 255)
+        assert (got[neither] != 255).mean() < 0.005
+        if rule == "confidence":
+            with rasterio.open(res.confidence) as c:
+                conf = c.read(1)
+            # confidence varies pixel to pixel: the 4326 centres rounded apart show more here
+            assert _agree(conf[both], np.maximum(ca, cb)[both]) > 0.98
+
+
+def test_mosaic_cli_item_and_aoi(tiles, tmp_path, capsys):
+    pystac = pytest.importorskip("pystac")
+    odc_stac = pytest.importorskip("odc.stac")
+    from s2dask.cli.main import main
+
+    # an area across the boundary, in WGS84: the mosaic covers it, outside it is 255
+    area = write_aoi(tmp_path / "area.geojson", [shapely.box(-78.006, 43.0, -77.99, 43.01)], crs="EPSG:4326")
+    out = tmp_path / "m" / "mosaic.tif"
+    code = main(["mosaic", *map(str, tiles), "--out", str(out), "--crs", "EPSG:4326", "--aoi", str(area),
+                 "--overlap", "first", "--block", "128"])
+    assert code == 0, capsys.readouterr().err
+    assert "mosaic.tif" in capsys.readouterr().out
+    item = pystac.Item.from_file(str(out.with_name("mosaic.json")))
+    assert item.properties["proj:code"] == "EPSG:4326" and item.properties["s2dask:overlap"] == "first"
+    assert item.assets["classes"].extra_fields["classification:classes"]
+    loaded = odc_stac.load([item], bands=["classes"])
+    with rasterio.open(out) as m:
+        got = m.read(1)
+        west, south, east, north = m.bounds
+    np.testing.assert_array_equal(loaded["classes"].values[0], got)
+    assert west <= -78.006 and east >= -77.99 and south <= 43.0 and north >= 43.01
+    assert east - west < 0.0165 and north - south < 0.0105
+    assert (got != 255).mean() > 0.9  # the area lies inside the two tiles
+    # bad input: one line, exit 2
+    elsewhere = write_aoi(tmp_path / "far.geojson", [shapely.box(10, 10, 11, 11)], crs="EPSG:4326")
+    for extra, words in ((["--crs", "EPSG:999999"], "unknown CRS"),
+                         (["--crs", "EPSG:4326", "--aoi", str(elsewhere)], "misses every map")):
+        code = main(["mosaic", *map(str, tiles), "--out", str(tmp_path / "x.tif"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_mosaic_of_maps_with_different_class_tables_is_refused(tiles, tmp_path, capsys):
+    import shutil
+
+    from s2dask.cli.main import main
+
+    other = tmp_path / "other"
+    shutil.copytree(tiles[1], other)
+    cog = next(other.iterdir()) / "classes.tif"
+    with rasterio.open(cog, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as ds:
+        names = json.loads(ds.tags()["CLASS_NAMES"])
+        names[next(iter(names))] = "something else"
+        ds.update_tags(CLASS_NAMES=json.dumps(names))
+    code = main(["mosaic", str(tiles[0]), str(other), "--out", str(tmp_path / "x.tif"), "--crs", "EPSG:32617"])
+    err = capsys.readouterr().err
+    assert code == 2 and "different class tables" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_mosaic_larger_than_a_worker_memory_limit(tiles, tmp_path):
+    """366 MiB of classes at 0.13 m on workers limited to 300 MiB: blocks keep memory bounded."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from s2dask.maps.mosaic import mosaic
+
+    limit = 300 * 2**20
+    config = {"distributed.worker.memory.pause": False, "distributed.worker.memory.spill": False,
+              "distributed.worker.memory.target": False}  # only the nanny's kill at 95% is left
+    with dask.config.set(config), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, memory_limit=limit) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        pids = client.run(os.getpid)
+        res = mosaic(tiles, tmp_path / "big.tif", crs="EPSG:32617", resolution=0.13, overlap="first",
+                     client=client, overview_resampling="nearest")
+        assert client.run(os.getpid) == pids  # no worker was killed and restarted
+    ny, nx = res.shape
+    assert ny * nx > limit
+    with rasterio.open(res.path) as m:
+        assert m.overviews(1) and (m.height, m.width) == (ny, nx)
+        centre = m.read(1, window=((ny // 2, ny // 2 + 64), (nx // 4, nx // 4 + 64)))
+    assert (centre != 255).all()

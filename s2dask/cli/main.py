@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import S2DaskError
+from . import area as area_commands
 from . import models as model_commands
 from .args import chunk_size, positive_int
 from .maps import add_classify_options, add_subcommands
@@ -581,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     add_subcommands(sub)
     model_commands.add_subcommands(sub)
+    area_commands.add_subcommands(sub)
     return parser
 
 

@@ -94,12 +94,11 @@ def record_aoi(record: dict, aoi: SceneAoi | None, totals: np.ndarray, n_counts:
     return record
 
 
-def skipped(source: str, exc: AreaMissError) -> Any:
-    """The :class:`~s2dask.job.run.JobResult` of a scene the area misses (printed, not an error)."""
-    from .run import JobResult
-
-    return JobResult(source, "skipped", None, {"scene": source, "status": "skipped", "reason": str(exc)},
-                     f"{exc}: skipped")
+def skipped(source: str, exc: AreaMissError) -> tuple:
+    """The fields of the :class:`~s2dask.job.run.JobResult` of a scene the area misses (printed,
+    not an error): ``(scene, "skipped", None, record, message)``."""
+    return (source, "skipped", None, {"scene": source, "status": "skipped", "reason": str(exc)},
+            f"{exc}: skipped")
 
 
 def check_hits(results: list, options: Any) -> None:

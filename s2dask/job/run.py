@@ -238,7 +238,7 @@ def classify(
     if first is not None:
         results.update(_run_all(itertools.chain([first], jobs), bundle, out=out, options=opts,
                                 client=client, single=single))
-    results.update({src: skipped(src, exc) if isinstance(exc, AreaMissError) else _failed(src, exc)
+    results.update({src: JobResult(*skipped(src, exc)) if isinstance(exc, AreaMissError) else _failed(src, exc)
                     for src, exc in errors.items()})
     ordered = [results[p] for p in paths]
     check_hits(ordered, opts)  # an area of interest that misses every scene is an error
