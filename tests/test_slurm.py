@@ -76,7 +76,8 @@ def _env(tmp_path: Path, run_dir: Path, *, hold: bool = False) -> dict[str, str]
     """The submitting shell: this venv active, a scheduler on any free port, no dashboard;
     ``hold``: the read of chunk y=128:256 x=0:128 never finishes on the first worker that
     starts it (tests/_hang.py), and its pid is written to ``tmp_path/held``."""
-    env = recipe_env({"VIRTUAL_ENV": sys.prefix, "S2DASK_SRC": str(REPO), "S2DASK_RUN_DIR": str(run_dir),
+    env = recipe_env({"VIRTUAL_ENV": sys.prefix, "S2DASK_VENV": sys.prefix, "S2DASK_SRC": str(REPO),
+                      "S2DASK_RUN_DIR": str(run_dir),
                       "S2DASK_PORT": "0", "S2DASK_DASHBOARD": "0", "S2DASK_DASHBOARD_ADDRESS": ":0",
                       "TF_CPP_MIN_LOG_LEVEL": "3"})
     if hold:

@@ -106,6 +106,7 @@ EOF
 node_state() { sinfo -h -N -o %t 2>/dev/null | head -1; }
 
 start() {
+    [ "$(id -u)" = 0 ] || die "start needs root (slurmd starts every job as its user): sudo $0 start"
     install_packages
     if running slurmctld && running slurmd && running munged && [ "$(node_state)" = idle ]; then
         echo "local-slurm.sh: already running (SLURM_CONF=$CONF)" >&2; return 0

@@ -4,7 +4,7 @@ The scheduler watch (:mod:`s2dask.job.watch`) covers a scheduler that stops answ
 worker can answer and still never finish its task: a read stuck on a network file system, a
 wedged GPU. :class:`TaskWatch` bounds that wait. Every worker's heartbeat tells the
 scheduler how long each of its tasks has been executing (``WorkerState.executing``); every
-second or so the watch asks the scheduler for those of the job's tasks (one small call,
+few seconds the watch asks the scheduler for those of the job's tasks (one small call,
 :func:`executing_tasks`) and compares each with a bound: ``--task-timeout`` when given, else
 :data:`TASK_TIMEOUT_FACTOR` times the job's own median chunk time, at least
 :data:`TASK_TIMEOUT_MIN` seconds (before any chunk has finished:
@@ -25,7 +25,6 @@ import asyncio
 import logging
 import statistics
 import time
-from concurrent.futures import CancelledError
 from typing import Any, Hashable
 
 from ..errors import JobError, ParameterError
@@ -132,7 +131,8 @@ class TaskWatch:
     resume, kept
         The ``--resume`` command and where the finished chunks are, for the error line.
     every
-        Seconds between looks at the scheduler.
+        Seconds between looks at the scheduler (``None``: a quarter of the bound, 1 to 5 s;
+        each look is one line in the scheduler's log at INFO).
 
     Raises
     ------
@@ -142,7 +142,7 @@ class TaskWatch:
 
     def __init__(self, client: Any, labels: dict[Hashable, str], *, timeout: float | None = None,
                  retries: int = DEFAULT_TASK_RETRIES, resume: str, kept: str | None = None,
-                 every: float = 1.0):
+                 every: float | None = None):
         check_task_timeout(timeout, retries)
         self.client, self.labels, self.timeout, self.retries = client, dict(labels), timeout, retries
         self.resume, self.kept, self.every = resume, kept, every
@@ -150,7 +150,7 @@ class TaskWatch:
         self.attempts: dict[Hashable, int] = {}  # stuck-and-retried count per chunk
         self._started: dict[tuple[Hashable, str], float] = {}  # (key, worker) -> start (client clock)
         self._chunk_start: dict[Hashable, float] = {}
-        self._acted: set[tuple[Hashable, str]] = set()
+        self._acted: dict[tuple[Hashable, str], float] = {}  # when its worker was restarted
         self._last = 0.0
         self._off = False
 
@@ -178,7 +178,8 @@ class TaskWatch:
             One line when a chunk stayed over its bound ``retries + 1`` times.
         """
         now = time.monotonic()
-        if self._off or now - self._last < self.every:
+        every = self.every if self.every is not None else min(5.0, max(1.0, self.bound() / 4))
+        if self._off or now - self._last < every:
             return
         self._last = now
         rows = self._run(executing_tasks, client=self.client.id)
@@ -193,8 +194,11 @@ class TaskWatch:
             for owner in owners:
                 self._chunk_start.setdefault(owner, start)
             elapsed, bound = now - start, self.bound()
-            if elapsed > bound and (key, worker) not in self._acted:
-                self._acted.add((key, worker))
+            # over its bound; or still there a bound (at least 30 s) after its worker was told
+            # to restart (a restart that failed): then once more, as a further attempt
+            acted = self._acted.get((key, worker))
+            if elapsed > bound and (acted is None or now - acted > max(30.0, bound)):
+                self._acted[(key, worker)] = now
                 self._stuck(key, worker, owners[0], elapsed, bound)
 
     def _stuck(self, key: Hashable, worker: str, chunk: Hashable, elapsed: float, bound: float) -> None:
@@ -222,13 +226,12 @@ class TaskWatch:
         then says so once and stands aside)."""
         client = self.client
         try:
-            return client.sync(client._run_on_scheduler, function,
-                               callback_timeout=max(2.0, 2 * self.every), **kwargs)
-        except (OSError, TimeoutError, asyncio.TimeoutError, CancelledError):
-            return None  # the scheduler is slow or gone: the scheduler watch decides
-        except Exception as exc:
+            return client.sync(client._run_on_scheduler, function, callback_timeout=2.0, **kwargs)
+        except (ImportError, AttributeError, TypeError, NameError) as exc:  # not the code it needs
             self._off = True
             log.warning("the task watch is off: the scheduler could not run s2dask's %s (%s: %s); "
                         "install s2dask where the scheduler runs", function.__name__,
                         type(exc).__name__, exc)
+        except Exception:
+            pass  # slow, gone or closing: the scheduler watch decides
         return None
