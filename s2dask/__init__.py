@@ -30,6 +30,7 @@ __all__ = [
     "bundle",
     "classify",
     "predict",
+    "mosaic",
 ]
 
 _LAZY = {
@@ -47,6 +48,7 @@ _LAZY = {
     "bundle": "s2dask.model.foreign",
     "classify": "s2dask.job.run",
     "predict": "s2dask.job.predict_xr",
+    "mosaic": "s2dask.maps.mosaic",
 }
 
 

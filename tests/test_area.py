@@ -453,3 +453,24 @@ def test_mosaic_larger_than_a_worker_memory_limit(tiles, tmp_path):
         assert m.overviews(1) and (m.height, m.width) == (ny, nx)
         centre = m.read(1, window=((ny // 2, ny // 2 + 64), (nx // 4, nx // 4 + 64)))
     assert (centre != 255).all()
+
+
+def test_sample_respects_the_aoi(synth_dir, aoi_file, tmp_path):
+    import pandas as pd
+
+    from s2dask.training.labels import sample
+
+    points = pd.read_csv(synth_dir / "points.csv")[["x", "y", "Class_ID"]]
+    points.to_csv(tmp_path / "labels.csv", index=False)
+    kw = dict(labels_crs="EPSG:32617", client="threads", chunks=CHUNK)
+    full = sample(synth_dir / "scene.tif", tmp_path / "labels.csv", out=tmp_path / "all.csv", **kw)
+    part = sample(synth_dir / "scene.tif", tmp_path / "labels.csv", out=tmp_path / "aoi.csv", aoi=aoi_file, **kw)
+    a, b = pd.read_csv(full.table), pd.read_csv(part.table)
+    inside = inside_mask(aoi_file, synth_dir / "scene.tif")
+    row = lambda t: ((Y0 - t["y"]) // 10).astype(int)  # noqa: E731
+    col = lambda t: ((t["x"] - X0) // 10).astype(int)  # noqa: E731
+    assert 0 < len(b) < len(a) and inside[row(b), col(b)].all()
+    pd.testing.assert_frame_equal(a[inside[row(a), col(a)]].reset_index(drop=True), b.reset_index(drop=True),
+                                  check_dtype=False)
+    assert part.summary["outside_aoi_pixels_left_out"] >= len(a) - len(b)  # (before nodata is left out)
+    assert part.summary["aoi"]["sha256"]

@@ -162,7 +162,7 @@ def test_existing_output_refused_then_overwritten(synth_dir, tiny_model, cluster
     classify(synth_dir / "scene.tif", tiny_model, out, chunks=128, client=cluster_client,
              cog=False, progress=False, overwrite=True)
     assert not marker.exists() and (out / "scene" / "job.json").is_file()
-    assert [p.name for p in out.iterdir()] == ["scene"]
+    assert sorted(p.name for p in out.iterdir()) == ["catalog.json", "scene"]  # and its STAC catalogue
 
 
 def test_scene_missing_a_model_band_is_refused_before_compute(synth_dir, tmp_path, tiny_model):

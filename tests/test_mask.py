@@ -76,7 +76,7 @@ def test_statistics_attrs_and_legend():
                                           "snow": 0, "water": 0, "scl_other": 0}}
     spec = m.parse_mask_option("scl")
     attrs = m.mask_attrs(spec)
-    assert attrs["flag_values"] == list(range(10))
+    assert attrs["flag_values"] == list(range(11))  # 10: outside_aoi
     assert attrs["flag_meanings"].split() == [c.name for c in m.MASK_CODES]
     assert attrs["mask_settings"] == {"mode": "scl", "scl_classes": [0, 1, 3, 8, 9, 10], "scl_class_names": {
         "0": "no data", "1": "saturated or defective", "3": "cloud shadows", "8": "cloud medium probability",

@@ -238,6 +238,10 @@ def _check_outputs(fs, out: str, local_scene, model_dir) -> None:
     _, path = storage.fs_for(result)
     assert json.loads(fs.cat_file(f"{path}/job.json"))["status"] == "complete"
     assert fs.exists(f"{path}/quicklook.png")
+    item = json.loads(fs.cat_file(f"{path}/item.json"))  # the STAC item, committed with the rest
+    assert item["assets"]["classes"]["href"] == "./classes.tif"
+    catalog = json.loads(fs.cat_file(f"{path.rsplit('/', 1)[0]}/catalog.json"))
+    assert {"rel": "item", "href": "./scene/item.json", "type": "application/geo+json"} in catalog["links"]
 
 
 def test_classify_cli_writes_s3(s3, tmp_path, model_dir):

@@ -139,7 +139,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                 bands=_band_list(args.bands), per_feature=args.per_feature, buffer=args.buffer,
                 all_touched=args.all_touched, seed=args.seed, labels_crs=args.labels_crs,
                 chunks=args.chunks, mask=args.mask, mask_classes=args.mask_classes,
-                client=client, overwrite=args.overwrite,
+                client=client, overwrite=args.overwrite, aoi=args.aoi,
             )
         finally:
             if client is not None:
@@ -176,6 +176,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunks", type=positive_int, default=1024, metavar="N",
                    help="chunk edge of the scene reads (default 1024); each touched chunk is one task")
     _add_mask_args(p, "pixels left out of the table and counted (as classify masks them)")
+    p.add_argument("--aoi", metavar="FILE",
+                   help="area of interest (polygon layer, any CRS): only pixels inside it are sampled")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="join a running scheduler")
     where.add_argument("--scheduler-file", metavar="FILE", help="join the scheduler of this scheduler file")

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import AreaError, AreaMissError
 
-__all__ = ["Aoi", "AoiReader", "SceneAoi", "read_aoi", "scene_aoi", "chunks_touched", "to_wgs84_bounds"]
+__all__ = ["Aoi", "AoiReader", "SceneAoi", "read_aoi", "scene_aoi", "chunks_touched", "to_wgs84_bounds",
+           "inside_pixels"]
 
 _POLYGONS = ("Polygon", "MultiPolygon")
 _HINT = "give a polygon layer (GeoPackage, GeoJSON, Shapefile, FlatGeobuf) with a CRS"
@@ -214,3 +215,14 @@ def scene_aoi(aoi: Aoi, *, crs: Any, transform: Any, shape: tuple[int, int], chu
 
 def _fmt(bounds: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+
+
+def inside_pixels(aoi: Aoi, *, crs: Any, transform: Any, width: int, flat: np.ndarray) -> np.ndarray:
+    """Which of the pixels ``flat`` (``row * width + col``) of a grid have their centre inside the area."""
+    import shapely
+
+    geom = aoi.in_crs(crs)
+    shapely.prepare(geom)
+    rows, cols = np.divmod(np.asarray(flat, dtype=np.int64), width)
+    xs, ys = transform * (cols + 0.5, rows + 0.5)
+    return shapely.contains_xy(geom, xs, ys)

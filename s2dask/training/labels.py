@@ -44,6 +44,7 @@ import xarray as xr
 from ..errors import OutputExistsError, ParameterError, SamplesError, SceneError, StorageError
 from ..io.storage import atomic_write_text, staged_file
 from ..job.progress import gather
+from ..scene.aoi import inside_pixels, read_aoi
 from ..scene.mask import MASK_CODES, NODATA, VALID, ChunkMask, parse_mask_option
 from ..scene.mask_source import SceneMask, scene_mask
 from .vector import LabelFeatures, crs_text, feature_pixels, labels_in_scene, read_labels
@@ -401,6 +402,7 @@ def sample(
     mask_classes: str | Sequence[int] | None = None,
     client: Any = None,
     overwrite: bool = False,
+    aoi: str | os.PathLike | None = None,
 ) -> SampleResult:
     """Turn labelled points and polygons into a training table of the scene's pixels.
 
@@ -444,6 +446,9 @@ def sample(
         in-process schedulers.
     overwrite
         Replace an existing table and summary.
+    aoi
+        An area of interest (polygon layer, any CRS), as for ``classify``: only pixels whose
+        centre is inside it are sampled (and only the chunks they lie in read).
 
     Returns
     -------
@@ -479,6 +484,12 @@ def sample(
                                f"({', '.join(sorted(reserved))}): rename it in the label file")
     lab = labels_in_scene(frame, report, da, buffer)
     pixels = feature_pixels(lab, da, all_touched)
+    area, outside_aoi = (read_aoi(aoi) if aoi else None), 0
+    if area is not None:  # pixels outside the area of interest are neither read nor sampled
+        keep = [inside_pixels(area, crs=da.rio.crs, transform=da.rio.transform(), width=da.sizes["x"], flat=p)
+                for p in pixels]
+        outside_aoi = int(sum(len(p) - int(k.sum()) for p, k in zip(pixels, keep)))
+        pixels = [p[k] for p, k in zip(pixels, keep)]
     timings["labels"] = time.perf_counter() - t0
     feat = np.repeat(np.arange(len(pixels)), [len(p) for p in pixels])
     flat = np.concatenate(pixels) if pixels else np.empty(0, dtype="int64")
@@ -509,6 +520,7 @@ def sample(
         "masked_pixels_left_out": int(masked.sum()),
         "masked_by_reason": _masked_by_reason(codes, masked),
         "mask": smask.spec.to_json(),
+        **({"aoi": area.to_json(), "outside_aoi_pixels_left_out": outside_aoi} if area is not None else {}),
         "features_without_pixels": int(sum(len(p) == 0 for p in pixels)),
         "shared_pixels": _shared_pixels(flat[kept], lab.value[feat[kept]]),
         "reads": reads,
