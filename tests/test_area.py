@@ -245,9 +245,12 @@ def test_catalogue_lists_the_batch_and_a_second_run_adds_to_it(synth_dir, tiny_m
         return sorted(i.id for i in pystac.Catalog.from_file(str(out / "catalog.json")).get_items(recursive=True))
 
     assert listed() == ["a", "b"]
-    classify(c, tiny_model, out, client=cluster_client, chunks=CHUNK, progress=False, quicklook=False)
+    classify(c, tiny_model, out, client=cluster_client, chunks=CHUNK, progress=False, quicklook=False,
+             uncertainty="margin", probabilities=True)
     assert listed() == ["a", "b", "c"]
-    assert "quicklook" not in pystac.Item.from_file(str(out / "c" / "item.json")).assets
+    assets = pystac.Item.from_file(str(out / "c" / "item.json")).assets
+    assert "quicklook" not in assets and assets["uncertainty_margin"].href == "./uncertainty-margin.tif"
+    assert "probabilities" in assets["zarr"].extra_fields["s2dask:variables"]
 
 
 def test_concurrent_catalogue_updates_keep_every_item(runs, tmp_path):

@@ -202,6 +202,10 @@ def test_mask_none_predicts_everything(scenes, tiny_model, cluster_client, tmp_p
     assert "mask" not in ds and res.record["mask"] == {"mode": "none"}
     st = res.record["statistics"]
     assert st["nodata_pixels"] == 144 and st["masked_pixels"] == 0 and st["valid_pixels"] == SIZE * SIZE - 144
+    # the output's STAC item names the source item, and has its datetime
+    item = pystac.Item.from_file(str(Path(res.out) / "item.json"))
+    [link] = [x for x in item.links if x.rel == "derived_from"]
+    assert link.href == str(scenes["es1"]) and item.datetime.date().isoformat() == "2023-08-01"
 
 
 def test_user_mask_file(scenes, tiny_model, cluster_client, tmp_path):

@@ -208,13 +208,28 @@ def write_map_item(folder: Location | str, record: dict, *, classes: Sequence[Cl
     props = {"s2dask:model_sha256": record["model"]["sha256"], "created": record["created"]}
     if record.get("aoi"):
         props["s2dask:aoi"] = {k: record["aoi"][k] for k in ("file", "sha256", "crs", "bounds")}
-    stac_src = scene.get("source") if scene.get("stac_item") else None
+    stac_src = _source_item(scene.get("source"), scene.get("stac_item")) if scene.get("stac_item") else None
     item = class_item(scene.get("scene_id") or folder.name.lstrip(".").split(".partial")[0],
                       crs=scene["crs"], transform=Affine(*scene["transform"][:6]), shape=tuple(scene["shape"]),
                       datetime=scene.get("sensing_time") or record["created"], classes=classes,
                       assets=assets, properties=props, derived_from=stac_src, catalog=True)
     atomic_write_json(folder.join(ITEM_FILE), _item_dict(item))
     return item
+
+
+def _source_item(source: str | None, item_id: str) -> str | None:
+    """The href of the source STAC item: its file (``FILE#ID`` names an item of a file holding one
+    item, or of a collection: then ``FILE#ID`` stays, the item inside the collection)."""
+    if not source:
+        return None
+    path, _, fragment = str(source).partition("#")
+    if not fragment:
+        return path
+    try:
+        doc = json.loads(as_location(path).read_text())
+    except (OSError, ValueError, StorageError):
+        return source
+    return path if isinstance(doc, dict) and doc.get("type") == "Feature" and doc.get("id") == item_id else source
 
 
 def _item_links(doc: dict | None) -> list[str]:
