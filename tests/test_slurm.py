@@ -34,14 +34,18 @@ JOBQUEUE = CLUSTER / "slurm" / "jobqueue.py"
 
 def _slurm_missing() -> str | None:
     """Why no SLURM can run these tests here, or ``None``."""
+    start = "cluster/slurm/local-slurm.sh start (as root; .ci/run does) runs one on this machine"
     if not shutil.which("sbatch") or not shutil.which("sinfo"):
-        return "no SLURM here (sbatch not found): .ci/run starts one (cluster/slurm/local-slurm.sh) as root with apt"
+        return f"no SLURM here (sbatch not found): {start}"
+    if not Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).is_file():
+        return f"no SLURM configured here (no $SLURM_CONF, no /etc/slurm/slurm.conf): {start}"
     try:
         states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 20 s: is slurmctld running? (cluster/slurm/local-slurm.sh start)"
+        return f"sinfo did not answer within 20 s: is slurmctld running? {start}"
     if states.returncode != 0 or not {"idle", "mix", "alloc"} & set(states.stdout.split()):
-        return f"no SLURM node is up (sinfo: {(states.stdout + states.stderr).strip()[:200]!r})"
+        last = (states.stdout + states.stderr).strip().splitlines()[-1:] or ["no node"]
+        return f"no SLURM node is up (sinfo: {last[0][:160]}): {start}"
     return None
 
 
