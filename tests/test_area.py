@@ -328,9 +328,9 @@ def nearest(out: Path, cog: Path) -> tuple[np.ndarray, np.ndarray]:
         classes, inv, tcrs = src.read(1), ~src.transform, src.crs
     conf = xr.open_zarr(tile / "classes.zarr")["confidence"].values
     cols, rows = np.meshgrid(np.arange(nx) + 0.5, np.arange(ny) + 0.5)
-    xs, ys = t * (cols, rows)
+    xs, ys = t @ (cols, rows)
     tx, ty = Transformer.from_crs(crs, tcrs, always_xy=True).transform(xs, ys)
-    c, r = inv * (tx, ty)
+    c, r = inv @ (tx, ty)
     r, c = np.floor(r).astype(int), np.floor(c).astype(int)
     inside = (r >= 0) & (r < classes.shape[0]) & (c >= 0) & (c < classes.shape[1])
     out_c = np.full((ny, nx), 255, dtype="uint8")

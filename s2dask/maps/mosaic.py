@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -290,11 +291,11 @@ def mosaic(maps: Sequence[str | os.PathLike], out: str | os.PathLike, *, crs: An
     _layout(stage, shape, block, confidence)
     store = Location(str(stage))
     ny, nx = shape
-    tasks = []
+    tasks, run = [], uuid.uuid4().hex[:8]
     for y0 in range(0, ny, block):
         for x0 in range(0, nx, block):
             b = Block(y0, x0, min(block, ny - y0), min(block, nx - x0))
-            (l, t), (r, btm) = transform * (b.x0, b.y0), transform * (b.x0 + b.width, b.y0 + b.height)
+            (l, t), (r, btm) = transform @ (b.x0, b.y0), transform @ (b.x0 + b.width, b.y0 + b.height)
             box = shapely.box(min(l, r), min(t, btm), max(l, r), max(t, btm))
             if area_geom is not None and not area_geom.intersects(box):
                 continue
@@ -304,7 +305,7 @@ def mosaic(maps: Sequence[str | os.PathLike], out: str | os.PathLike, *, crs: An
             tasks.append(dask.delayed(mosaic_block, pure=False)(
                 b, sources=use, crs=dst_crs.to_wkt(), transform=tuple(list(transform)[:6]), rule=overlap,
                 store=store, aoi=aoi_reader, confidence=confidence,
-                dask_key_name=f"s2dask-mosaic-{y0 // block}-{x0 // block}-{os.getpid()}-{id(tasks)}"))
+                dask_key_name=f"s2dask-mosaic-{run}-{y0 // block}-{x0 // block}"))
     counts = np.zeros(256, dtype=np.int64)
     try:
         parts = client.gather(client.compute(tasks)) if client is not None else dask.compute(*tasks)

@@ -59,7 +59,7 @@ def _window(src: SourceMap, dst_crs: str, bounds: tuple[float, float, float, flo
     except Exception:  # the block lies outside the source CRS's valid area
         return None
     inv = ~Affine(*src.transform)
-    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)))
+    cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)))
     r0, r1 = int(np.floor(min(rows))) - 1, int(np.ceil(max(rows))) + 1
     c0, c1 = int(np.floor(min(cols))) - 1, int(np.ceil(max(cols))) + 1
     r0, c0 = max(r0, 0), max(c0, 0)
@@ -94,7 +94,7 @@ def _reproject(data: np.ndarray, src: SourceMap, window: tuple[int, int, int, in
 
     r0, _, c0, _ = window
     out = np.full(shape, nodata, dtype=np.uint8)
-    reproject(data, out, src_transform=Affine(*src.transform) * Affine.translation(c0, r0), src_crs=src.crs,
+    reproject(data, out, src_transform=Affine(*src.transform) @ Affine.translation(c0, r0), src_crs=src.crs,
               src_nodata=nodata, dst_transform=dst_transform, dst_crs=dst_crs, dst_nodata=nodata,
               resampling=Resampling.nearest, num_threads=1, tolerance=0)  # exact, not approximated
     return out
@@ -153,7 +153,7 @@ def mosaic_block(block: Block, *, sources: Sequence[SourceMap], crs: str, transf
     from ..io.storage import open_array
 
     shape = (block.height, block.width)
-    dst = Affine(*transform) * Affine.translation(block.x0, block.y0)
+    dst = Affine(*transform) @ Affine.translation(block.x0, block.y0)
     bounds = (dst.c, dst.f + dst.e * block.height, dst.c + dst.a * block.width, dst.f)
     classes = np.full(shape, OUTPUT_NODATA, dtype=np.uint8)
     conf = np.zeros(shape, dtype=np.uint8)

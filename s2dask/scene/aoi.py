@@ -161,7 +161,7 @@ class AoiReader:
 
         from .mask import OUTSIDE_AOI, VALID
 
-        window = Affine(*self.transform[:6]) * Affine.translation(x0, y0)
+        window = Affine(*self.transform[:6]) @ Affine.translation(x0, y0)
         inside = rasterize([(shapely.from_wkb(self.wkb), 1)], out_shape=(height, width), transform=window,
                            fill=0, dtype="uint8")
         return np.where(inside == 1, np.uint8(VALID), np.uint8(OUTSIDE_AOI)).astype(np.uint8)
@@ -224,5 +224,5 @@ def inside_pixels(aoi: Aoi, *, crs: Any, transform: Any, width: int, flat: np.nd
     geom = aoi.in_crs(crs)
     shapely.prepare(geom)
     rows, cols = np.divmod(np.asarray(flat, dtype=np.int64), width)
-    xs, ys = transform * (cols + 0.5, rows + 0.5)
+    xs, ys = transform @ (cols + 0.5, rows + 0.5)
     return shapely.contains_xy(geom, xs, ys)
