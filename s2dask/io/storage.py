@@ -23,6 +23,7 @@ import json
 import os
 import posixpath
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from .retry import RetryPolicy, retries_off, single_layer
 
 __all__ = ["is_remote", "protocol_of", "join", "storage_options_for", "gdal_env_for", "fs_for",
            "check_output_location", "check_input_location", "Location", "as_location",
-           "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "staged_file",
+           "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "staged_file", "staged_dir",
            "put_file", "commit_dir", "FileStat", "stat", "vsi_to_url", "remote_env", "open_array"]
 
 # ----------------------------------------------------------------------------------- checks
@@ -362,6 +363,35 @@ def staged_file(dst: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
         _rename(os.fspath(tmp), os.fspath(dst))
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str | os.PathLike, *, overwrite: bool, appeared: str) -> Iterator[Path]:
+    """Yield a new temporary folder next to local ``dst``; commit it to ``dst`` (:func:`commit_dir`)
+    if the block succeeds, remove it if not.
+
+    Parameters
+    ----------
+    dst
+        The local folder to write (its parent is created).
+    overwrite, appeared
+        As for :func:`commit_dir`.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``dst`` appeared meanwhile and ``overwrite`` is false; whatever the block raises
+        passes through.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        yield tmp
+        commit_dir(tmp, dst, overwrite=overwrite, appeared=appeared)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(dst: "Location | str | os.PathLike", data: bytes) -> None:

@@ -18,12 +18,23 @@ import numpy as np
 from .backend import compile_forward, compile_outputs
 from .contract import OUTPUT_NODATA, InputContract
 
-__all__ = ["DEFAULT_BATCH_SIZE", "RowPredictor", "Predictor", "block_outputs"]
+__all__ = ["DEFAULT_BATCH_SIZE", "valid_rows", "RowPredictor", "Predictor", "block_outputs"]
 
 #: pixels per forward call: large enough that per-call overhead is negligible, small
 #: enough that a batch's activations (batch x 200 float32 x a few) stay in cache-friendly MBs;
 #: 4096..8192 is fastest for single-thread worker processes (benchmarks/forward.py)
 DEFAULT_BATCH_SIZE = 8192
+
+
+def valid_rows(values: np.ndarray, nodata: Any) -> np.ndarray:
+    """True for rows ``(N, bands)`` whose bands are all finite and none equals ``nodata``
+    (the one nodata test of every predictor, pixel or spatial)."""
+    valid = np.ones(values.shape[0], dtype=bool)
+    if np.issubdtype(values.dtype, np.floating):
+        valid &= np.isfinite(values).all(axis=1)
+    if nodata is not None:
+        valid &= ~(values == nodata).any(axis=1)
+    return valid
 
 
 class RowPredictor:
@@ -71,12 +82,7 @@ class RowPredictor:
 
     def valid_mask(self, values: np.ndarray) -> np.ndarray:
         """True for rows whose bands are all finite and none equals the input nodata."""
-        valid = np.ones(values.shape[0], dtype=bool)
-        if np.issubdtype(values.dtype, np.floating):
-            valid &= np.isfinite(values).all(axis=1)
-        if self.input_nodata is not None:
-            valid &= ~(values == self.input_nodata).any(axis=1)
-        return valid
+        return valid_rows(values, self.input_nodata)
 
     def predict_proba(self, values: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, C)``; NaN rows where any band is nodata."""

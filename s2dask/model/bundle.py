@@ -62,6 +62,7 @@ __all__ = [
     "sha256_file",
     "library_versions",
     "metrics_summary",
+    "unsafe_layers",
 ]
 
 
@@ -245,6 +246,32 @@ class ModelHandle:
                 raise ModelError(str(exc).replace(str(p), self.source or "the model")) from None
 
 
+def unsafe_layers(config: Any) -> list[str]:
+    """``"Lambda 'name'"`` for each layer of a Keras model configuration that needs unsafe
+    deserialisation: Lambda layers (Python bytecode inside the file) and classes from
+    packages other than Keras' (importing them runs their code)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            cls, module, registered = node.get("class_name"), node.get("module"), node.get("registered_name")
+            cfg = node.get("config")
+            name = cfg.get("name") if isinstance(cfg, dict) else None
+            foreign = isinstance(cls, str) and isinstance(module, str) and \
+                not (module == "builtins" or module.startswith("keras"))
+            if cls == "Lambda" or foreign or (isinstance(registered, str) and ">" in registered):
+                found.append(f"{cls} {name!r}" if name else str(cls or registered))
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
 def inspect_archive(path: str | os.PathLike) -> dict:
     """Check a ``.keras`` archive's configuration without importing Keras.
 
@@ -273,26 +300,9 @@ def inspect_archive(path: str | os.PathLike) -> dict:
         raise ModelError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {exc}); "
                          "save it with model.save('model.keras') from Keras 3") from None
 
-    def unsafe(node: dict) -> bool:
-        module, registered = node.get("module"), node.get("registered_name")
-        if node.get("class_name") == "Lambda":
-            return True  # Python bytecode inside the archive
-        if "class_name" in node and isinstance(module, str) and \
-                not (module == "builtins" or module.startswith("keras")):
-            return True  # a class from someone's package: importing it runs their code
-        return isinstance(registered, str) and ">" in registered  # "package>CustomLayer"
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if unsafe(node):
-                raise ModelError(UNSAFE_MESSAGE.format(path=path))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+    bad = unsafe_layers(config)
+    if bad:
+        raise ModelError(UNSAFE_MESSAGE.format(path=path))
     n_in = n_out = None
     if config.get("class_name") == "Sequential":
         layers = config.get("config", {}).get("layers", [])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -26,9 +25,10 @@ import numpy as np
 
 from ..errors import ModelError, OutputExistsError, ParameterError
 from ..io.records import sha256_file
-from ..io.storage import atomic_write_json, commit_dir
+from ..io.storage import atomic_write_json, staged_dir
 from ..scene.bands import canonical_bands
 from .backend import require_keras
+from .bundle import load_model, save_bundle, unsafe_layers
 from .contract import CONTRACT_FILE, normalise_classes
 from .engines import PRECISION_AGREEMENT_BAR, PRECISION_CHECK_KEY
 from .spatial import describe
@@ -99,28 +99,10 @@ def source_format(path: str | os.PathLike) -> str:
     raise ModelError(f"{path} is not a model file (neither a .keras archive nor HDF5): {hint}")
 
 
-def _unsafe_layers(config: Any) -> list[str]:
-    """``"Lambda 'name'"`` for each layer of a model configuration that needs unsafe
-    deserialisation: Lambda layers (Python bytecode) and classes from other packages."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            cls = node.get("class_name")
-            module = node.get("module")
-            name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
-            if cls == "Lambda" or (isinstance(cls, str) and isinstance(module, str)
-                                   and not (module == "builtins" or module.startswith("keras"))):
-                found.append(f"{cls} {name!r}" if name else str(cls))
-                return
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return found
+def _refuse_unsafe(path: Path, bad: list[str], unsafe: bool) -> None:
+    if bad and not unsafe:
+        raise ModelError(f"{path} needs unsafe deserialisation for layer {bad[0]} (it would run code "
+                         f"from the file): rebuild it from standard layers, or pass {_FLAG} if you trust it")
 
 
 def _config_of(path: Path, fmt: str) -> Any:
@@ -171,10 +153,7 @@ def read_model_file(path: str | os.PathLike, *, unsafe: bool = False) -> tuple[A
     keras = require_keras()
     if fmt == "savedmodel":
         return _read_savedmodel(path, keras, unsafe=unsafe), fmt
-    bad = _unsafe_layers(_config_of(path, fmt))
-    if bad and not unsafe:
-        raise ModelError(f"{path} needs unsafe deserialisation for layer {bad[0]} (it would run code "
-                         f"from the file): rebuild it from standard layers, or pass {_FLAG} if you trust it")
+    _refuse_unsafe(path, unsafe_layers(_config_of(path, fmt)), unsafe)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as exc:
@@ -195,10 +174,7 @@ def _read_savedmodel(path: Path, keras, *, unsafe: bool):
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{path} is a SavedModel without a loadable Keras model ({first}): export it "
                          "from Keras with model.save() (Python) or save_model_tf() (R)") from None
-    bad = _unsafe_layers(json.loads(old.to_json()))
-    if bad and not unsafe:
-        raise ModelError(f"{path} needs unsafe deserialisation for layer {bad[0]} (it would run code "
-                         f"from the file): rebuild it from standard layers, or pass {_FLAG} if you trust it")
+    _refuse_unsafe(path, unsafe_layers(json.loads(old.to_json())), unsafe)
     with tempfile.TemporaryDirectory(prefix="s2dask-savedmodel-") as d:
         h5 = Path(d) / "model.h5"
         old.save(str(h5), save_format="h5")
@@ -390,8 +366,6 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
     OutputExistsError
         If ``out`` exists and ``overwrite`` is false.
     """
-    from .bundle import load_model, save_bundle
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists: choose another --out or pass --overwrite")
@@ -420,20 +394,13 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
     card.update({"scaling": scaling.to_dict(), "outputs": outputs, "source_format": fmt,
                  "source_file": src.name,
                  "source_sha256": sha256_file(src) if src.is_file() else _dir_sha256(src)})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out, overwrite=overwrite, appeared=f"{out} appeared while the bundle was written: "
+                    "choose another --out or pass --overwrite") as tmp:
         contract = save_bundle(wrapped, tmp, bands=band_list, classes=[c.to_dict() for c in infos],
                                input_nodata=input_nodata, extra={"card": card, **(extra or {})})
         if check is not None:
             contract[PRECISION_CHECK_KEY] = bf16_scene_check(load_model(tmp, check_keras=False), check)
             atomic_write_json(tmp / CONTRACT_FILE, contract)
-        commit_dir(tmp, out, overwrite=overwrite,
-                   appeared=f"{out} appeared while the bundle was written: choose another --out or "
-                            "pass --overwrite")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_model(out, check_keras=False)
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ModelError, ParameterError
+from .blocks import valid_rows
 from .openvino_ir import OV_PRECISION, core, import_openvino
 
 __all__ = ["KINDS", "PATCH_EDGE", "describe", "receptive_field", "flexible", "SpatialPredictor",
@@ -226,12 +227,7 @@ class SpatialPredictor:
 
     def valid_mask(self, values: np.ndarray) -> np.ndarray:
         """True for rows ``(N, bands)`` whose bands are all finite and none equals the input nodata."""
-        valid = np.ones(values.shape[0], dtype=bool)
-        if np.issubdtype(values.dtype, np.floating):
-            valid &= np.isfinite(values).all(axis=1)
-        if self.input_nodata is not None:
-            valid &= ~(values == self.input_nodata).any(axis=1)
-        return valid
+        return valid_rows(values, self.input_nodata)
 
     def forward(self, values: np.ndarray) -> np.ndarray:
         """Refused: a spatial model needs each pixel's neighbourhood, not a row of bands.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, OutputExistsError, S2DaskError, SamplesError
-from ..io.storage import atomic_write_json, atomic_write_text, commit_dir
+from ..io.storage import atomic_write_json, atomic_write_text, staged_dir
 from ..job.progress import epoch_callback
 from ..model.backend import require_keras
 from ..model.bundle import build_model, load_model, save_bundle
@@ -276,12 +275,12 @@ def train(
     _log(verbose, f"split {split}: train {len(parts.train)}, val {len(parts.val)}, "
                   f"test {len(parts.test)} rows")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     fit = dict(epochs=int(epochs), batch_size=int(batch_size), units=units, dropout=dropout, l1=l1,
                l2=l2, optimizer=optimizer, learning_rate=float(learning_rate),
                early_stopping=early_stopping, class_weight=class_weight, input_nodata=input_nodata)
-    try:
+    with staged_dir(out, overwrite=overwrite,
+                    appeared=f"model directory {out} appeared during training: choose another "
+                             "--out or pass --overwrite") as tmp:
         cv = None
         if cv_folds is not None:
             cv = _cross_validate(tmp, data, cv_folds, out=out, fractions=fractions, seed=seed,
@@ -290,12 +289,6 @@ def train(
         if cv is not None:
             metrics["cross_validation"] = cv
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        commit_dir(tmp, out, overwrite=overwrite,
-                   appeared=f"model directory {out} appeared during training: choose another "
-                            "--out or pass --overwrite")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _log(verbose, format_report(metrics, title=f"test split ({split})"))
     if cv is not None:
         _log(verbose, format_cv_report(cv, final=cv["final_model"]))
