@@ -92,8 +92,8 @@ def main(argv=None) -> int:
 
     import rasterio
 
-    from s2dask.model.blocks import block_outputs
     from s2dask.model import engines as E
+    from s2dask.model.blocks import block_outputs
     from s2dask.model.bundle import load_model
     from s2dask.training.samples import read_samples, split_samples
 

@@ -16,8 +16,8 @@ from conftest import TUTORIAL_BANDS, sample_data_dir
 
 from s2dask.errors import ModelError, ParameterError
 from s2dask.job.run import classify
-from s2dask.model.bundle import build_model, load_model, save_bundle
 from s2dask.model import engines as E
+from s2dask.model.bundle import build_model, load_model, save_bundle
 from s2dask.scene import open_scene
 
 CLASSES = [{"value": v, "name": f"c{v}"} for v in (1, 2, 3, 4, 5)]
