@@ -63,7 +63,9 @@ def test_keras2_model_with_r_scaling_and_logits_predicts_raw_dns(made_elsewhere,
     d, x, expected = made_elsewhere
     b = bundle(d / source, tmp_path / "b", bands=",".join(BANDS), classes=d / "classes.csv",
                mean=MEAN, std=STD, outputs="logits")
-    assert sorted(p.name for p in b.path.iterdir()) == ["mlm.json", "model.json", "model.keras"]
+    assert sorted(p.name for p in b.path.iterdir()) == ["mlm.json", "model.bin", "model.json", "model.keras",
+                                                        "model.xml"]  # the IR too, as train stores it
+    assert b.has_ir
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left"
     got = b.predict_proba(x, engine="keras", precision="fp32")
     np.testing.assert_allclose(got, expected, atol=2e-5)

@@ -524,15 +524,23 @@ def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, pr
         return pred
 
 
-def get_openvino_spatial_predictor(sha256: str, contract, keras_model: Callable[[], Any], *,
+def get_openvino_spatial_predictor(sha256: str, contract, load: Callable[[], Any], *,
                                    precision: str, batch_size: int, threads: int = 1):
-    """The process's compiled spatial predictor for a model (converted once, cached)."""
+    """The process's compiled spatial predictor for a model, built once and cached.
+
+    ``load`` returns the bundle's stored IR (an ``openvino.Model``: no backend import) or
+    the Keras model, then converted with :func:`convert`.
+    """
     key = ("spatial", sha256, precision, int(batch_size), max(1, int(threads)))
     with _CACHE_LOCK:
         pred = _CACHE.get(key)
         if pred is None:
-            pred = OpenVINOSpatialPredictor(convert(keras_model()), contract, precision=precision,
-                                            batch_size=key[3], threads=key[4])
+            model, source = load(), "ir"
+            if not hasattr(model, "get_results"):  # a Keras model
+                model, source = convert(model), "converted"
+            pred = OpenVINOSpatialPredictor(model, contract, precision=precision, batch_size=key[3],
+                                            threads=key[4])
+            pred.source = source
             _CACHE[key] = pred
             _BUILDS[key] = _BUILDS.get(key, 0) + 1
         return pred
@@ -583,7 +591,7 @@ def build_predictor(choice: EngineChoice, *, sha256: str, contract, keras_model:
             pred = KerasSpatialPredictor(keras_model(), contract, batch_size=bs)
             pred.threads = threads
             return pred
-        return get_openvino_spatial_predictor(sha256, contract, keras_model, precision=choice.precision,
+        return get_openvino_spatial_predictor(sha256, contract, ir or keras_model, precision=choice.precision,
                                               batch_size=bs, threads=threads or 1)
     if choice.engine == "keras":
         from .blocks import Predictor

@@ -31,6 +31,7 @@ from .backend import require_keras
 from .bundle import load_model, save_bundle, unsafe_layers
 from .contract import CONTRACT_FILE, normalise_classes
 from .engines import PRECISION_AGREEMENT_BAR, PRECISION_CHECK_KEY
+from .openvino_ir import export_ir
 from .spatial import describe
 
 __all__ = ["SOURCE_FORMATS", "OUTPUTS", "Scaling", "source_format", "read_model_file",
@@ -396,9 +397,14 @@ def bundle(model: str | os.PathLike, out: str | os.PathLike, *, bands: Sequence[
                  "source_sha256": sha256_file(src) if src.is_file() else _dir_sha256(src)})
     with staged_dir(out, overwrite=overwrite, appeared=f"{out} appeared while the bundle was written: "
                     "choose another --out or pass --overwrite") as tmp:
-        contract = save_bundle(wrapped, tmp, bands=band_list, classes=[c.to_dict() for c in infos],
-                               input_nodata=input_nodata, extra={"card": card, **(extra or {})})
+        save_bundle(wrapped, tmp, bands=band_list, classes=[c.to_dict() for c in infos],
+                    input_nodata=input_nodata, extra={"card": card, **(extra or {})})
+        try:  # the IR beside model.keras, as training stores it: OpenVINO workers need no backend
+            export_ir(tmp, keras_model=wrapped)
+        except ModelError:
+            pass  # a model OpenVINO cannot convert still runs with --engine keras
         if check is not None:
+            contract = json.loads((tmp / CONTRACT_FILE).read_text())
             contract[PRECISION_CHECK_KEY] = bf16_scene_check(load_model(tmp, check_keras=False), check)
             atomic_write_json(tmp / CONTRACT_FILE, contract)
     return load_model(out, check_keras=False)
