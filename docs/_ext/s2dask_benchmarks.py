@@ -51,11 +51,14 @@ ABOUT = {
                 "a fresh worker's start-up, exactness against the CPU, the GPU's matmul peaks.",
     "stac_loading": "The scene graph of a STAC item: s2dask's reader against odc-stac.",
     "maps_buffalo": "Smoothing and accuracy assessment on the Buffalo subset.",
+    "spatial": "A fully-convolutional model (6 x 64-channel 3 x 3 convolutions, halo 6): one chunk's "
+               "forward pass against the matmul peaks, the whole ``s2dask classify`` against that "
+               "forward rate, and the halo's read and compute overhead.",
 }
 
 #: the order of sections on the page; benchmarks not listed follow alphabetically
 ORDER = ["forward", "e2e-cli", "baseline", "batch", "startup", "jp2", "precision_accuracy",
-         "gpu_tile", "memory", "chaos", "e2e", "scaling", "stac_loading", "maps_buffalo"]
+         "spatial", "gpu_tile", "memory", "chaos", "e2e", "scaling", "stac_loading", "maps_buffalo"]
 
 #: per benchmark: which parts of a result file hold its figures (dotted roots) and, for lists
 #: of runs, which leaves of each run to show; anything else in the file is context
@@ -99,6 +102,9 @@ FIGURES: dict[str, dict[str, Any]] = {
                      "leaves": {"tasks", "tasks_per_output_chunk", "graph_pickle_bytes",
                                 "separate_reads_per_chunk", "bytes_gathered_per_chunk",
                                 "build_seconds", "seconds", "traced_peak_mib"}},
+    "spatial": {"roots": ["forward", "cli.wall_s", "cli.mpx_s", "cli.precision", "cli.vs_forward", "halo"],
+                "leaves": {"engine", "precision", "mpx_s", "gflop_s", "vs_fp32_peak", "vs_bf16_peak",
+                           "agreement_with_openvino_fp32", "read_overhead", "extra_pixels"}},
     "startup": {"roots": ["runs"], "leaves": {"first_chunk", "wall_s", "scenes_checked",
                                               "cluster_up", "model_delivered"}},
 }
