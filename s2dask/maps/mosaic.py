@@ -125,12 +125,14 @@ def find_maps(inputs: Sequence[str | os.PathLike]) -> tuple[list[SourceMap], tup
 
 
 def _crs(value: Any) -> Any:
+    import pyproj
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
-    try:
+    try:  # pyproj first: GDAL would print PROJ's own "ERROR 1: ..." line to stderr beside ours
+        pyproj.CRS.from_user_input(value)
         return CRS.from_user_input(value)
-    except (CRSError, ValueError, TypeError):
+    except (CRSError, pyproj.exceptions.CRSError, ValueError, TypeError):
         raise ParameterError(f"unknown CRS {value!r}: give an EPSG code such as EPSG:4326 or EPSG:32617") from None
 
 
