@@ -482,8 +482,10 @@ def build_counts() -> dict[tuple[str, str, int, int], int]:
 
 def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, precision: str,
                            batch_size: int = DEFAULT_OPENVINO_BATCH_SIZE,
-                           threads: int = 1) -> OpenVINOPredictor:
-    """The process's compiled predictor for a model, built on first use.
+                           threads: int = 1) -> OpenVINOPredictor | OpenVINOSpatialPredictor:
+    """The process's compiled predictor for a model, built on first use: an
+    :class:`OpenVINOPredictor`, or an :class:`~s2dask.model.spatial.OpenVINOSpatialPredictor`
+    for a patch or fully-convolutional model (its contract's card says which).
 
     Parameters
     ----------
@@ -516,30 +518,9 @@ def get_openvino_predictor(sha256: str, contract, load: Callable[[], Any], *, pr
             source = "ir"
             if not hasattr(model, "get_results"):  # a Keras model
                 model, source = convert(model), "converted"
-            pred = OpenVINOPredictor(model, contract, precision=precision, batch_size=key[2],
-                                     threads=key[3])
-            pred.source = source
-            _CACHE[key] = pred
-            _BUILDS[key] = _BUILDS.get(key, 0) + 1
-        return pred
-
-
-def get_openvino_spatial_predictor(sha256: str, contract, load: Callable[[], Any], *,
-                                   precision: str, batch_size: int, threads: int = 1):
-    """The process's compiled spatial predictor for a model, built once and cached.
-
-    ``load`` returns the bundle's stored IR (an ``openvino.Model``: no backend import) or
-    the Keras model, then converted with :func:`convert`.
-    """
-    key = ("spatial", sha256, precision, int(batch_size), max(1, int(threads)))
-    with _CACHE_LOCK:
-        pred = _CACHE.get(key)
-        if pred is None:
-            model, source = load(), "ir"
-            if not hasattr(model, "get_results"):  # a Keras model
-                model, source = convert(model), "converted"
-            pred = OpenVINOSpatialPredictor(model, contract, precision=precision, batch_size=key[3],
-                                            threads=key[4])
+            kind = OpenVINOSpatialPredictor if card(contract).get("kind", "pixel") != "pixel" \
+                else OpenVINOPredictor
+            pred = kind(model, contract, precision=precision, batch_size=key[2], threads=key[3])
             pred.source = source
             _CACHE[key] = pred
             _BUILDS[key] = _BUILDS.get(key, 0) + 1
@@ -591,8 +572,8 @@ def build_predictor(choice: EngineChoice, *, sha256: str, contract, keras_model:
             pred = KerasSpatialPredictor(keras_model(), contract, batch_size=bs)
             pred.threads = threads
             return pred
-        return get_openvino_spatial_predictor(sha256, contract, ir or keras_model, precision=choice.precision,
-                                              batch_size=bs, threads=threads or 1)
+        return get_openvino_predictor(sha256, contract, ir or keras_model, precision=choice.precision,
+                                      batch_size=bs, threads=threads or 1)
     if choice.engine == "keras":
         from .blocks import Predictor
 
